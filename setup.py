@@ -1,0 +1,35 @@
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "cli.py").read_text(), re.M).group(1)
+
+# TensorFlow comes through an extra so that CI and laptops without a GPU can
+# take the small CPU wheel: `pip install -e .[cpu]`, or `.[gpu]` for CUDA.
+setup(
+    name="kibble",
+    version=VERSION,
+    description="Stream image folders into HDF5 shards and train Keras classifiers in bounded memory.",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=["ingest", "shards", "train", "evaluate"],
+    py_modules=["cli"],
+    install_requires=[
+        "numpy>=1.26,<3",
+        "pillow>=10.0,<14",
+        "h5py>=3.10,<4",
+        "dask[bag]>=2024.1",
+        "distributed>=2024.1",
+        "click>=8.1,<9",
+        "matplotlib>=3.8,<4",
+    ],
+    extras_require={
+        "cpu": ["tensorflow-cpu>=2.16,<2.22"],
+        "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
+        "test": ["tensorflow-cpu>=2.16,<2.22", "pytest>=7"],
+    },
+    entry_points={"console_scripts": ["kibble=cli:cli"]},
+)

@@ -1,0 +1,196 @@
+"""Reading and writing one shard: an HDF5 file holding images of one split.
+
+Layout of a shard (schema version 1):
+
+    images  uint8  (N, H, W, 3)  RGB, chunked (CHUNK_ROWS, H, W, 3)
+    labels  int8   (N,)          1 = cat, 0 = dog, -1 = unlabelled
+    names   str    (N,)          source file name of each image
+    attrs   schema_version, split, height, width, fit, count, cats, dogs,
+            plan (digest of the settings and file list that made the shard),
+            skipped (JSON list of files that could not be decoded)
+
+Shards are written under a temporary name and renamed into place once they
+are complete and flushed, so a file with the final name is always whole.
+"""
+import contextlib
+import hashlib
+import json
+import os
+
+import h5py
+import numpy as np
+
+from shards.errors import ShardError
+
+SCHEMA_VERSION = 1
+# Images per HDF5 chunk. Readers fetch whole multiples of this; 64 images of
+# 94x125 are 2.2 MB, large enough for sequential reads and small enough that
+# a partial read wastes little.
+CHUNK_ROWS = 64
+COMPRESSIONS = ("none", "lzf", "gzip")
+
+
+def open_h5(path, mode="r"):
+    """Open an HDF5 file without relying on HDF5's file locking.
+
+    Shards are immutable once renamed into place, so locks protect nothing,
+    and on network filesystems taking them fails ("unable to lock file").
+    """
+    try:
+        return h5py.File(path, mode, locking=False)
+    except TypeError:  # h5py built against an HDF5 too old for `locking`
+        os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+        return h5py.File(path, mode)
+
+
+def sha256_file(path, block=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def temp_name(path):
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.tmp-{os.getpid()}")
+
+
+class _ShardWriter:
+    def __init__(self, h5, height, width, capacity, compression):
+        kwargs = {}
+        if compression != "none":
+            kwargs["compression"] = compression
+        rows = max(1, min(CHUNK_ROWS, capacity))
+        self.images = h5.create_dataset(
+            "images", shape=(capacity, height, width, 3), dtype="uint8",
+            maxshape=(None, height, width, 3), chunks=(rows, height, width, 3), **kwargs)
+        self.labels = h5.create_dataset("labels", shape=(capacity,), dtype="int8", maxshape=(None,))
+        self.names = h5.create_dataset(
+            "names", shape=(capacity,), dtype=h5py.string_dtype(), maxshape=(None,))
+        self.buffer = np.empty((rows, height, width, 3), dtype=np.uint8)
+        self.pending_labels, self.pending_names = [], []
+        self.count = 0
+
+    def append(self, image, label, name):
+        self.buffer[len(self.pending_labels)] = image
+        self.pending_labels.append(label)
+        self.pending_names.append(name)
+        if len(self.pending_labels) == len(self.buffer):
+            self.flush()
+
+    def flush(self):
+        n = len(self.pending_labels)
+        if n == 0:
+            return
+        end = self.count + n
+        if end > self.images.shape[0]:
+            for ds in (self.images, self.labels, self.names):
+                ds.resize(end, axis=0)
+        self.images[self.count:end] = self.buffer[:n]
+        self.labels[self.count:end] = self.pending_labels
+        self.names[self.count:end] = self.pending_names
+        self.count = end
+        self.pending_labels, self.pending_names = [], []
+
+
+@contextlib.contextmanager
+def write_shard(path, *, height, width, capacity, attrs, compression="none"):
+    """Write a shard atomically; yields a writer with `append(image, label, name)`.
+
+    `capacity` is the expected number of images (the datasets shrink if fewer
+    are appended). On leaving the block the file is completed, flushed to
+    disk and renamed to `path`; on an exception the partial file is removed.
+    """
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
+    tmp = temp_name(path)
+    try:
+        with open_h5(tmp, "w") as h5:
+            writer = _ShardWriter(h5, height, width, capacity, compression)
+            writer.attrs = dict(attrs)  # the caller may add to it while writing
+            yield writer
+            writer.flush()
+            for ds in (writer.images, writer.labels, writer.names):
+                ds.resize(writer.count, axis=0)
+            labels = writer.labels[:]
+            h5.attrs.update({
+                "schema_version": SCHEMA_VERSION,
+                "height": height,
+                "width": width,
+                "count": writer.count,
+                "cats": int(np.sum(labels == 1)),
+                "dogs": int(np.sum(labels == 0)),
+                **writer.attrs,
+            })
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+class ShardReader:
+    """Read access to one shard; use as a context manager.
+
+    `read(start, stop)` returns uint8 images of shape (stop - start, H, W, 3)
+    in one HDF5 call. `labels` (int8) and `names` (str) are loaded whole:
+    they are small.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        try:
+            self._h5 = open_h5(self.path, "r")
+        except FileNotFoundError:
+            raise ShardError(self.path, "file not found; run `ingest` again to rebuild it") from None
+        except OSError as exc:
+            raise ShardError(self.path, f"cannot be opened as HDF5 ({exc})") from None
+        try:
+            self.attrs = {k: _plain(v) for k, v in self._h5.attrs.items()}
+            self.images = self._h5["images"]
+            self.count = int(self.images.shape[0])
+        except KeyError as exc:
+            self._h5.close()
+            raise ShardError(self.path, f"not a shard: missing {exc}") from None
+        version = self.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            self._h5.close()
+            raise ShardError(self.path, f"schema version {version}, expected {SCHEMA_VERSION}")
+
+    @property
+    def labels(self):
+        return self._h5["labels"][:]
+
+    @property
+    def names(self):
+        return [n.decode() if isinstance(n, bytes) else n for n in self._h5["names"][:]]
+
+    @property
+    def skipped(self):
+        return json.loads(self.attrs.get("skipped", "[]"))
+
+    def read(self, start, stop):
+        try:
+            return self.images[start:stop]
+        except OSError as exc:
+            raise ShardError(self.path, f"read of images {start}:{stop} failed ({exc})") from None
+
+    def close(self):
+        self._h5.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
