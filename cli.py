@@ -12,6 +12,7 @@ import click
 __version__ = "0.1.0"
 DEFAULT_SHARDS = os.path.join("data", "shards")
 DEFAULT_RUNS = "runs"
+TF_COMMANDS = ("train", "evaluate", "compare", "predict", "demo")
 
 
 class UserFacingGroup(click.Group):
@@ -63,6 +64,10 @@ def cli(ctx, verbose, quiet):
     ctx.obj.update(verbose=verbose, quiet=quiet)
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if ctx.invoked_subcommand in TF_COMMANDS:
+        from train.tf_env import import_tensorflow
+
+        import_tensorflow(verbose)
 
 
 @cli.command()
@@ -132,6 +137,157 @@ def _ingest_summary(result, out):
     if totals["skipped"]:
         lines.append(f"skipped files and reasons: {os.path.join(out, 'manifest.json')} ('skipped')")
     return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--data", default=DEFAULT_SHARDS, show_default=True, type=click.Path(file_okay=False),
+              help="Shard folder written by ingest.")
+@click.option("--full", is_flag=True, help="Train on 10,000 / validate on 2,500 images (the full experiment).")
+@click.option("--train-size", type=click.IntRange(min=1), default=None,
+              help="Train images (first N of the shuffled split). Default 4,096, the tutorial's sample.")
+@click.option("--val-size", type=click.IntRange(min=1), default=None,
+              help="Validation images. Default 1,024.")
+@click.option("--model", "model_name", type=click.Choice(["mlp", "conv1", "conv2", "conv2-wide", "kibble"]),
+              default="kibble", show_default=True, help="Architecture; the first four are the tutorial's.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the model's recipe.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1), default=None,
+              help="Learning rate. Default: the model's recipe.")
+@click.option("--loss", type=click.Choice(["mse", "bce"]), default=None,
+              help="mse (the tutorial's) or bce. Default: the model's recipe.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory. Default: RUNS/<model>-<timestamp>.")
+@click.option("--runs", "runs_root", default=DEFAULT_RUNS, show_default=True, type=click.Path(file_okay=False),
+              help="Folder holding the run directories.")
+@click.option("--resume", is_flag=True, help="Continue the newest run (or --run-dir) with its own settings.")
+@click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
+@click.pass_context
+def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, seed, run_dir,
+          runs_root, resume, no_verify):
+    """Train a model on the shards, streaming them through tf.data.
+
+    The test split is never read. Running the same command again (or
+    `train --resume`) continues an interrupted run from its last epoch.
+
+    \b
+    Example:
+      python cli.py train --full --model conv2
+      python cli.py train --resume
+    """
+    from train.run import FULL, LAPTOP_SAMPLE, TrainSettings, train as run_train
+
+    if full and (train_size or val_size):
+        raise click.BadParameter("--full sets both sizes; drop --train-size/--val-size", param_hint="--full")
+    sizes = FULL if full else LAPTOP_SAMPLE
+    settings = TrainSettings(data=data, model=model_name, train_size=train_size or sizes[0],
+                             val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
+                             batch_size=batch_size, seed=seed)
+    result = run_train(settings, run_dir=run_dir, runs_root=runs_root, resume=resume, verify=not no_verify,
+                       progress=not ctx.obj["quiet"])
+    _say(ctx, _train_summary(result))
+
+
+def _train_summary(result):
+    if result["already_done"]:
+        return f"{result['run_dir']} already finished its {result['epochs']} epochs; nothing to do."
+    size = f"{result['model_bytes'] / 1e6:,.1f} MB" if result["model_bytes"] else "n/a"
+    acc = result["best_val_accuracy"]
+    return (f"{result['model']}: {result['epochs']} epochs, {result['seconds_per_epoch']:.1f} s/epoch; "
+            f"best epoch {result['best_epoch']}: val_loss {result['best_val_loss']:.4f}, "
+            f"val_accuracy {acc:.4f}; best model {size}\nrun directory: {result['run_dir']}")
+
+
+@cli.command()
+@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--runs", "runs_root", default=DEFAULT_RUNS, show_default=True, type=click.Path(file_okay=False),
+              help="Folder holding the run directories; its newest run is used when none is named.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="Shard folder to score. Default: the one the run was trained on.")
+@click.option("--split", type=click.Choice(["val", "test", "both"]), default="both", show_default=True,
+              help="Splits to score. The threshold is always chosen on val, so test brings val along.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for metrics.json, report.md and figures/. Default: the run directory "
+                   "(OUT/<run name> when several runs are named).")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Model file: best.keras (lowest val_loss) or last.keras.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per prediction call.")
+@click.pass_context
+def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size):
+    """Score trained runs on the val and test shards; write metrics and a report.
+
+    Each run gets metrics.json, report.md and figures/ (ROC, accuracy vs
+    threshold, score histograms, confusion matrices, training curves, the
+    most confident mistakes). The decision threshold is chosen on val and
+    applied unchanged to test.
+
+    \b
+    Example:
+      python cli.py evaluate                          # newest run in runs/
+      python cli.py evaluate runs/conv2-20250101-120000 --split test
+    """
+    from evaluate import evaluate_run
+    from train.rundir import latest_run
+
+    runs = list(run_dirs) or [latest_run(runs_root)]
+    splits = ("val", "test") if split == "both" else (split,)
+    for run_dir in runs:
+        target = os.path.join(out, os.path.basename(os.path.normpath(run_dir))) if out and len(runs) > 1 else out
+        result = evaluate_run(run_dir, data=data, splits=splits, out=target, batch_size=batch_size,
+                              checkpoint=checkpoint, progress=not ctx.obj["quiet"])
+        for warning in result["warnings"]:
+            click.echo(f"Warning: {warning}", err=True)
+        _say(ctx, _evaluate_summary(result))
+
+
+def _evaluate_summary(result):
+    def cell(value, width, digits):
+        return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+    threshold = result["threshold"]
+    lines = [f"{result['model']} ({result['checkpoint']}) of {result['run']}",
+             f"{'split':<6} {'images':>7} {'MSE':>7} {'Pearson':>8} {'AUC':>6} {'best10':>7} "
+             f"{'acc@' + format(threshold['value'], '.2f'):>8} {'F1':>6}"]
+    for split, m in result["splits"].items():
+        lines.append(f"{split:<6} {m['count']:>7} {cell(m['mse'], 7, 4)} {cell(m['pearson_r'], 8, 3)} "
+                     f"{cell(m['roc_auc'], 6, 3)} {cell(m['best_accuracy'], 7, 3)} "
+                     f"{cell(m['accuracy'], 8, 3)} {cell(m['f1'], 6, 3)}")
+    lines.append(f"threshold {threshold['value']:.2f} chosen on {threshold['chosen_on']}; "
+                 f"report: {os.path.join(result['out'], 'report.md')}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--runs", "runs_root", default=DEFAULT_RUNS, show_default=True, type=click.Path(file_okay=False),
+              help="Folder holding the run directories; every run in it is compared when none is named.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the table to this .md file.")
+@click.pass_context
+def compare(ctx, run_dirs, runs_root, out):
+    """Compare runs side by side: size, speed and validation/test metrics.
+
+    Prints a Markdown table on stdout. Runs without an up-to-date
+    metrics.json are evaluated first (val and test, best.keras).
+
+    \b
+    Example:
+      python cli.py compare runs/conv2-20250101-120000 runs/kibble-20250102-090000 --out docs/compare.md
+    """
+    from evaluate import compare_runs, markdown_table
+    from shards.errors import UserError
+    from train.rundir import CONFIG
+
+    runs = list(run_dirs)
+    if not runs and os.path.isdir(runs_root):
+        runs = sorted(os.path.join(runs_root, d) for d in os.listdir(runs_root)
+                      if os.path.exists(os.path.join(runs_root, d, CONFIG)))
+    if not runs:
+        raise UserError(f"no run to compare in {runs_root}/: name run directories, or `train` some first")
+    rows = compare_runs(runs, out=out, progress=not ctx.obj["quiet"])
+    click.echo(markdown_table(rows))
+    if out:
+        _say(ctx, f"table written to {out}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ setup(
         "distributed>=2024.1",
         "click>=8.1,<9",
         "matplotlib>=3.8,<4",
+        "tensorboard>=2.16",  # TensorFlow CPU wheels no longer bring it
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16,<2.22"],

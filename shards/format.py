@@ -178,6 +178,15 @@ class ShardReader:
         except OSError as exc:
             raise ShardError(self.path, f"read of images {start}:{stop} failed ({exc})") from None
 
+    def read_labelled(self, start, stop):
+        """(images, labels, names) of images start..stop, one HDF5 read each."""
+        try:
+            names = self._h5["names"][start:stop]
+            return (self.images[start:stop], self._h5["labels"][start:stop],
+                    [n.decode() if isinstance(n, bytes) else n for n in names])
+        except OSError as exc:
+            raise ShardError(self.path, f"read of images {start}:{stop} failed ({exc})") from None
+
     def close(self):
         self._h5.close()
 

@@ -1,0 +1,212 @@
+"""Pictures (PNG, matplotlib's Agg renderer) and report.md of one evaluation.
+
+Figures are drawn on bare `matplotlib.figure.Figure` objects with an Agg
+canvas: no pyplot, no global state, no display needed.
+"""
+import os
+
+import numpy as np
+
+from evaluate.metrics import COARSE_GRID, FINE_GRID, roc_curve
+
+FIGURES_DIR = "figures"
+COLOURS = {"train": "tab:green", "val": "tab:blue", "test": "tab:orange"}
+
+
+def write_report(out, metrics, accumulators, history, read_images):
+    """Draw every figure into out/figures and write out/report.md.
+
+    `metrics` is the metrics.json document (without "figures"), `accumulators`
+    {split: Accumulator}, `history` the rows of history.csv, and
+    `read_images(split, mistakes)` returns the images of those mistakes.
+    Returns {figure name: path relative to `out`}.
+    """
+    os.makedirs(os.path.join(out, FIGURES_DIR), exist_ok=True)
+    threshold = metrics["threshold"]["value"]
+    figures = {}
+
+    def save(name, fig):
+        relative = f"{FIGURES_DIR}/{name}.png"
+        fig.savefig(os.path.join(out, relative), dpi=100)
+        figures[name] = relative
+
+    save("roc", _roc_figure(accumulators))
+    save("accuracy_vs_threshold", _accuracy_figure(accumulators, threshold))
+    save("score_histograms", _histogram_figure(accumulators, threshold))
+    save("confusion", _confusion_figure(metrics["splits"]))
+    if history:
+        save("training_curves", _training_figure(history))
+    for split, result in metrics["splits"].items():
+        mistakes = result["confident_mistakes"]
+        if mistakes:
+            save(f"mistakes_{split}", _mistakes_figure(split, mistakes, read_images(split, mistakes)))
+    _write_markdown(os.path.join(out, "report.md"), metrics, figures, history)
+    return figures
+
+
+def _figure(width, height, ncols=1, nrows=1):
+    """A Figure on an Agg canvas and its axes, flattened row by row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False).ravel()
+
+
+def _roc_figure(accumulators):
+    fig, (ax,) = _figure(4.5, 4.5)
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", label="chance")
+    for split, acc in accumulators.items():
+        curve = roc_curve(acc.scores, acc.labels)
+        if curve is not None:
+            auc = np.trapezoid(curve[1], curve[0])
+            ax.plot(curve[0], curve[1], color=COLOURS[split], label=f"{split} (AUC {auc:.3f})")
+    ax.set(xlabel="false positive rate (dogs called cat)", ylabel="true positive rate (cats found)",
+           xlim=(0, 1), ylim=(0, 1.01), title="ROC curve")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def _accuracy_figure(accumulators, threshold):
+    fig, (ax,) = _figure(6, 4)
+    for split, acc in accumulators.items():
+        curve = acc.accuracy_curve()
+        ax.plot(FINE_GRID, curve, color=COLOURS[split], label=split)
+        coarse = curve[np.round(COARSE_GRID * 100).astype(int)]
+        ax.plot(COARSE_GRID, coarse, "o", color=COLOURS[split], markersize=4)
+    ax.axvline(threshold, color="k", linestyle=":", label=f"threshold {threshold:.2f} (from val)")
+    ax.set(xlabel="threshold (cat when score > threshold)", ylabel="accuracy", xlim=(0, 1),
+           title="Accuracy vs threshold (dots: the 10 coarse thresholds)")
+    ax.legend()
+    return fig
+
+
+def _histogram_figure(accumulators, threshold):
+    fig, axes = _figure(4 * len(accumulators), 3.5, ncols=len(accumulators))
+    bins = np.linspace(0, 1, 41)
+    for ax, (split, acc) in zip(axes, accumulators.items()):
+        scores, labels = np.clip(acc.scores, 0, 1), acc.labels
+        ax.hist(scores[labels == 0], bins=bins, alpha=0.6, color="tab:blue", label=f"dogs ({acc.dogs})")
+        ax.hist(scores[labels == 1], bins=bins, alpha=0.6, color="tab:red", label=f"cats ({acc.cats})")
+        ax.axvline(threshold, color="k", linestyle=":")
+        ax.set(xlabel="score (probability of cat)", ylabel="images", title=f"{split}: scores by class")
+        ax.legend()
+    return fig
+
+
+def _confusion_figure(results):
+    fig, axes = _figure(3.6 * len(results), 3.4, ncols=len(results))
+    for ax, (split, result) in zip(axes, results.items()):
+        c = result["confusion"]
+        matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+        ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(1, matrix.max()))
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center",
+                    color="white" if value > matrix.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["dog", "cat"])
+        ax.set_yticks([0, 1], ["dog", "cat"])
+        ax.set(xlabel="predicted", ylabel="true", title=f"{split} at threshold {result['threshold']:.2f}")
+    return fig
+
+
+def _training_figure(history):
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = _figure(9, 3.5, ncols=2)
+    epochs = [row["epoch"] for row in history]
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for name, style in ((key, "-"), (f"val_{key}", "--")):
+            values = [row.get(name, np.nan) for row in history]
+            ax.plot(epochs, values, style, marker="o", markersize=3, label=name)
+        ax.set(xlabel="epoch", ylabel=key, title=f"training {key}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+    return fig
+
+
+def _mistakes_figure(split, mistakes, images):
+    cols = min(4, len(mistakes))
+    rows = -(-len(mistakes) // cols)
+    height, width = images.shape[1:3]
+    panel = 2.4
+    # at least 4.5 inches wide so that the title fits over a single image
+    fig, axes = _figure(max(panel * cols, 4.5), panel * rows * height / width + 0.6 * rows + 0.4,
+                        ncols=cols, nrows=rows)
+    for ax in axes:
+        ax.axis("off")
+    for ax, mistake, image in zip(axes, mistakes, images):
+        ax.imshow(image, interpolation="nearest")
+        truth = "cat" if mistake["label"] == 1 else "dog"
+        ax.set_title(f"{mistake['name']}\ntrue {truth}, score {mistake['score']:.3f}", fontsize=8)
+    fig.suptitle(f"{split}: most confident mistakes")
+    return fig
+
+
+def _fmt(value, digits=4):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _write_markdown(path, metrics, figures, history):
+    results = metrics["splits"]
+    splits = list(results)
+    threshold = metrics["threshold"]
+    lines = [
+        f"# Evaluation of {os.path.basename(metrics['run'])}",
+        "",
+        f"- model: `{metrics['model']}` ({metrics['checkpoint']})",
+        f"- data: `{metrics['data']}`, images {metrics['image_size'][0]}x{metrics['image_size'][1]}"
+        + ("" if metrics["same_data_as_training"] else " (**not the data this run was trained on**)"),
+        f"- decision threshold: {threshold['value']:.2f}, chosen on {threshold['chosen_on']} "
+        f"({threshold['rule']})",
+        f"- epochs trained: {len(history)}",
+        "",
+        "## Metrics",
+        "",
+        "| metric | " + " | ".join(splits) + " |",
+        "|---|" + "---:|" * len(splits),
+    ]
+    rows = [
+        ("images (cats / dogs)", lambda r: f"{r['count']} ({r['cats']} / {r['dogs']})"),
+        ("MSE", lambda r: _fmt(r["mse"])),
+        ("Pearson r", lambda r: _fmt(r["pearson_r"])),
+        ("log loss", lambda r: _fmt(r["log_loss"])),
+        ("ROC AUC", lambda r: _fmt(r["roc_auc"])),
+        ("best accuracy of the 10 thresholds",
+         lambda r: f"{_fmt(r['best_accuracy'])} (at {r['best_accuracy_threshold']:.2f})"),
+        (f"accuracy at {threshold['value']:.2f}", lambda r: _fmt(r["accuracy"])),
+        ("precision (cat)", lambda r: _fmt(r["precision"])),
+        ("recall (cat)", lambda r: _fmt(r["recall"])),
+        ("F1 (cat)", lambda r: _fmt(r["f1"])),
+        ("confusion tp / fp / tn / fn",
+         lambda r: "{tp} / {fp} / {tn} / {fn}".format(**r["confusion"])),
+    ]
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(results[s]) for s in splits) + " |")
+    undefined = [(s, k, why) for s in splits for k, why in results[s]["undefined"].items()]
+    if undefined:
+        lines += ["", "n/a: " + "; ".join(f"{k} on {s}: {why}" for s, k, why in undefined)]
+    lines += ["", "### Accuracy at the 10 coarse thresholds", "",
+              "| threshold | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for key in results[splits[0]]["accuracy_at"]:
+        lines.append(f"| {key} | " + " | ".join(_fmt(results[s]["accuracy_at"][key]) for s in splits) + " |")
+    lines += ["", "## Pictures", ""]
+    titles = {"roc": "ROC curve", "accuracy_vs_threshold": "Accuracy vs threshold",
+              "score_histograms": "Scores by true class", "confusion": "Confusion matrices",
+              "training_curves": "Training curves (history.csv)"}
+    for name, relative in figures.items():
+        title = titles.get(name) or f"Most confident mistakes ({name.split('_', 1)[1]})"
+        lines += [f"### {title}", "", f"![{title}]({relative})", ""]
+    if "training_curves" not in figures:
+        lines += ["No training curves: history.csv is empty or missing.", ""]
+    for split in splits:
+        if not results[split]["confident_mistakes"]:
+            lines += [f"No mistakes on {split} at threshold {threshold['value']:.2f}.", ""]
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,349 @@
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluate import compare_runs, evaluate_run, markdown_table
+from evaluate.compare import COLUMNS
+from ingest import IngestSettings, ingest
+from shards import ShardReader, UserError, load_manifest
+from tests.conftest import make_kaggle_folder
+from train.rundir import latest_run
+
+SIZE = (16, 20)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SPLIT_KEYS = {"count", "cats", "dogs", "mse", "pearson_r", "log_loss", "roc_auc", "accuracy_at",
+              "best_accuracy", "best_accuracy_threshold", "threshold", "accuracy", "precision", "recall",
+              "f1", "confusion", "undefined", "confident_mistakes"}
+TOP_KEYS = {"schema_version", "created", "run", "model", "checkpoint", "checkpoint_sha256", "data",
+            "manifest_sha256", "same_data_as_training", "image_size", "threshold", "accuracy_thresholds",
+            "splits", "figures", "seconds"}
+
+# The tiny model is Rescaling -> mean colour -> Dense(sigmoid); its weights
+# act on the mean (R, G, B) in 0..1. Generated cats are red (R 200, B 55),
+# dogs blue (R 40, B 215), and G is the file number, so:
+MOSTLY_RIGHT = ([4.0, 40.0, -4.0], -3.0)  # dogs all right, low-numbered cats scored below 0.5
+INVERTED = ([-8.0, 0.0, 8.0], 0.0)         # every image wrong, confidently
+
+
+def ingest_small(root, name, val=0.2, test=0.2):
+    src = os.path.join(root, "train")
+    if not os.path.isdir(src):
+        make_kaggle_folder(src, cats=30, dogs=30)
+    out = os.path.join(root, name)
+    ingest(src, out, IngestSettings(size=SIZE, shard_size=8, val=val, test=test), scheduler="sync", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    # 30 cats + 30 dogs: val and test hold 12 images each, in shards of 8 + 4
+    return ingest_small(str(tmp_path_factory.mktemp("data")), "shards")
+
+
+def read_split(shard_dir, split):
+    manifest = load_manifest(shard_dir)
+    images, labels, names = [], [], []
+    for entry in manifest.shards(split):
+        with ShardReader(manifest.shard_path(entry)) as shard:
+            images.append(shard.read(0, shard.count))
+            labels.append(shard.labels)
+            names += shard.names
+    return np.concatenate(images), np.concatenate(labels), names
+
+
+def make_run(runs_root, shard_dir, name, weights=MOSTLY_RIGHT, size=SIZE):
+    """A run directory as `train` leaves it, with a tiny but real Keras model."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((*size, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    model.fit(rng.integers(0, 256, (16, *size, 3), dtype=np.uint8), rng.integers(0, 2, 16),
+              batch_size=8, epochs=1, verbose=0)
+    kernel, bias = weights
+    model.layers[-1].set_weights([np.array(kernel).reshape(3, 1), np.array([bias])])
+    run_dir = os.path.join(runs_root, name)
+    os.makedirs(run_dir)
+    model.save(os.path.join(run_dir, "best.keras"))
+    manifest = load_manifest(shard_dir)
+    config = {"model": "tiny", "data": os.path.abspath(shard_dir), "manifest_sha256": manifest.checksum,
+              "image_size": list(size), "fit": "stretch", "train_size": manifest.split_count("train"),
+              "val_size": manifest.split_count("val"), "epochs": 2, "batch_size": 8, "lr": 1e-3,
+              "loss": "mse", "seed": 0, "params": int(model.count_params())}
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(run_dir, "history.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr"])
+        writer.writerows([[1, 0.30, 0.60, 0.31, 0.58, 2.0, 1e-3], [2, 0.20, 0.70, 0.25, 0.66, 3.0, 1e-3]])
+    with open(os.path.join(runs_root, "LATEST"), "w") as f:
+        f.write(name + "\n")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def evaluated(shard_dir, tmp_path_factory):
+    """(run directory, the dict evaluate_run returned) of a mostly right model."""
+    runs = str(tmp_path_factory.mktemp("runs"))
+    run_dir = make_run(runs, shard_dir, "tiny-1")
+    return run_dir, evaluate_run(run_dir, batch_size=5, progress=False)
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+
+def test_writes_metrics_json_report_and_pictures(evaluated):
+    run_dir, result = evaluated
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert set(metrics) == TOP_KEYS
+    assert {k: v for k, v in result.items() if k not in ("out", "warnings")} == metrics
+    assert result["out"] == run_dir and result["warnings"] == []
+    assert list(metrics["splits"]) == ["val", "test"]
+    for split in ("val", "test"):
+        part = metrics["splits"][split]
+        assert set(part) == SPLIT_KEYS
+        assert (part["count"], part["cats"], part["dogs"]) == (12, 6, 6)
+        assert list(part["accuracy_at"]) == [f"{t:.2f}" for t in metrics["accuracy_thresholds"]]
+        assert sum(part["confusion"].values()) == 12
+    assert metrics["model"] == "tiny" and metrics["checkpoint"] == "best.keras"
+    assert metrics["image_size"] == list(SIZE) and metrics["same_data_as_training"] is True
+    assert metrics["threshold"]["chosen_on"] == "val"
+
+    assert set(metrics["figures"]) == {"roc", "accuracy_vs_threshold", "score_histograms", "confusion",
+                                       "training_curves", "mistakes_test"}
+    with open(os.path.join(run_dir, "report.md")) as f:
+        report = f.read()
+    for relative in metrics["figures"].values():
+        assert_png(os.path.join(run_dir, relative))
+        assert f"]({relative})" in report
+    assert "| MSE |" in report and "chosen on val" in report and "No mistakes on val" in report
+
+
+def test_metrics_agree_with_a_direct_computation(evaluated, shard_dir):
+    import keras
+
+    run_dir, result = evaluated
+    model = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
+    scores, labels = {}, {}
+    for split in ("val", "test"):
+        images, labels[split], _ = read_split(shard_dir, split)
+        scores[split] = model.predict(images, verbose=0).reshape(-1).astype(np.float64)
+    # the threshold: best val accuracy on 0.00..1.00, nearest 0.5 among ties
+    grid = np.arange(101) / 100
+    val_acc = np.array([np.mean((scores["val"] > t) == (labels["val"] == 1)) for t in grid])
+    tied = grid[val_acc == val_acc.max()]
+    threshold = tied[np.argmin(np.abs(tied - 0.5))]
+    assert result["threshold"]["value"] == threshold
+    test = result["splits"]["test"]
+    assert test["threshold"] == threshold
+    assert test["accuracy"] == pytest.approx(np.mean((scores["test"] > threshold) == (labels["test"] == 1)))
+    for split in ("val", "test"):
+        part, s, y = result["splits"][split], scores[split], labels[split]
+        assert part["mse"] == pytest.approx(np.mean((s - y) ** 2), abs=1e-6)
+        assert part["pearson_r"] == pytest.approx(np.corrcoef(s, y)[0, 1], abs=1e-6)
+        pairs = (s[y == 1][:, None] > s[y == 0][None, :]).mean()
+        assert part["roc_auc"] == pytest.approx(pairs)
+    # this model misses a cat or two on test (low file numbers), never a dog
+    assert test["confusion"]["fp"] == 0 and test["confusion"]["fn"] >= 1
+
+
+def test_confident_mistakes_are_listed_worst_first_and_drawn(shard_dir, tmp_path):
+    run_dir = make_run(str(tmp_path), shard_dir, "inverted", weights=INVERTED)
+    out = str(tmp_path / "elsewhere")
+    result = evaluate_run(run_dir, out=out, progress=False)
+    assert result["out"] == out and not os.path.exists(os.path.join(run_dir, "metrics.json"))
+    _, labels, names = read_split(shard_dir, "test")
+    # On val, accuracy is 0.5 at thresholds below every cat's score (~0.004:
+    # all called cat) and at 1.00 (all dog), 0 between; the tie goes to the
+    # low threshold, nearer 0.5.
+    assert result["threshold"]["value"] < 0.05
+    mistakes = result["splits"]["test"]["confident_mistakes"]
+    assert len(mistakes) == 6 and {m["label"] for m in mistakes} == {0}  # the dogs, called cats
+    assert all(names[m["index"]] == m["name"] and labels[m["index"]] == m["label"] for m in mistakes)
+    assert all(m["label"] == (1 if m["name"].startswith("cat.") else 0) for m in mistakes)
+    errors = [abs(m["score"] - m["label"]) for m in mistakes]
+    assert errors == sorted(errors, reverse=True) and min(errors) > 0.9
+    assert result["splits"]["test"]["roc_auc"] == 0.0 and result["splits"]["test"]["accuracy"] == 0.5
+    for split in ("val", "test"):
+        assert_png(os.path.join(out, result["figures"][f"mistakes_{split}"]))
+
+
+def test_val_only(evaluated, tmp_path):
+    run_dir, _ = evaluated
+    result = evaluate_run(run_dir, splits="val", out=str(tmp_path), progress=False)
+    assert list(result["splits"]) == ["val"] and "mistakes_test" not in result["figures"]
+
+
+def test_test_split_without_val_uses_default_threshold_and_says_so(tmp_path):
+    shards = ingest_small(str(tmp_path), "no-val", val=0, test=0.2)
+    run_dir = make_run(str(tmp_path / "runs"), shards, "tiny-1")
+    result = evaluate_run(run_dir, splits=("test",), progress=False)
+    assert list(result["splits"]) == ["test"]
+    assert result["threshold"]["value"] == 0.5 and "no val split" in result["threshold"]["chosen_on"]
+    with pytest.raises(UserError, match=r"no 'val' split \(splits present: train, test\)"):
+        evaluate_run(run_dir, splits=("val", "test"), progress=False)
+
+
+def test_other_data_gives_a_warning(evaluated, shard_dir, tmp_path):
+    run_dir, _ = evaluated
+    copy = str(tmp_path / "copy")
+    shutil.copytree(shard_dir, copy)
+    with open(os.path.join(copy, "manifest.json"), "a") as f:
+        f.write("\n")  # same shards, different manifest bytes
+    result = evaluate_run(run_dir, data=copy, splits="val", out=str(tmp_path / "out"), progress=False)
+    assert result["same_data_as_training"] is False
+    assert len(result["warnings"]) == 1 and "not the data this run was trained on" in result["warnings"][0]
+
+
+def test_no_run_yet(tmp_path):
+    with pytest.raises(UserError, match="no training run in .*run `train` first"):
+        latest_run(str(tmp_path / "runs"))
+    with pytest.raises(UserError, match="no run directory at .*run `train` first"):
+        evaluate_run(str(tmp_path / "runs" / "nope"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(UserError, match="not a run directory \\(no config.json\\)"):
+        evaluate_run(str(tmp_path / "empty"))
+
+
+def test_run_without_model(evaluated, tmp_path):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(evaluated[0], run_dir)
+    os.remove(os.path.join(run_dir, "best.keras"))
+    with pytest.raises(UserError, match=r"no best.keras in .*run: training has not finished an epoch"):
+        evaluate_run(run_dir, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_model_file(evaluated, tmp_path, damage):
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(evaluated[0], run_dir)
+    path = os.path.join(run_dir, "best.keras")
+    if damage == "garbage":
+        with open(path, "wb") as f:
+            f.write(b"not a model at all")
+    else:
+        os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(UserError, match=r"cannot load the model .*best.keras .*damaged or not a Keras model") as err:
+        evaluate_run(run_dir, progress=False)
+    assert "\n" not in str(err.value)
+
+
+def test_wrong_input_size(shard_dir, tmp_path):
+    run_dir = make_run(str(tmp_path), shard_dir, "small", size=(8, 10))
+    with pytest.raises(UserError, match=r"takes images of 8x10x3, but the shards in .* hold 16x20x3; "
+                                        r"pass --data with shards ingested at --size 8x10"):
+        evaluate_run(run_dir, progress=False)
+
+
+def test_missing_data_folder(evaluated, tmp_path):
+    with pytest.raises(UserError, match="no shard folder at .*nowhere: run `ingest` first"):
+        evaluate_run(evaluated[0], data=str(tmp_path / "nowhere"), progress=False)
+
+
+def test_bad_arguments_name_the_argument(evaluated):
+    with pytest.raises(ValueError, match="splits must be .*Received: splits=\\('unlabeled',\\)"):
+        evaluate_run(evaluated[0], splits=("unlabeled",))
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        evaluate_run(evaluated[0], checkpoint="first")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        evaluate_run(evaluated[0], batch_size=0)
+
+
+def test_compare_evaluates_missing_runs_and_reuses_metrics(evaluated, shard_dir, tmp_path):
+    run_a, _ = evaluated
+    metrics_a = os.path.join(run_a, "metrics.json")
+    before = os.path.getmtime(metrics_a)
+    run_b = make_run(str(tmp_path / "runs"), shard_dir, "inverted", weights=INVERTED)
+    out = str(tmp_path / "tables" / "compare.md")
+    rows = compare_runs([run_a, run_b], out=out, progress=False)
+    assert os.path.getmtime(metrics_a) == before  # up to date: not evaluated again
+    assert os.path.exists(os.path.join(run_b, "metrics.json"))
+    assert [set(row) for row in rows] == [{key for key, _, _ in COLUMNS}] * 2
+    a, b = rows
+    assert (a["run"], a["model"], a["train_size"], a["val_size"], a["epochs"]) == ("tiny-1", "tiny", 36, 12, 2)
+    assert a["params"] == 4 and a["seconds_per_epoch"] == 2.5 and a["model_mb"] > 0
+    assert a["val_best_accuracy"] > 0.8 and b["val_roc_auc"] == 0.0 and b["test_accuracy"] == 0.5
+    with open(out) as f:
+        table = f.read()
+    assert table == markdown_table(rows) + "\n"
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| run | model | params |")
+    assert lines[3].startswith("| inverted | tiny | 4 |")
+
+
+def test_compare_evaluates_again_when_the_model_changed(shard_dir, tmp_path):
+    run_dir = make_run(str(tmp_path), shard_dir, "tiny-1", weights=INVERTED)
+    first = compare_runs([run_dir], progress=False)[0]
+    os.remove(os.path.join(run_dir, "best.keras"))
+    shutil.rmtree(os.path.join(run_dir, "figures"))
+    replacement = make_run(str(tmp_path / "other"), shard_dir, "tiny-1")
+    shutil.copy(os.path.join(replacement, "best.keras"), os.path.join(run_dir, "best.keras"))
+    second = compare_runs([run_dir], progress=False)[0]
+    assert first["val_roc_auc"] == 0.0 and second["val_roc_auc"] > 0.9
+
+
+def test_cli_help_has_examples():
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    for command in ("evaluate", "compare"):
+        result = CliRunner().invoke(cli, [command, "--help"])
+        assert result.exit_code == 0 and "Example:" in result.output
+        assert f"python cli.py {command}" in result.output
+
+
+def test_cli_no_run_exits_2_with_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    runs = str(tmp_path / "runs")
+    result = CliRunner().invoke(cli, ["evaluate", "--runs", runs])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"Error: no training run in {runs}/: run `train` first (or name a run directory)"]
+    result = CliRunner().invoke(cli, ["compare", "--runs", runs])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"Error: no run to compare in {runs}/")
+
+
+def test_cli_evaluate_newest_run_and_compare(evaluated, shard_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    run_dir, _ = evaluated
+    runs_root = os.path.dirname(run_dir)  # its LATEST names tiny-1
+    out = str(tmp_path / "eval")
+    result = CliRunner().invoke(cli, ["evaluate", "--runs", runs_root, "--split", "val", "--out", out,
+                                      "--batch-size", "7"])
+    assert result.exit_code == 0, result.output
+    assert os.path.exists(os.path.join(out, "metrics.json")) and os.path.exists(os.path.join(out, "report.md"))
+    summary = result.stderr.splitlines()
+    assert summary[-3].split()[:2] == ["split", "images"] and summary[-2].split()[:2] == ["val", "12"]
+    assert summary[-1].startswith("threshold ") and "chosen on val" in summary[-1]
+
+    table = str(tmp_path / "compare.md")
+    result = CliRunner().invoke(cli, ["compare", run_dir, run_dir, "--out", table])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| tiny-1 | tiny | 4 |")
+    with open(table) as f:
+        assert f.read().strip() == result.stdout.strip()

@@ -1,0 +1,190 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from evaluate.metrics import (
+    COARSE_GRID,
+    EPSILON,
+    FINE_GRID,
+    Accumulator,
+    confusion_at,
+    roc_auc,
+    roc_curve,
+)
+
+
+def fed(scores, labels, batch=None):
+    acc = Accumulator()
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    step = batch or max(len(scores), 1)
+    for start in range(0, len(scores), step):
+        acc.update(scores[start:start + step], labels[start:start + step])
+    return acc
+
+
+# A case small enough to work out on paper:
+#   cats score 0.9, 0.8, 0.3; dogs score 0.6, 0.2, 0.1.
+KNOWN_SCORES = [0.9, 0.8, 0.3, 0.6, 0.2, 0.1]
+KNOWN_LABELS = [1, 1, 1, 0, 0, 0]
+
+
+def test_known_case_by_hand():
+    acc = fed(KNOWN_SCORES, KNOWN_LABELS, batch=4)
+    result = acc.summary(0.5)
+    # squared errors .01 .04 .49 .36 .04 .01
+    assert result["mse"] == pytest.approx(0.95 / 6)
+    # mean score 2.9/6; sum (s-ms)(y-my) = 0.5 * (2.0 - 0.9) = 0.55;
+    # sum (y-my)^2 = 1.5; sum (s-ms)^2 = 1.95 - 2.9^2/6 = 3.29/6
+    assert result["pearson_r"] == pytest.approx(0.55 / math.sqrt(1.5 * 3.29 / 6))
+    # cat above dog in 3 + 3 + 2 of the 9 pairs
+    assert result["roc_auc"] == pytest.approx(8 / 9)
+    assert result["log_loss"] == pytest.approx(
+        -(math.log(0.9) + math.log(0.8) + math.log(0.3) + math.log(0.4) + math.log(0.8) + math.log(0.9)) / 6)
+    # above 0.5: 0.9, 0.8 (cats) and 0.6 (a dog)
+    assert result["confusion"] == {"tp": 2, "fp": 1, "tn": 2, "fn": 1}
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["precision"] == pytest.approx(2 / 3)
+    assert result["recall"] == pytest.approx(2 / 3)
+    assert result["f1"] == pytest.approx(2 / 3)
+    assert result["undefined"] == {}
+    assert (result["count"], result["cats"], result["dogs"]) == (6, 3, 3)
+
+
+def test_known_case_coarse_accuracy_and_threshold_choice():
+    acc = fed(KNOWN_SCORES, KNOWN_LABELS, batch=2)
+    result = acc.summary(0.5)
+    expected = {"0.05": 3, "0.15": 4, "0.25": 5, "0.35": 4, "0.45": 4,
+                "0.55": 4, "0.65": 5, "0.75": 5, "0.85": 4, "0.95": 3}
+    assert list(result["accuracy_at"]) == list(expected)
+    for key, correct in expected.items():
+        assert result["accuracy_at"][key] == pytest.approx(correct / 6), key
+    # 5/6 at 0.25, 0.65 and 0.75: the tie goes to the one nearest 0.5
+    assert result["best_accuracy"] == pytest.approx(5 / 6)
+    assert result["best_accuracy_threshold"] == 0.65
+    # 5/6 on the fine grid for t in 0.20..0.29 and 0.60..0.79 (0.6 is not
+    # above 0.60); the nearest to 0.5 is 0.60
+    assert acc.best_threshold() == 0.6
+    assert acc.summary(0.6)["accuracy"] == pytest.approx(5 / 6)
+
+
+def test_grids():
+    assert COARSE_GRID.tolist() == [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95]
+    assert len(FINE_GRID) == 101 and FINE_GRID[0] == 0.0 and FINE_GRID[-1] == 1.0
+    assert set(COARSE_GRID.tolist()) <= set(FINE_GRID.tolist())
+
+
+def test_perfect_classifier():
+    labels = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+    result = fed(labels.astype(float), labels, batch=3).summary(0.5)
+    assert result["mse"] == 0.0
+    assert result["pearson_r"] == pytest.approx(1.0)
+    assert result["roc_auc"] == 1.0
+    assert result["log_loss"] == pytest.approx(-math.log(1 - EPSILON))
+    assert set(result["accuracy_at"].values()) == {1.0} and result["best_accuracy"] == 1.0
+    assert (result["accuracy"], result["precision"], result["recall"], result["f1"]) == (1.0, 1.0, 1.0, 1.0)
+    assert result["confusion"] == {"tp": 4, "fp": 0, "tn": 4, "fn": 0}
+
+
+def test_inverted_classifier():
+    labels = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+    result = fed(1.0 - labels, labels, batch=5).summary(0.5)
+    assert result["mse"] == 1.0
+    assert result["pearson_r"] == pytest.approx(-1.0)
+    assert result["roc_auc"] == 0.0
+    assert result["log_loss"] == pytest.approx(-math.log(EPSILON))  # clipped, not infinite
+    assert set(result["accuracy_at"].values()) == {0.0}
+    assert result["confusion"] == {"tp": 0, "fp": 4, "tn": 0, "fn": 4}
+    assert (result["precision"], result["recall"], result["f1"]) == (0.0, 0.0, 0.0)
+
+
+def test_constant_predictions_are_undefined_not_nan():
+    labels = np.array([1, 0, 0, 1, 0])
+    result = fed(np.full(5, 0.5), labels, batch=2).summary(0.5)
+    assert result["mse"] == pytest.approx(0.25)
+    assert result["log_loss"] == pytest.approx(math.log(2))
+    assert result["roc_auc"] == 0.5  # every pair tied
+    assert result["pearson_r"] is None and "same score" in result["undefined"]["pearson_r"]
+    # nothing is above 0.5: no image predicted cat
+    assert result["precision"] is None and "no image is predicted cat" in result["undefined"]["precision"]
+    assert result["recall"] == 0.0 and result["f1"] == 0.0
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert set(result["undefined"]) == {"pearson_r", "precision"}
+    json.dumps(result, allow_nan=False)  # no NaN anywhere
+
+
+def test_one_class_only():
+    result = fed([0.2, 0.9, 0.7], [1, 1, 1]).summary(0.5)
+    assert result["pearson_r"] is None and "one class" in result["undefined"]["pearson_r"]
+    assert result["roc_auc"] is None and "one class" in result["undefined"]["roc_auc"]
+    assert result["recall"] == pytest.approx(2 / 3) and result["precision"] == 1.0
+    json.dumps(result, allow_nan=False)
+    dogs = fed([0.2, 0.1], [0, 0]).summary(0.5)
+    assert dogs["recall"] is None and "no cat" in dogs["undefined"]["recall"]
+    assert dogs["f1"] is None and dogs["accuracy"] == 1.0
+    json.dumps(dogs, allow_nan=False)
+
+
+def test_streamed_pearson_and_mse_equal_whole_split():
+    rng = np.random.default_rng(0)
+    scores = rng.random(1000) * 0.01 + 0.7  # a narrow band: hard for naive sums
+    labels = (rng.random(1000) < (scores - 0.7) * 100).astype(int)
+    whole_r = np.corrcoef(scores, labels)[0, 1]
+    whole_mse = np.mean((scores - labels) ** 2)
+    for batch in (1, 7, 256, 1000):
+        result = fed(scores, labels, batch=batch).summary(0.5)
+        assert result["pearson_r"] == pytest.approx(whole_r, abs=1e-12), batch
+        assert result["mse"] == pytest.approx(whole_mse, abs=1e-12), batch
+    # an empty batch changes nothing
+    acc = fed(scores, labels, batch=100)
+    acc.update(np.empty(0), np.empty(0, dtype=int))
+    assert acc.count == 1000 and acc.summary(0.5)["pearson_r"] == pytest.approx(whole_r, abs=1e-12)
+
+
+def test_accuracy_curve_counts_match_brute_force():
+    rng = np.random.default_rng(1)
+    # include scores that sit exactly on grid points and at 0 and 1
+    scores = np.r_[rng.random(300), FINE_GRID[::7], 0.0, 1.0]
+    labels = rng.integers(0, 2, scores.size)
+    acc = fed(scores, labels, batch=64)
+    expected = [np.mean((scores > t) == (labels == 1)) for t in FINE_GRID]
+    assert np.allclose(acc.accuracy_curve(), expected)
+    assert np.array_equal(acc.scores, scores) and np.array_equal(acc.labels, labels)
+
+
+def test_auc_and_roc_curve_agree_with_ties():
+    rng = np.random.default_rng(2)
+    scores = np.round(rng.random(500), 1)  # many ties
+    labels = (rng.random(500) < scores).astype(int)
+    auc, reason = roc_auc(scores, labels)
+    cats, dogs = scores[labels == 1], scores[labels == 0]
+    pairs = (cats[:, None] > dogs[None, :]).sum() + 0.5 * (cats[:, None] == dogs[None, :]).sum()
+    assert reason is None and auc == pytest.approx(pairs / (cats.size * dogs.size))
+    fpr, tpr = roc_curve(scores, labels)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auc)
+    assert roc_curve([0.1, 0.2], [1, 1]) is None
+
+
+def test_confusion_at_is_strictly_above():
+    assert confusion_at([0.5, 0.51, 0.5], [1, 1, 0], 0.5) == {"tp": 1, "fp": 0, "tn": 1, "fn": 1}
+
+
+def test_bad_batches_are_rejected():
+    acc = Accumulator()
+    with pytest.raises(ValueError, match="NaN"):
+        acc.update([0.1, float("nan")], [0, 1])
+    with pytest.raises(ValueError, match=r"0 \(dog\) or 1 \(cat\).*-1"):
+        acc.update([0.1, 0.2], [0, -1])
+    with pytest.raises(ValueError, match="differ in length"):
+        acc.update([0.1, 0.2], [0])
+    assert acc.count == 0
+    with pytest.raises(ValueError, match="no examples"):
+        acc.summary(0.5)
+
+
+def test_scores_of_shape_n_by_1_are_accepted():
+    acc = Accumulator()
+    acc.update(np.array([[0.9], [0.1]], dtype=np.float32), np.array([1, 0], dtype=np.int8))
+    assert acc.summary(0.5)["accuracy"] == 1.0

@@ -1,0 +1,175 @@
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ingest import IngestSettings, ingest
+from shards import load_manifest
+from shards.errors import UserError
+from tests.conftest import ROOT, decoded_label, make_kaggle_folder
+from train.pipeline import iter_batches, make_dataset, plan_blocks
+from train.run import TrainSettings, train
+from train.rundir import latest_run, read_history
+
+SIZE = (24, 32)
+
+
+@pytest.fixture(scope="module")
+def shards_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    src = make_kaggle_folder(str(root / "train"), cats=60, dogs=60)
+    ingest(src, str(root / "shards"), IngestSettings(size=SIZE, shard_size=16, val=0.2, test=0.2),
+           scheduler="sync", progress=False)
+    return str(root / "shards")
+
+
+def _epoch(blocks, epoch, seed=0):
+    batches = list(iter_batches(blocks, 8, seed=seed, epoch=epoch, window=32))
+    names = [n for _, _, batch_names in batches for n in batch_names]
+    return batches, names
+
+
+def test_every_image_once_per_epoch_new_order_each_epoch_same_for_same_seed(shards_dir):
+    manifest = load_manifest(shards_dir)
+    blocks = plan_blocks(manifest, "train", block=8)
+    _, first = _epoch(blocks, 0)
+    _, second = _epoch(blocks, 1)
+    _, again = _epoch(blocks, 0)
+    _, other_seed = _epoch(blocks, 0, seed=7)
+    assert len(first) == len(set(first)) == manifest.split_count("train") == 72
+    assert sorted(first) == sorted(second)
+    assert first != second and first == again and first != other_seed
+
+
+def test_labels_stay_with_their_images_and_batches_are_full(shards_dir):
+    blocks = plan_blocks(load_manifest(shards_dir), "train", block=8)
+    batches, _ = _epoch(blocks, 3)
+    assert [len(labels) for _, labels, _ in batches] == [8] * 9
+    for images, labels, names in batches:
+        assert images.dtype == np.uint8 and images.shape[1:] == (*SIZE, 3)
+        assert labels.dtype == np.float32 and labels.shape == (len(images), 1)
+        assert [decoded_label(im) for im in images] == labels[:, 0].astype(int).tolist()
+        assert labels[:, 0].astype(int).tolist() == [1 if n.startswith("cat.") else 0 for n in names]
+
+
+def test_subset_is_the_first_n_of_the_split(shards_dir):
+    manifest = load_manifest(shards_dir)
+    _, names = _epoch(plan_blocks(manifest, "train", limit=20, block=8), 0)
+    from shards import ShardReader
+    with ShardReader(manifest.shard_path(manifest.shards("train")[0])) as first, \
+            ShardReader(manifest.shard_path(manifest.shards("train")[1])) as second:
+        expected = first.names + second.names[:4]
+    assert sorted(names) == sorted(expected)
+    with pytest.raises(UserError, match="holds 72"):
+        plan_blocks(manifest, "train", limit=73)
+
+
+def test_tf_dataset_each_epoch_complete_and_differently_ordered(shards_dir):
+    manifest = load_manifest(shards_dir)
+    dataset = make_dataset(manifest, "train", batch_size=8, seed=1, window=32)
+    epochs = []
+    for _ in range(2):
+        digests = [hashlib.md5(im.tobytes()).hexdigest() for images, _ in dataset for im in images.numpy()]
+        epochs.append(digests)
+    assert len(epochs[0]) == 72 and sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
+    images, labels = next(iter(dataset))
+    assert images.dtype.name == "uint8" and labels.dtype.name == "float32" and labels.shape == (8, 1)
+
+
+@pytest.mark.parametrize("model", ["mlp", "conv1", "conv2", "conv2-wide", "kibble"])
+def test_each_model_trains_an_epoch_and_saves_a_loadable_model(shards_dir, tmp_path, model):
+    import keras
+
+    result = train(TrainSettings(data=shards_dir, model=model, train_size=32, val_size=16, epochs=1,
+                                 batch_size=16), runs_root=str(tmp_path), progress=False)
+    run = result["run_dir"]
+    assert latest_run(str(tmp_path)) == run and result["epochs"] == 1
+    loaded = keras.models.load_model(os.path.join(run, "best.keras"))
+    scores = loaded.predict(np.zeros((2, *SIZE, 3), np.uint8), verbose=0)
+    assert scores.shape == (2, 1) and np.all((scores >= 0) & (scores <= 1))
+    config = json.load(open(os.path.join(run, "config.json")))
+    assert config["model"] == model and config["image_size"] == list(SIZE) and config["params"] > 0
+    assert config["manifest_sha256"] == load_manifest(shards_dir).checksum
+    [row] = read_history(run)
+    assert row["epoch"] == 1 and set(row) >= {"loss", "val_loss", "accuracy", "val_accuracy", "seconds"}
+    assert os.path.isdir(os.path.join(run, "logs"))
+
+
+def test_killed_run_resumes_to_the_full_number_of_epochs(shards_dir, tmp_path):
+    runs = tmp_path / "runs"
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from train.run import TrainSettings, train\n"
+        "train(TrainSettings(data=sys.argv[2], model='conv2', train_size=72, val_size=16, epochs=8, "
+        "batch_size=8), runs_root=sys.argv[3], progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, ROOT, shards_dir, str(runs)])
+    state_file = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        found = list(runs.glob("*/state.json")) if runs.exists() else []
+        if found and json.load(open(found[0]))["epoch"] >= 1:
+            state_file = found[0]
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state_file is not None
+    done = json.load(open(state_file))["epoch"]
+    assert 1 <= done < 8, "the run finished before it could be killed"
+    # the same command again continues it
+    result = train(TrainSettings(data=shards_dir, model="conv2", train_size=72, val_size=16, epochs=8,
+                                 batch_size=8), runs_root=str(runs), progress=False)
+    assert result["run_dir"] == str(state_file.parent) and result["epochs"] == 8
+    assert [row["epoch"] for row in read_history(result["run_dir"])] == list(range(1, 9))
+    again = train(TrainSettings(), runs_root=str(runs), resume=True, progress=False)
+    assert again["already_done"]
+
+
+def test_no_shards_says_to_run_ingest(tmp_path):
+    with pytest.raises(UserError, match="run `ingest` first"):
+        train(TrainSettings(data=str(tmp_path / "nothing")), runs_root=str(tmp_path / "runs"))
+
+
+def test_more_images_than_exist_names_what_exists(shards_dir, tmp_path):
+    with pytest.raises(UserError, match="holds 72"):
+        train(TrainSettings(data=shards_dir, model="mlp", train_size=500, val_size=8),
+              runs_root=str(tmp_path))
+    assert not (tmp_path / "LATEST").exists()
+
+
+def test_damaged_shard_is_refused_before_training(shards_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards_dir, copy)
+    victim = copy / "train-00002.h5"
+    data = bytearray(victim.read_bytes())
+    data[-50] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="train-00002.h5.*sha256"):
+        train(TrainSettings(data=str(copy), model="mlp", train_size=32, val_size=8, epochs=1),
+              runs_root=str(tmp_path / "runs"))
+
+
+def test_shard_vanishing_during_training_names_it_and_stays_resumable(shards_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards_dir, copy)
+    os.remove(copy / "train-00003.h5")
+    with pytest.raises(UserError, match=r"train-00003.h5.*--resume"):
+        train(TrainSettings(data=str(copy), model="mlp", train_size=72, val_size=8, epochs=2, batch_size=8),
+              runs_root=str(tmp_path / "runs"), verify=False, progress=False)
+
+
+def test_invalid_settings_name_the_option():
+    with pytest.raises(UserError, match="model must be one of"):
+        train(TrainSettings(model="resnet"))
+    with pytest.raises(UserError, match="batch_size must be at least 1"):
+        train(TrainSettings(batch_size=0))
