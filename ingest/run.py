@@ -1,4 +1,6 @@
 """`ingest`: a folder or zip of images in, verified HDF5 shards and a manifest out."""
+import contextlib
+import multiprocessing
 import os
 import re
 import time
@@ -45,7 +47,12 @@ def _run_tasks(specs, run_one, scheduler, workers, on_done):
                     for summary in result:
                         on_done(summary)
 
-        with _Report():
+        options = {}
+        if scheduler == "processes" and "fork" in multiprocessing.get_all_start_methods():
+            # Forked workers start with the driver's modules already imported;
+            # spawned ones spend about a second importing NumPy, h5py and Pillow.
+            options["multiprocessing.context"] = "fork"
+        with _Report(), dask.config.set(options):
             # chunksize=1: hand out one shard at a time, so both the progress bar
             # and the load balance across workers stay even.
             dask.compute(*parts, scheduler=scheduler, num_workers=workers, chunksize=1)
@@ -74,9 +81,14 @@ def _prepare_out(out, plan_digest, force):
             raise UserError(
                 f"{out} already holds shards from a different ingest (other files or settings); "
                 "pass --force to replace them or choose another --out")
-        if not verify_shards(manifest):
+        problems = verify_shards(manifest)
+        if not problems:
             return manifest
-        # Damaged or missing shards: fall through and rebuild what is needed.
+        # Damaged or missing shards: delete the damaged ones (their metadata
+        # may still look right) and fall through to rebuild what is missing.
+        for problem in problems:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(problem.path)
     os.makedirs(out, exist_ok=True)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)  # the folder is incomplete until a new one is written

@@ -37,7 +37,7 @@ def build_shard(spec, source_path, source_kind, settings, out):
     summary = _existing(path, spec.digest)
     reused = summary is not None
     if not reused:
-        skipped = []
+        skipped, written = [], {1: 0, 0: 0, -1: 0}
         with contextlib.ExitStack() as stack:
             archive = stack.enter_context(zipfile.ZipFile(source_path)) if source_kind == "zip" else None
             writer = stack.enter_context(write_shard(
@@ -53,8 +53,9 @@ def build_shard(spec, source_path, source_kind, settings, out):
                     skipped.append({"name": name, "reason": str(exc)})
                     continue
                 writer.append(image, label, name)
+                written[label] += 1
             # Recorded inside the shard, so a resumed ingest still reports them.
             writer.attrs["skipped"] = json.dumps(skipped)
-        summary = _existing(path, spec.digest)
+        summary = {"count": sum(written.values()), "cats": written[1], "dogs": written[0], "skipped": skipped}
     return {"file": spec.file, "split": spec.split, "index": spec.index, **summary,
             "sha256": sha256_file(path), "bytes": os.path.getsize(path), "reused": reused}

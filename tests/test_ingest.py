@@ -267,3 +267,19 @@ def test_real_kaggle_sample(sample_dir, tmp_path):
         assert images.shape == (64, 94, 125, 3) and images.std() > 20  # real photos, not blank
         assert 0 < shard.labels.mean() < 1
     assert verify_shards(load_manifest(str(tmp_path / "out"))) == []
+
+
+def test_a_shard_with_damaged_pixels_but_intact_metadata_is_rebuilt(kaggle_dir, tmp_path):
+    run(kaggle_dir, tmp_path / "out")
+    victim = tmp_path / "out" / "train-00000.h5"
+    clean = victim.read_bytes()
+    with ShardReader(str(victim)) as shard:
+        offset = shard.images.id.get_offset() or shard.images.id.get_chunk_info(0).byte_offset
+    with open(victim, "r+b") as f:  # flip one pixel byte; the file still opens fine
+        f.seek(offset + 10)
+        byte = f.read(1)
+        f.seek(offset + 10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    result = run(kaggle_dir, tmp_path / "out")
+    assert result["reused_shards"] == result["totals"]["shards"] - 1
+    assert victim.read_bytes() == clean
