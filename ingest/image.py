@@ -5,7 +5,6 @@ ingest calls it for every file it shards, and predict calls it on the user's
 files, so a model always sees images prepared exactly as it was trained on.
 """
 import io
-import math
 import os
 import warnings
 

@@ -59,7 +59,7 @@ def test_counts_add_up_and_splits_are_stratified_and_disjoint(kaggle_dir, tmp_pa
 def test_same_seed_same_manifest_and_pixels_other_seed_other_order(kaggle_dir, tmp_path):
     first = run(kaggle_dir, tmp_path / "a")
     second = run(kaggle_dir, tmp_path / "b", scheduler="threads")
-    other = run(kaggle_dir, tmp_path / "c", IngestSettings(size=(16, 20), shard_size=8, val=0.2, test=0.2, seed=1))
+    run(kaggle_dir, tmp_path / "c", IngestSettings(size=(16, 20), shard_size=8, val=0.2, test=0.2, seed=1))
     assert first["shards"] == second["shards"] and first["plan"] == second["plan"]
     a, b, c = read_all(tmp_path / "a"), read_all(tmp_path / "b"), read_all(tmp_path / "c")
     for split in a:

@@ -3,17 +3,18 @@ import contextlib
 import csv
 import json
 import os
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-from shards.errors import ShardError, UserError
+from shards.errors import UserError
 from shards.manifest import load_manifest, verify_shards, write_json_atomic
 from train.models import DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks
 from train.rundir import BEST, CONFIG, HISTORY, LAST, STATE, mark_latest, read_config
 
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr")
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr", "rss_mb", "peak_rss_mb")
 LAPTOP_SAMPLE = (4096, 1024)  # the tutorial's train/validation sample
 FULL = (10000, 2500)  # the design's full experiment
 
@@ -100,13 +101,24 @@ def _recorder(run_dir, state):
                 _save_atomic(self.model, os.path.join(run_dir, BEST))
             row = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
                    "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
-                   "seconds": round(seconds, 2), "lr": _current_lr(self.model)}
+                   "seconds": round(seconds, 2), "lr": _current_lr(self.model), **_memory_mb()}
             _append_history(run_dir, row)
             state["epoch"] = epoch + 1
             state["seconds"] = state.get("seconds", 0) + seconds
             write_json_atomic(os.path.join(run_dir, STATE), state)
 
     return EpochRecorder()
+
+
+def _memory_mb():
+    """This process's resident memory now and at its peak so far, in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        with open("/proc/self/statm") as f:
+            now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:  # not Linux
+        now = peak
+    return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak * 1.024, 1)}
 
 
 def _append_history(run_dir, row):
