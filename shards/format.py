@@ -178,11 +178,20 @@ class ShardReader:
         except OSError as exc:
             raise ShardError(self.path, f"read of images {start}:{stop} failed ({exc})") from None
 
-    def read_labelled(self, start, stop):
-        """(images, labels, names) of images start..stop, one HDF5 read each."""
+    def read_labelled(self, start, stop, out=None):
+        """(images, labels, names) of images start..stop, one HDF5 read each.
+
+        With `out` (a uint8 array of shape (stop - start, H, W, 3)), the
+        pixels are read straight into it and `out` is returned as images.
+        """
         try:
             names = self._h5["names"][start:stop]
-            return (self.images[start:stop], self._h5["labels"][start:stop],
+            if out is None:
+                images = self.images[start:stop]
+            else:
+                self.images.read_direct(out, np.s_[start:stop])
+                images = out
+            return (images, self._h5["labels"][start:stop],
                     [n.decode() if isinstance(n, bytes) else n for n in names])
         except OSError as exc:
             raise ShardError(self.path, f"read of images {start}:{stop} failed ({exc})") from None

@@ -2,7 +2,7 @@
 
 The source is a plain Python generator (`iter_windows`) that reads whole
 blocks of consecutive images per HDF5 call and mixes about `window` images
-at a time. TensorFlow receives whole windows (one Python call per ~1,000
+at a time. TensorFlow receives whole windows (one Python call per ~500
 images) and cuts them into batches in C++. Handing over single batches from
 Python instead cost 1-2 ms of GIL-bound work per batch and capped the feed
 at about 10,000 img/s here; windows roughly double that (docs/benchmarks.md).
@@ -18,7 +18,7 @@ from shards.errors import ShardError, UserError
 from shards.format import ShardReader
 
 BLOCK = 128  # images per HDF5 read: two chunks of 64
-WINDOW = 1024  # images mixed together; 36 MB of 94x125 images
+WINDOW = 512  # images mixed together; 18 MB of 94x125 images
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,13 @@ class _OpenShards:
     def __init__(self):
         self.readers = {}
 
-    def read(self, block):
+    def read(self, block, out=None):
         shard = self.readers.get(block.path)
         if shard is None:
             shard = self.readers[block.path] = ShardReader(block.path)
             if shard.count < block.stop:
                 raise ShardError(block.path, f"holds {shard.count} images, expected at least {block.stop}")
-        return shard.read_labelled(block.start, block.stop)
+        return shard.read_labelled(block.start, block.stop, out)
 
     def close(self):
         for shard in self.readers.values():
@@ -86,22 +86,34 @@ def iter_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDO
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(blocks)) if shuffle else np.arange(len(blocks))
-    per_window = max(1, window // max(1, blocks[0].stop - blocks[0].start)) if blocks else 1
+    if not blocks:
+        return
+    per_window = max(1, window // max(1, blocks[0].stop - blocks[0].start))
+    with ShardReader(blocks[0].path) as shard:
+        image_shape = shard.images.shape[1:]
     shards = _OpenShards()
-    carry = None
+    carry_images, carry_labels, carry_names = None, np.empty(0, np.float32), []
     try:
         for first in range(0, len(order), per_window):
-            parts = [shards.read(blocks[i]) for i in order[first:first + per_window]]
-            if carry is not None:
-                parts.insert(0, carry)
-            images = np.concatenate([p[0] for p in parts])
-            labels = np.concatenate([p[1] for p in parts]).astype(np.float32)
-            names = [n for p in parts for n in p[2]]
-            mix = rng.permutation(len(labels)) if shuffle else np.arange(len(labels))
+            chosen = [blocks[i] for i in order[first:first + per_window]]
+            rows = len(carry_labels) + sum(b.stop - b.start for b in chosen)
+            # One buffer per window, filled in place: no concatenation copies.
+            images = np.empty((rows, *image_shape), np.uint8)
+            labels, names, filled = [carry_labels], list(carry_names), len(carry_labels)
+            if filled:
+                images[:filled] = carry_images
+            for block in chosen:
+                size = block.stop - block.start
+                _, block_labels, block_names = shards.read(block, images[filled:filled + size])
+                labels.append(block_labels.astype(np.float32))
+                names += block_names
+                filled += size
+            labels = np.concatenate(labels)
+            mix = rng.permutation(rows) if shuffle else np.arange(rows)
             last = first + per_window >= len(order)
-            keep = len(mix) if last else len(mix) - len(mix) % batch_size
+            keep = rows if last else rows - rows % batch_size
             rest = mix[keep:]
-            carry = (images[rest], labels[rest], [names[i] for i in rest]) if len(rest) else None
+            carry_images, carry_labels, carry_names = images[rest], labels[rest], [names[i] for i in rest]
             mix = mix[:keep]
             if len(mix):
                 yield images[mix], labels[mix, None], [names[i] for i in mix]
