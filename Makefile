@@ -14,7 +14,6 @@ $(BIN)/python:
 
 # Reinstall only when setup.py changes.
 $(VENV)/.installed-$(EXTRA): setup.py | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRA)]"
 	touch $@
 

@@ -1,0 +1,130 @@
+import csv
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from evaluate.predict import expand_paths, predict, run_threshold
+from ingest import IngestSettings, ingest
+from ingest.synthetic import make_demo_images
+from shards import ShardReader, load_manifest
+from shards.errors import UserError
+from train.run import TrainSettings, train
+
+SIZE = (24, 32)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(image folder, shard folder, run directory): 12 generated pictures per class, a 1-epoch conv2."""
+    root = tmp_path_factory.mktemp("predict")
+    images = make_demo_images(str(root / "images"), per_class=12, seed=1)
+    shards = str(root / "shards")
+    ingest(images, shards, IngestSettings(size=SIZE, shard_size=8, val=0.25, test=0.25), scheduler="sync",
+           progress=False)
+    result = train(TrainSettings(data=shards, model="conv2", train_size=12, val_size=6, epochs=1, batch_size=4,
+                                 lr=1e-3, loss="bce"), runs_root=str(root / "runs"), progress=False)
+    return images, shards, result["run_dir"]
+
+
+def _shard_images(shards):
+    """{file name: uint8 image} of every image in the shards."""
+    manifest = load_manifest(shards)
+    found = {}
+    for entry in manifest.shards():
+        with ShardReader(manifest.shard_path(entry)) as shard:
+            found.update(zip(shard.names, shard.read(0, shard.count)))
+    return found
+
+
+def test_predict_scores_a_file_as_evaluate_scores_its_shard_image(trained):
+    import keras
+
+    images, shards, run_dir = trained
+    stored = _shard_images(shards)
+    names = sorted(stored)
+    model = keras.saving.load_model(os.path.join(run_dir, "best.keras"), compile=False)
+    expected = np.asarray(model.predict_on_batch(np.stack([stored[n] for n in names]))).reshape(-1)
+
+    results = list(predict(images, run_dir, batch_size=5))
+    assert [os.path.basename(r["file"]) for r in results] == names  # sorted walk, every image once
+    got = np.array([r["p_cat"] for r in results])
+    assert np.allclose(got, expected, atol=1e-5, rtol=0)
+    assert np.ptp(got) > 1e-4  # the model does tell the images apart: the match is not trivial
+    assert all(r["error"] is None and r["label"] == ("cat" if r["p_cat"] > 0.5 else "dog") for r in results)
+
+
+def test_batch_size_changes_nothing_and_single_files_work(trained):
+    images, _, run_dir = trained
+    one_batch = list(predict([images], run_dir, batch_size=64))
+    small = list(predict(images, run_dir, batch_size=1))
+    assert [r["file"] for r in small] == [r["file"] for r in one_batch]
+    assert np.allclose([r["p_cat"] for r in small], [r["p_cat"] for r in one_batch], atol=1e-5)
+    single = list(predict(os.path.join(images, "dog.3.jpg"), run_dir))
+    assert len(single) == 1 and single[0]["file"].endswith("dog.3.jpg")
+
+
+def test_folders_expand_recursively_to_images_only(tmp_path):
+    for rel in ("b/x.JPG", "a/y.png", "a/deep/z.jpeg", "a/notes.txt", "top.Png"):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    found = [os.path.relpath(p, tmp_path) for p in expand_paths([str(tmp_path), str(tmp_path / "a/notes.txt")])]
+    assert found == ["top.Png", "a/y.png", "a/deep/z.jpeg", "b/x.JPG", "a/notes.txt"]
+
+
+def test_threshold_comes_from_metrics_json_else_half(trained, tmp_path):
+    images, _, run_dir = trained
+    value, origin = run_threshold(run_dir)
+    assert value == 0.5 and origin.startswith("default 0.5")
+    copy = str(tmp_path / "run")
+    shutil.copytree(run_dir, copy)
+    with open(os.path.join(copy, "metrics.json"), "w") as f:
+        json.dump({"threshold": {"value": 0.0, "chosen_on": "val"}}, f)
+    value, origin = run_threshold(copy)
+    assert value == 0.0 and origin.startswith("chosen on val")
+    assert {r["label"] for r in predict(images, copy)} == {"cat"}
+
+
+def test_cli_reports_a_broken_file_predicts_the_rest_and_exits_1(trained, tmp_path):
+    images, _, run_dir = trained
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("cat.0.jpg", "dog.0.jpg", "dog.1.jpg"):
+        shutil.copy(os.path.join(images, name), folder / name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "readme.txt").write_text("ignored")
+
+    result = CliRunner().invoke(cli, ["predict", str(folder), "--run", run_dir, "--format", "csv"])
+    assert result.exit_code == 1, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [os.path.basename(r["file"]) for r in rows] == ["broken.jpg", "cat.0.jpg", "dog.0.jpg", "dog.1.jpg"]
+    assert rows[0]["p_cat"] == "" and rows[0]["label"] == "" and "image" in rows[0]["error"]
+    assert all(0 <= float(r["p_cat"]) <= 1 and r["label"] in ("cat", "dog") and not r["error"] for r in rows[1:])
+    assert "3 predicted" in result.stderr and "1 failed" in result.stderr
+    assert "threshold 0.50 default 0.5" in result.stderr
+
+
+def test_cli_json_and_table_exit_0_when_all_files_work(trained):
+    images, _, run_dir = trained
+    files = [os.path.join(images, "cat.1.jpg"), os.path.join(images, "dog.2.jpg")]
+    result = CliRunner().invoke(cli, ["predict", *files, "--run", run_dir, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    parsed = json.loads(result.stdout)
+    assert [r["file"] for r in parsed] == files and all(r["error"] is None for r in parsed)
+    table = CliRunner().invoke(cli, ["predict", *files, "--run", run_dir])
+    lines = table.stdout.splitlines()
+    assert table.exit_code == 0 and lines[0].split() == ["p_cat", "label", "file"] and len(lines) == 3
+    assert lines[1].endswith("cat.1.jpg")
+
+
+def test_predict_names_a_missing_run(tmp_path):
+    with pytest.raises(UserError, match="no run directory at"):
+        list(predict(str(tmp_path), str(tmp_path / "nope")))
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path), "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "no training run in" in result.stderr
