@@ -61,7 +61,7 @@ class TreeSampler(threading.Thread):
         self.most_processes = 0
         self.samples = 0
         self.timeline = []
-        self._started = time.perf_counter()
+        self._t0 = time.perf_counter()
         self._done = threading.Event()
 
     def run(self):
@@ -70,7 +70,7 @@ class TreeSampler(threading.Thread):
             self.peak = max(self.peak, total)
             self.most_processes = max(self.most_processes, count)
             self.samples += 1
-            self.timeline.append((time.perf_counter() - self._started, total))
+            self.timeline.append((time.perf_counter() - self._t0, total))
             self._done.wait(SAMPLE_SECONDS)
 
     def stop(self):

@@ -178,13 +178,19 @@ class ShardReader:
         except OSError as exc:
             raise ShardError(self.path, f"read of images {start}:{stop} failed ({exc})") from None
 
-    def read_labelled(self, start, stop, out=None):
+    def read_labelled(self, start, stop, out=None, names=True):
         """(images, labels, names) of images start..stop, one HDF5 read each.
 
         With `out` (a uint8 array of shape (stop - start, H, W, 3)), the
         pixels are read straight into it and `out` is returned as images.
+        With `names=False` the names come back as None (saves a read).
         """
         try:
+            if not names:
+                images = self.images[start:stop] if out is None else out
+                if out is not None:
+                    self.images.read_direct(out, np.s_[start:stop])
+                return images, self._h5["labels"][start:stop], None
             names = self._h5["names"][start:stop]
             if out is None:
                 images = self.images[start:stop]

@@ -60,13 +60,13 @@ class _OpenShards:
     def __init__(self):
         self.readers = {}
 
-    def read(self, block, out=None):
+    def read(self, block, out=None, names=True):
         shard = self.readers.get(block.path)
         if shard is None:
             shard = self.readers[block.path] = ShardReader(block.path)
             if shard.count < block.stop:
                 raise ShardError(block.path, f"holds {shard.count} images, expected at least {block.stop}")
-        return shard.read_labelled(block.start, block.stop, out)
+        return shard.read_labelled(block.start, block.stop, out, names)
 
     def close(self):
         for shard in self.readers.values():
@@ -74,16 +74,10 @@ class _OpenShards:
         self.readers.clear()
 
 
-def iter_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDOW):
-    """Yield (images, labels, names) windows covering `blocks` once, in epoch order.
-
-    images: uint8 (n, H, W, 3); labels: float32 (n, 1); names: list of str.
-    With `shuffle`, blocks come in an order seeded by (seed, epoch) and the
-    images of about `window` consecutive blocks' worth are permuted together.
-    Every window but the last holds a multiple of `batch_size` images (the
-    rest is carried into the next window), so only an epoch's last batch can
-    be short.
-    """
+def _raw_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDOW, with_names=True):
+    """Yield (images, labels, names, order) per window: the pixels as read, and
+    the permutation (without the carried-over rest) that iter_windows applies.
+    Without `with_names`, names are not read and come back as Nones."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(blocks)) if shuffle else np.arange(len(blocks))
     if not blocks:
@@ -104,9 +98,9 @@ def iter_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDO
                 images[:filled] = carry_images
             for block in chosen:
                 size = block.stop - block.start
-                _, block_labels, block_names = shards.read(block, images[filled:filled + size])
+                _, block_labels, block_names = shards.read(block, images[filled:filled + size], with_names)
                 labels.append(block_labels.astype(np.float32))
-                names += block_names
+                names += block_names if with_names else [None] * size
                 filled += size
             labels = np.concatenate(labels)
             mix = rng.permutation(rows) if shuffle else np.arange(rows)
@@ -116,9 +110,23 @@ def iter_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDO
             carry_images, carry_labels, carry_names = images[rest], labels[rest], [names[i] for i in rest]
             mix = mix[:keep]
             if len(mix):
-                yield images[mix], labels[mix, None], [names[i] for i in mix]
+                yield images, labels, names, mix
     finally:
         shards.close()
+
+
+def iter_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDOW):
+    """Yield (images, labels, names) windows covering `blocks` once, in epoch order.
+
+    images: uint8 (n, H, W, 3); labels: float32 (n, 1); names: list of str.
+    With `shuffle`, blocks come in an order seeded by (seed, epoch) and the
+    images of about `window` images' worth of blocks are permuted together.
+    Every window but the last holds a multiple of `batch_size` images (the
+    rest is carried into the next window), so only an epoch's last batch can
+    be short.
+    """
+    for images, labels, names, mix in _raw_windows(blocks, batch_size, seed, epoch, shuffle, window):
+        yield images[mix], labels[mix, None], [names[i] for i in mix]
 
 
 def iter_batches(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDOW):
@@ -148,13 +156,17 @@ def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=Tru
     def generator():
         epoch = epochs_started[0]
         epochs_started[0] += 1
-        for images, labels, _ in iter_windows(blocks, batch_size, seed, epoch, shuffle, window):
-            yield images, labels
+        for images, labels, _, order in _raw_windows(blocks, batch_size, seed, epoch, shuffle, window,
+                                                     with_names=False):
+            yield images, labels[:, None], order
 
-    def to_batches(images, labels):
-        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+    def to_batches(images, labels, order):
+        # The permutation is applied here, in TensorFlow's threads, not under the GIL.
+        mixed = (tf.gather(images, order), tf.gather(labels, order))
+        return tf.data.Dataset.from_tensor_slices(mixed).batch(batch_size)
 
-    signature = (tf.TensorSpec((None, height, width, 3), tf.uint8), tf.TensorSpec((None, 1), tf.float32))
+    signature = (tf.TensorSpec((None, height, width, 3), tf.uint8), tf.TensorSpec((None, 1), tf.float32),
+                 tf.TensorSpec((None,), tf.int64))
     # Python hands over whole windows (one call per ~1,000 images); slicing
     # them into batches happens in TensorFlow's C++ threads, off the GIL.
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
