@@ -218,8 +218,9 @@ def _train_summary(result):
               help="Model file: best.keras (lowest val_loss) or last.keras.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per prediction call.")
+@click.option("--tta", is_flag=True, help="Average each score with the mirror image's (twice the time).")
 @click.pass_context
-def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size):
+def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size, tta):
     """Score trained runs on the val and test shards; write metrics and a report.
 
     Each run gets metrics.json, report.md and figures/ (ROC, accuracy vs
@@ -240,7 +241,7 @@ def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size)
     for run_dir in runs:
         target = os.path.join(out, os.path.basename(os.path.normpath(run_dir))) if out and len(runs) > 1 else out
         result = evaluate_run(run_dir, data=data, splits=splits, out=target, batch_size=batch_size,
-                              checkpoint=checkpoint, progress=not ctx.obj["quiet"])
+                              checkpoint=checkpoint, progress=not ctx.obj["quiet"], tta=tta)
         for warning in result["warnings"]:
             click.echo(f"Warning: {warning}", err=True)
         _say(ctx, _evaluate_summary(result))

@@ -36,7 +36,7 @@ DEFAULT_THRESHOLD = 0.5
 
 
 def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_size=256,
-                 checkpoint="best", progress=True):
+                 checkpoint="best", progress=True, tta=False):
     """Evaluate the model of `run_dir` and write metrics.json, report.md and figures.
 
     Args:
@@ -48,6 +48,8 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
         batch_size: images per `predict_on_batch` call.
         checkpoint: "best" (best.keras) or "last" (last.keras).
         progress: draw a progress bar on stderr.
+        tta: score each image as the mean of the model's outputs on it and on
+            its mirror image (test-time augmentation; costs twice the time).
 
     Returns:
         The metrics.json document as a dict, plus "out" (the output folder)
@@ -87,7 +89,7 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
     total = sum(manifest.split_count(s) for s in wanted)
     bar = Progress(total, "evaluate", enabled=progress)
     try:
-        accumulators = {s: _score_split(model, manifest, s, int(batch_size), bar) for s in wanted}
+        accumulators = {s: _score_split(model, manifest, s, int(batch_size), bar, tta) for s in wanted}
     finally:
         bar.close()
 
@@ -113,6 +115,7 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
         "run": os.path.abspath(run_dir),
         "model": config.get("model"),
         "checkpoint": CHECKPOINTS[checkpoint],
+        "tta": "flip" if tta else None,
         "checkpoint_sha256": sha256_file(model_path),
         "data": os.path.abspath(data),
         "manifest_sha256": manifest.checksum,
@@ -166,11 +169,13 @@ def _check_input_size(model, path, manifest):
             f"ingested at --size {size}")
 
 
-def _score_split(model, manifest, split, batch_size, bar):
+def _score_split(model, manifest, split, batch_size, bar, tta=False):
     """Stream every image of `split` through the model; an Accumulator of its scores."""
     acc = Accumulator()
     for images, labels, where in _blocks(manifest, split, batch_size):
         scores = np.asarray(model.predict_on_batch(images))
+        if tta:  # average with the mirror image (width is axis 2)
+            scores = (scores + np.asarray(model.predict_on_batch(images[:, :, ::-1]))) / 2
         if scores.shape not in ((len(images), 1), (len(images),)):
             raise UserError(f"the model outputs shape {scores.shape[1:]} per image; evaluate needs "
                             "one sigmoid probability of cat per image")

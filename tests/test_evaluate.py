@@ -19,7 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPLIT_KEYS = {"count", "cats", "dogs", "mse", "pearson_r", "log_loss", "roc_auc", "accuracy_at",
               "best_accuracy", "best_accuracy_threshold", "threshold", "accuracy", "precision", "recall",
               "f1", "confusion", "undefined", "confident_mistakes"}
-TOP_KEYS = {"schema_version", "created", "run", "model", "checkpoint", "checkpoint_sha256", "data",
+TOP_KEYS = {"schema_version", "created", "run", "model", "checkpoint", "checkpoint_sha256", "tta", "data",
             "manifest_sha256", "same_data_as_training", "image_size", "threshold", "accuracy_thresholds",
             "splits", "figures", "seconds"}
 
@@ -347,3 +347,15 @@ def test_cli_evaluate_newest_run_and_compare(evaluated, shard_dir, tmp_path):
     assert len(lines) == 4 and lines[2].startswith("| tiny-1 | tiny | 4 |")
     with open(table) as f:
         assert f.read().strip() == result.stdout.strip()
+
+
+def test_tta_scores_are_the_mean_over_the_image_and_its_mirror(evaluated, shard_dir, tmp_path):
+    import keras
+
+    run_dir, plain = evaluated
+    result = evaluate_run(run_dir, splits=("val",), out=str(tmp_path), batch_size=5, progress=False, tta=True)
+    model = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
+    images, labels, _ = read_split(shard_dir, "val")
+    scores = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)).reshape(-1) / 2
+    assert result["tta"] == "flip" and plain["tta"] is None
+    assert result["splits"]["val"]["mse"] == pytest.approx(np.mean((scores - labels) ** 2), abs=1e-6)
