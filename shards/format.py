@@ -186,19 +186,16 @@ class ShardReader:
         With `names=False` the names come back as None (saves a read).
         """
         try:
-            if not names:
-                images = self.images[start:stop] if out is None else out
-                if out is not None:
-                    self.images.read_direct(out, np.s_[start:stop])
-                return images, self._h5["labels"][start:stop], None
-            names = self._h5["names"][start:stop]
             if out is None:
                 images = self.images[start:stop]
             else:
                 self.images.read_direct(out, np.s_[start:stop])
                 images = out
-            return (images, self._h5["labels"][start:stop],
-                    [n.decode() if isinstance(n, bytes) else n for n in names])
+            labels = self._h5["labels"][start:stop]
+            if not names:
+                return images, labels, None
+            return images, labels, [n.decode() if isinstance(n, bytes) else n
+                                    for n in self._h5["names"][start:stop]]
         except OSError as exc:
             raise ShardError(self.path, f"read of images {start}:{stop} failed ({exc})") from None
 
