@@ -18,11 +18,17 @@ class UserFacingGroup(click.Group):
 
     def invoke(self, ctx):
         from shards.errors import UserError
+        from shards.fsio import DISK_ERRORS, disk_error_message
 
         try:
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+        except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
+            if exc.errno not in DISK_ERRORS:
+                raise
+            click.echo(f"Error: {disk_error_message(exc)}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from shards.errors import ShardError
+from shards.fsio import temp_path
 
 SCHEMA_VERSION = 1
 # Images per HDF5 chunk. Readers fetch whole multiples of this; 64 images of
@@ -49,11 +50,6 @@ def sha256_file(path, block=1 << 20):
         for chunk in iter(lambda: f.read(block), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def temp_name(path):
-    head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.tmp-{os.getpid()}")
 
 
 class _ShardWriter:
@@ -104,7 +100,7 @@ def write_shard(path, *, height, width, capacity, attrs, compression="none"):
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
-    tmp = temp_name(path)
+    tmp = temp_path(path)
     try:
         with open_h5(tmp, "w") as h5:
             writer = _ShardWriter(h5, height, width, capacity, compression)

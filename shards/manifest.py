@@ -10,19 +10,10 @@ from dataclasses import dataclass
 
 from shards.errors import ShardError, UserError
 from shards.format import SCHEMA_VERSION, ShardReader, sha256_file
+from shards.fsio import write_json_atomic  # noqa: F401 - re-exported for the stages
 
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test", "unlabeled")
-
-
-def write_json_atomic(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
