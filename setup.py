@@ -25,6 +25,7 @@ setup(
         "distributed>=2024.1",
         "click>=8.1,<9",
         "matplotlib>=3.8,<4",
+        "psutil>=5.9",  # memory and CPU figures of a process tree, on every OS
         "tensorboard>=2.16",  # TensorFlow CPU wheels no longer bring it
     ],
     extras_require={

@@ -135,7 +135,7 @@ def main(argv=None):
           + (f" (first {args.images // 2} cats + {args.images // 2} dogs)" if args.images else ""))
     print(report(results))
     print(f"read: every shard whole, {BLOCK} images per ShardReader.read; second of two passes (warm page cache).")
-    print("other: cores kept busy by processes outside this benchmark during the line (from /proc/stat).")
+    print("other: cores kept busy by processes outside this benchmark during the line (machine-wide CPU time, psutil).")
     noisy = [r["compression"] for r in results if r["other"] > NOISY_CORES]
     if noisy:
         print(f"WARNING: other jobs used the CPU during: {', '.join(noisy)}; run again when the machine is quiet.")

@@ -186,7 +186,7 @@ def report(rows, floor_default, floor_ours, small, full, tutorial, workers):
         "tree MB: peak of the summed RSS of the process and all its descendants (sampled every "
         f"{SAMPLE_SECONDS * 1000:.0f} ms; shared library pages count once per process).",
         "max1 MB: ru_maxrss from wait4 (RUSAGE_CHILDREN of that run): the largest single process.",
-        "other: cores kept busy by processes outside this benchmark during the line (from /proc/stat);",
+        "other: cores kept busy by processes outside this benchmark during the line (machine-wide CPU time, psutil);",
         f"  above {NOISY_CORES} the line competed with another job: run again on a quiet machine.",
         "Ours is timed as the whole subprocess (interpreter start, planning, hashing, decoding, writing,",
         "sha256 of the shards, manifest); the tutorial line times only its loop, in its own process.",

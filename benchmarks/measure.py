@@ -2,52 +2,44 @@
 a command run under that measurement, and the load other jobs put on the
 machine meanwhile."""
 import os
-import resource
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 
+import psutil
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_SECONDS = 0.05
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # --- memory of a process tree -------------------------------------------------
 
-def _ppid_and_rss(pid):
-    """(parent pid, RSS bytes) of one process, or None if it has gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            resident_pages = int(f.read().split()[1])
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return None
-    # The command name (field 2) may hold spaces or parentheses: split after it.
-    ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-    return ppid, resident_pages * PAGE
-
-
 def tree_rss(root):
-    """(summed RSS in bytes, process count) of `root` and all its descendants."""
-    info = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            found = _ppid_and_rss(int(entry))
-            if found is not None:
-                info[int(entry)] = found
-    children = {}
-    for pid, (ppid, _) in info.items():
-        children.setdefault(ppid, []).append(pid)
-    total, count, todo = 0, 0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in info:
-            total += info[pid][1]
+    """(summed RSS in bytes, process count) of `root` and all its descendants.
+
+    psutil reads the same kernel figures as /proc on Linux and works on
+    macOS and Windows too. Processes that end while we look are skipped.
+    """
+    try:
+        top = psutil.Process(root)
+        members = [top] + top.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0, 0
+    total, count = 0, 0
+    for process in members:
+        try:
+            total += process.memory_info().rss
             count += 1
-        todo.extend(children.get(pid, ()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
     return total, count
+
+
+def _maxrss_bytes(usage):
+    # ru_maxrss is KiB on Linux but bytes on macOS.
+    return usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
 
 
 class TreeSampler(threading.Thread):
@@ -100,26 +92,23 @@ def run_measured(cmd, cwd=REPO):
     if proc.returncode != 0:
         raise SystemExit(f"command failed with exit code {proc.returncode}: {' '.join(cmd)}\n{stderr}")
     return {"seconds": seconds, "peak_tree": sampler.peak, "processes": sampler.most_processes,
-            "samples": sampler.samples, "ru_maxrss": usage.ru_maxrss * 1024, "stdout": stdout}
+            "samples": sampler.samples, "ru_maxrss": _maxrss_bytes(usage), "stdout": stdout}
 
 
 # --- other load on the machine ------------------------------------------------
 
 def _busy_seconds():
-    """CPU seconds the whole machine has spent busy since boot (/proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the whole machine has spent busy since boot."""
+    times = psutil.cpu_times()
+    # On Linux "guest" time is already inside "user", so add fields by name.
+    busy = ("user", "nice", "system", "irq", "softirq", "steal", "interrupt", "dpc")
+    return sum(getattr(times, name, 0.0) for name in busy)
 
 
 def _own_seconds():
     """CPU seconds of this process and every child it has reaped."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
+    times = psutil.Process().cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 class OtherLoad:
