@@ -28,7 +28,7 @@ def _existing(path, digest):
                 shard.verify_content()
                 return {"count": shard.count, "cats": shard.attrs["cats"],
                         "dogs": shard.attrs["dogs"], "skipped": shard.skipped}
-    except (ShardError, ValueError):
+    except (ShardError, ValueError, TypeError):
         pass  # damaged, foreign or from an older kibble: rebuilt below
     return None
 

@@ -131,7 +131,7 @@ def _validate(data, folder, path):
     schema = _Schema(path)
     schema.check(data, "the document", "object")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != SCHEMA_VERSION:  # not 1.0, not true
         raise UserError(f"{path} has schema version {_short(json.dumps(version), 40)}, this tool reads "
                         f"{SCHEMA_VERSION}; run `ingest --force` to rebuild")
     schema.get(data, "plan", "plan", "text")

@@ -174,6 +174,7 @@ _DELETE = object()
     (_doc("[" * 100000), "is not readable JSON"),
     (_doc("null"), "the document must be a JSON object, found null"),
     (_edit(("schema_version",), "1"), "schema version \"1\""),
+    (_edit(("schema_version",), 1.0), "schema version 1.0,"),
     (_edit(("shards", 0, "file"), None), "shards[0].file must be a string, found null"),
     (_edit(("shards", 2, "file"), "val-00000.h5"), "shards[2].file must be 'train-00002.h5'"),
     (_edit(("settings", "size"), "abc"), "settings.size must be a list, found str \"abc\""),
