@@ -21,7 +21,7 @@ import numpy as np
 from evaluate.metrics import COARSE_GRID, Accumulator
 from shards.errors import UserError
 from shards.format import ShardReader, sha256_file
-from shards.manifest import load_manifest, write_json_atomic
+from shards.manifest import load_manifest, verify_shards, write_json_atomic
 from shards.progress import Progress
 from train.rundir import BEST, CONFIG, LAST, read_config, read_history
 
@@ -36,7 +36,7 @@ DEFAULT_THRESHOLD = 0.5
 
 
 def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_size=256,
-                 checkpoint="best", progress=True, tta=False):
+                 checkpoint="best", progress=True, tta=False, verify=True):
     """Evaluate the model of `run_dir` and write metrics.json, report.md and figures.
 
     Args:
@@ -50,14 +50,18 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
         progress: draw a progress bar on stderr.
         tta: score each image as the mean of the model's outputs on it and on
             its mirror image (test-time augmentation; costs twice the time).
+        verify: compare the sha256 of every shard read (val included, the
+            threshold's source) with the manifest before scoring, as `train`
+            does. Each shard's split, size and count are checked either way.
 
     Returns:
         The metrics.json document as a dict, plus "out" (the output folder)
         and "warnings" (list of str), which are not written to the file.
 
     Raises:
-        UserError: no such run, model missing or damaged, data missing,
-            image size not the model's input size, a split not in the data.
+        UserError: no such run, model missing or damaged, data missing or
+            damaged, a shard not what the manifest lists, image size not the
+            model's input size, a split not in the data.
     """
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     unknown = [s for s in splits if s not in SPLITS]
@@ -81,6 +85,7 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
             raise UserError(f"the shards in {data} have no {split!r} split (splits present: {present}); "
                             f"choose another split or re-run `ingest` with a {split} share")
     wanted = [s for s in SPLITS if s in splits or (s == "val" and manifest.shards("val"))]
+    _check_shards(manifest, wanted, verify)
 
     model_path = os.path.join(run_dir, CHECKPOINTS[checkpoint])
     model = _load_model(model_path)
@@ -137,6 +142,18 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
     metrics["seconds"] = round(time.monotonic() - started, 2)
     write_json_atomic(os.path.join(out, METRICS_NAME), metrics)
     return {**metrics, "out": out, "warnings": warnings}
+
+
+def _check_shards(manifest, splits, checksum):
+    """UserError unless every shard of `splits` is the one the manifest lists.
+
+    Scores of a replaced shard (another split's, another ingest's) would be
+    silently wrong numbers, so this runs before the model is even loaded.
+    """
+    problems = verify_shards(manifest, splits=splits, checksum=checksum)
+    if problems:
+        raise UserError(f"{problems[0]} ({len(problems)} shard(s) failed; run `verify` for all, "
+                        "or `ingest` again to rebuild)")
 
 
 def _load_model(path):

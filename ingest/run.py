@@ -87,8 +87,16 @@ def _prepare_out(out, plan_digest, force):
         # Damaged or missing shards: delete the damaged ones (their metadata
         # may still look right) and fall through to rebuild what is missing.
         for problem in problems:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(problem.path)
+            # Deleted only when surely ours: a shard name right in `out`, a file or
+            # a link (whose target survives). load_manifest refused paths leading
+            # out of `out`; checked again here because a deletion is for good.
+            path = problem.path
+            if (os.path.normpath(os.path.dirname(path)) != os.path.normpath(out)
+                    or not _SHARD_FILE.match(os.path.basename(path))):
+                raise UserError(f"refusing to delete {path}: not a shard file in {out}")
+            if os.path.islink(path) or os.path.isfile(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
     os.makedirs(out, exist_ok=True)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)  # the folder is incomplete until a new one is written

@@ -14,16 +14,22 @@ from shards.errors import ShardError
 
 
 def _existing(path, digest):
-    """The finished shard at `path` if it was made from exactly this plan."""
-    if not os.path.exists(path):
+    """The finished shard at `path` if it was made from exactly this plan and is whole.
+
+    Its own content checksum must hold: the manifest with the shard's sha256
+    may never have been written (a crash just before it), so the plan
+    attribute alone would keep a shard whose pixels were damaged since.
+    """
+    if not os.path.isfile(path):
         return None
     try:
         with ShardReader(path) as shard:
             if shard.attrs.get("plan") == digest:
+                shard.verify_content()
                 return {"count": shard.count, "cats": shard.attrs["cats"],
                         "dogs": shard.attrs["dogs"], "skipped": shard.skipped}
-    except ShardError:
-        pass  # damaged or foreign: rebuilt below
+    except (ShardError, ValueError, TypeError):
+        pass  # damaged, foreign or from an older kibble: rebuilt below
     return None
 
 

@@ -7,7 +7,13 @@ Layout of a shard (schema version 1):
     names   str    (N,)          source file name of each image
     attrs   schema_version, split, height, width, fit, count, cats, dogs,
             plan (digest of the settings and file list that made the shard),
-            skipped (JSON list of files that could not be decoded)
+            skipped (JSON list of files that could not be decoded),
+            content_checksum (CRC-32 of images, labels and names; see below)
+
+A shard proves its own content without the manifest: `content_checksum` is
+computed while the datasets are written and `ShardReader.verify_content`
+recomputes it, so a resumed ingest can tell a whole shard from a damaged one
+even when the manifest (which holds each file's sha256) was never written.
 
 Shards are written under a temporary name and renamed into place once they
 are complete and flushed, so a file with the final name is always whole.
@@ -16,6 +22,8 @@ import contextlib
 import hashlib
 import json
 import os
+import struct
+import zlib
 
 import h5py
 import numpy as np
@@ -29,6 +37,14 @@ SCHEMA_VERSION = 1
 # a partial read wastes little.
 CHUNK_ROWS = 64
 COMPRESSIONS = ("none", "lzf", "gzip")
+# Shard attribute holding the checksum of the datasets. CRC-32 catches
+# damage (zeroed blocks, flipped bits, truncation) at ~1.5 GB/s, about a
+# sixtieth of the cost of decoding the images; it is not meant to stop a
+# forger, who could rewrite the attribute as easily (the manifest's sha256
+# and the folder's owner are the guard there).
+CONTENT_ATTR = "content_checksum"
+# Bytes of images hashed per read when a checksum is recomputed.
+CHECK_BLOCK_BYTES = 16 << 20
 
 
 def open_h5(path, mode="r"):
@@ -52,6 +68,35 @@ def sha256_file(path, block=1 << 20):
     return digest.hexdigest()
 
 
+class ContentChecksum:
+    """CRC-32 of a shard's images, labels and names, fed in row order.
+
+    Each dataset has its own running CRC, so the value does not depend on
+    how rows are grouped into blocks: the writer feeds its flushed blocks,
+    a reader feeds whatever blocks it reads. A name counts as its UTF-8
+    bytes after a 4-byte length, so ("ab", "c") and ("a", "bc") differ.
+    """
+
+    PREFIX = "crc32:"
+
+    def __init__(self):
+        self.images = self.labels = self.names = 0
+
+    def update_images(self, block):
+        self.images = zlib.crc32(memoryview(np.ascontiguousarray(block)).cast("B"), self.images)
+
+    def update_labels(self, labels):
+        self.labels = zlib.crc32(np.ascontiguousarray(labels, dtype=np.int8).tobytes(), self.labels)
+
+    def update_names(self, names):
+        encoded = [n.encode("utf-8") if isinstance(n, str) else bytes(n) for n in names]
+        blob = b"".join(struct.pack("<I", len(e)) + e for e in encoded)
+        self.names = zlib.crc32(blob, self.names)
+
+    def value(self):
+        return f"{self.PREFIX}{self.images:08x}-{self.labels:08x}-{self.names:08x}"
+
+
 class _ShardWriter:
     def __init__(self, h5, height, width, capacity, compression):
         kwargs = {}
@@ -67,6 +112,7 @@ class _ShardWriter:
         self.buffer = np.empty((rows, height, width, 3), dtype=np.uint8)
         self.pending_labels, self.pending_names = [], []
         self.count = 0
+        self.checksum = ContentChecksum()
 
     def append(self, image, label, name):
         self.buffer[len(self.pending_labels)] = image
@@ -83,9 +129,14 @@ class _ShardWriter:
         if end > self.images.shape[0]:
             for ds in (self.images, self.labels, self.names):
                 ds.resize(end, axis=0)
+        labels = np.asarray(self.pending_labels, dtype=np.int8)
         self.images[self.count:end] = self.buffer[:n]
-        self.labels[self.count:end] = self.pending_labels
+        self.labels[self.count:end] = labels
         self.names[self.count:end] = self.pending_names
+        # Hashed from the same buffers just written: no second pass over the pixels.
+        self.checksum.update_images(self.buffer[:n])
+        self.checksum.update_labels(labels)
+        self.checksum.update_names(self.pending_names)
         self.count = end
         self.pending_labels, self.pending_names = [], []
 
@@ -118,6 +169,7 @@ def write_shard(path, *, height, width, capacity, attrs, compression="none"):
                 "cats": int(np.sum(labels == 1)),
                 "dogs": int(np.sum(labels == 0)),
                 **writer.attrs,
+                CONTENT_ATTR: writer.checksum.value(),
             })
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -167,6 +219,47 @@ class ShardReader:
     @property
     def skipped(self):
         return json.loads(self.attrs.get("skipped", "[]"))
+
+    def content_checksum(self):
+        """Recompute the checksum of the datasets, as stored in CONTENT_ATTR when written."""
+        checksum = ContentChecksum()
+        row_bytes = max(1, int(np.prod(self.images.shape[1:])))
+        rows = max(1, CHECK_BLOCK_BYTES // row_bytes)
+        chunk = (self.images.chunks or (1,))[0]
+        if rows >= chunk:  # whole chunks per read, so a compressed chunk is decoded once
+            rows -= rows % chunk
+        for start in range(0, self.count, rows):
+            checksum.update_images(self.read(start, min(self.count, start + rows)))
+        try:
+            checksum.update_labels(self._h5["labels"][:])
+            checksum.update_names(self._h5["names"][:])
+        except (OSError, KeyError) as exc:
+            raise ShardError(self.path, f"labels or names cannot be read ({exc})") from None
+        return checksum.value()
+
+    def verify_content(self):
+        """Raise ShardError unless the datasets match the checksum and counts stored in the shard.
+
+        Needs no manifest: this is how a resumed ingest decides whether a
+        shard it finds was written whole.
+        """
+        stored = self.attrs.get(CONTENT_ATTR)
+        if not isinstance(stored, str) or not stored.startswith(ContentChecksum.PREFIX):
+            raise ShardError(self.path, f"has no {CONTENT_ATTR} attribute (written by an older kibble); "
+                                        "its content cannot be checked")
+        try:
+            labels = self._h5["labels"][:]
+            names = self._h5["names"].shape[0]
+        except (OSError, KeyError) as exc:
+            raise ShardError(self.path, f"labels or names cannot be read ({exc})") from None
+        found = {"count": self.count, "labels": len(labels), "names": names,
+                 "cats": int(np.sum(labels == 1)), "dogs": int(np.sum(labels == 0))}
+        expected = {"count": self.attrs.get("count"), "labels": self.count, "names": self.count,
+                    "cats": self.attrs.get("cats"), "dogs": self.attrs.get("dogs")}
+        if found != expected:
+            raise ShardError(self.path, f"datasets hold {found}, its attributes say {expected}")
+        if self.content_checksum() != stored:
+            raise ShardError(self.path, f"content differs from its {CONTENT_ATTR} (images damaged)")
 
     def read(self, start, stop):
         try:

@@ -6,10 +6,12 @@ It is written last and atomically, so a folder with a manifest is complete.
 """
 import json
 import os
+import re
 from dataclasses import dataclass
 
 from shards.errors import ShardError, UserError
 from shards.format import SCHEMA_VERSION, ShardReader, sha256_file
+from shards.fsio import LOCK_NAME, TEMP_FILE, inside
 from shards.fsio import write_json_atomic  # noqa: F401 - re-exported for the stages
 
 MANIFEST_NAME = "manifest.json"
@@ -50,40 +52,189 @@ class Manifest:
         return [s for s in self.data["shards"] if split is None or s["split"] == split]
 
     def shard_path(self, entry):
-        return os.path.join(self.folder, entry["file"])
+        # Checked again at each use: a symlink may have been planted since loading.
+        return inside(self.folder, entry["file"], f"{self.path}: shard file")
 
 
 def load_manifest(folder):
-    """Read `folder/manifest.json`; a UserError says to run ingest if absent."""
+    """Read and validate `folder/manifest.json`; a UserError says what is wrong.
+
+    Absent, unreadable or malformed (a wrong type, a missing key, a shard
+    file that is not a shard name or points outside `folder`): one
+    UserError naming the field, never a KeyError or TypeError later.
+    """
     folder = str(folder)
     path = os.path.join(folder, MANIFEST_NAME)
     if not os.path.isdir(folder):
         raise UserError(f"no shard folder at {folder}: run `ingest` first (or pass --data)")
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise UserError(f"no {MANIFEST_NAME} in {folder}: run `ingest` first (or pass --data)")
+    if not os.path.isfile(path):  # a FIFO or a device would block or never end
+        raise UserError(f"{path} is not a regular file; run `ingest --force` to rebuild")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not readable JSON ({exc}); run `ingest --force` to rebuild") from None
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(
-            f"{path} has schema version {data.get('schema_version')}, this tool reads "
-            f"{SCHEMA_VERSION}; run `ingest --force` to rebuild")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"{path} is not readable JSON ({_short(exc)}); run `ingest --force` to rebuild") from None
+    _validate(data, folder, path)
     return Manifest(folder=folder, data=data)
 
 
+def _short(value, limit=60):
+    text = str(value).splitlines()[0] if str(value) else type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _Schema:
+    """Type checks of manifest fields, each failure one UserError naming the field."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, field, problem):
+        raise UserError(f"{self.path}: {field} {problem}; run `ingest --force` to rebuild it")
+
+    def found(self, value):
+        return "null" if value is None else f"{type(value).__name__} {_short(json.dumps(value), 40)}"
+
+    def get(self, obj, key, field, kind):
+        """obj[key], after checking it is present and of `kind`."""
+        if key not in obj:
+            self.fail(field, "is missing")
+        return self.check(obj[key], field, kind)
+
+    def check(self, value, field, kind):
+        ok = {
+            "object": lambda v: isinstance(v, dict),
+            "list": lambda v: isinstance(v, list),
+            "text": lambda v: isinstance(v, str),
+            "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT,
+            "side": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE,
+            "sha256": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+        }[kind]
+        if not ok(value):
+            self.fail(field, f"must be {_KINDS[kind]}, found {self.found(value)}")
+        return value
+
+
+# Bounds that no real ingest reaches; larger values are edits or damage.
+MAX_COUNT = 2 ** 53
+MAX_SIDE = 4096  # ingest's --size limit
+_KINDS = {"object": "a JSON object", "list": "a list", "text": "a string",
+          "count": "a whole number >= 0", "side": f"a whole number of pixels in 1..{MAX_SIDE}",
+          "sha256": "64 lowercase hex digits"}
+_COUNTS = ("count", "cats", "dogs")
+_TOTALS = ("images", "shards", "bytes", "skipped", "excluded", "duplicates")
+
+
+def _validate(data, folder, path):
+    schema = _Schema(path)
+    schema.check(data, "the document", "object")
+    version = data.get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION:  # not 1.0, not true
+        raise UserError(f"{path} has schema version {_short(json.dumps(version), 40)}, this tool reads "
+                        f"{SCHEMA_VERSION}; run `ingest --force` to rebuild")
+    schema.get(data, "plan", "plan", "text")
+    settings = schema.get(data, "settings", "settings", "object")
+    size = schema.get(settings, "size", "settings.size", "list")
+    if len(size) != 2:
+        schema.fail("settings.size", f"must be [height, width], found {schema.found(size)}")
+    for i, side in enumerate(size):
+        schema.check(side, f"settings.size[{i}]", "side")
+    schema.get(settings, "fit", "settings.fit", "text")
+    schema.get(data, "source", "source", "object")
+    for key in ("skipped", "excluded", "duplicates"):
+        schema.get(data, key, key, "list")
+    shards = _validate_shards(schema, schema.get(data, "shards", "shards", "list"), folder)
+    _validate_splits(schema, schema.get(data, "splits", "splits", "object"), shards)
+    totals = schema.get(data, "totals", "totals", "object")
+    for key in _TOTALS:
+        schema.get(totals, key, f"totals.{key}", "count")
+    expected = {"images": sum(e["count"] for e in shards), "shards": len(shards),
+                "bytes": sum(e["bytes"] for e in shards), "skipped": len(data["skipped"]),
+                "excluded": len(data["excluded"]), "duplicates": len(data["duplicates"])}
+    for key, value in expected.items():
+        if totals[key] != value:
+            schema.fail(f"totals.{key}", f"is {totals[key]} but the manifest lists {value}")
+
+
+def _validate_shards(schema, shards, folder):
+    seen = set()
+    for i, entry in enumerate(shards):
+        field = f"shards[{i}]"
+        schema.check(entry, field, "object")
+        name = schema.get(entry, "file", f"{field}.file", "text")
+        # Checked first and on its own: a name leading out of the folder is
+        # refused before anything could open, replace or delete it.
+        inside(folder, name, f"{schema.path}: {field}.file")
+        split = schema.get(entry, "split", f"{field}.split", "text")
+        if split not in SPLITS:
+            schema.fail(f"{field}.split", f"must be one of {', '.join(SPLITS)}, found {schema.found(split)}")
+        index = schema.get(entry, "index", f"{field}.index", "count")
+        if name != shard_file_name(split, index):
+            schema.fail(f"{field}.file", f"must be {shard_file_name(split, index)!r} "
+                                         f"(split-NNNNN.h5 of its split and index), found {name!r}")
+        if name in seen:
+            schema.fail(f"{field}.file", f"{name!r} is listed twice")
+        seen.add(name)
+        for key in (*_COUNTS, "bytes"):
+            schema.get(entry, key, f"{field}.{key}", "count")
+        if entry["cats"] + entry["dogs"] > entry["count"]:
+            schema.fail(f"{field}", f"has cats + dogs ({entry['cats']} + {entry['dogs']}) above its count "
+                                    f"({entry['count']})")
+        schema.get(entry, "sha256", f"{field}.sha256", "sha256")
+    return shards
+
+
+def _validate_splits(schema, splits, shards):
+    for split, info in splits.items():
+        field = f"splits.{split}"
+        if split not in SPLITS:
+            schema.fail("splits", f"has an unknown split {split!r} (known: {', '.join(SPLITS)})")
+        schema.check(info, field, "object")
+        for key in _COUNTS:
+            schema.get(info, key, f"{field}.{key}", "count")
+        files = schema.get(info, "shards", f"{field}.shards", "list")
+        mine = [e for e in shards if e["split"] == split]
+        if files != [e["file"] for e in mine]:
+            schema.fail(f"{field}.shards", f"does not list the same files as the {split} entries of \"shards\"")
+        for key in _COUNTS:
+            total = sum(e[key] for e in mine)
+            if info[key] != total:
+                schema.fail(f"{field}.{key}", f"is {info[key]} but its shards hold {total}")
+    for entry in shards:
+        if entry["split"] not in splits:
+            schema.fail("splits", f"lacks the split {entry['split']!r} of shard {entry['file']}")
+
+
+def shard_file_name(split, index):
+    """The file name of shard `index` of `split`: train-00000.h5."""
+    return f"{split}-{index:05d}.h5"
+
+
 def check_shard(manifest, entry, checksum=True):
-    """Raise ShardError if one shard disagrees with its manifest entry."""
+    """Raise ShardError if one shard disagrees with its manifest entry.
+
+    Without `checksum` only the cheap checks run (size on disk, attributes,
+    shape); with it, the file's sha256 is compared too.
+    """
     path = manifest.shard_path(entry)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise ShardError(path, "listed in the manifest but missing; run `ingest` again")
+    if not os.path.isfile(path):
+        raise ShardError(path, "is not a regular file; remove it and run `ingest` again")
     if checksum and sha256_file(path) != entry["sha256"]:
         raise ShardError(path, "sha256 differs from the manifest (file damaged or replaced)")
+    size = os.path.getsize(path)
+    if size != entry["bytes"]:
+        raise ShardError(path, f"holds {size} bytes, the manifest says {entry['bytes']} (file damaged or replaced)")
     height, width, _ = manifest.image_shape
     with ShardReader(path) as shard:
         found = {k: shard.attrs.get(k) for k in ("split", "height", "width", "count")}
         shape = tuple(shard.images.shape)
+    if found["split"] != entry["split"]:
+        raise ShardError(path, f"is a shard of the {found['split']!r} split, the manifest lists it as "
+                               f"{entry['split']!r} (a shard copied from elsewhere?); run `ingest` again")
     expected = {"split": entry["split"], "height": height, "width": width, "count": entry["count"]}
     if found != expected or shape != (entry["count"], height, width, 3):
         raise ShardError(path, f"attributes {found} / shape {shape} do not match the manifest {expected}")
@@ -100,3 +251,19 @@ def verify_shards(manifest, splits=None, checksum=True):
         except ShardError as exc:
             problems.append(exc)
     return problems
+
+
+def unlisted_files(manifest):
+    """(shard-like, other) names in the shard folder that the manifest does not list.
+
+    Shard-like means an HDF5 file (`.h5`, `.hdf5`): one a user may believe is
+    part of the data while every stage ignores it. The lock file and
+    temporary files of a running or killed writer are neither.
+    """
+    listed = {MANIFEST_NAME, LOCK_NAME, *(entry["file"] for entry in manifest.shards())}
+    shard_like, other = [], []
+    for name in sorted(os.listdir(manifest.folder)):
+        if name in listed or TEMP_FILE.match(name):
+            continue
+        (shard_like if name.lower().endswith((".h5", ".hdf5")) else other).append(name)
+    return shard_like, other
