@@ -225,8 +225,10 @@ def _train_summary(result):
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per prediction call.")
 @click.option("--tta", is_flag=True, help="Average each score with the mirror image's (twice the time).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the shards' sha256 check (their split, size and count are still checked).")
 @click.pass_context
-def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size, tta):
+def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size, tta, no_verify):
     """Score trained runs on the val and test shards; write metrics and a report.
 
     Each run gets metrics.json, report.md and figures/ (ROC, accuracy vs
@@ -247,7 +249,8 @@ def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size,
     for run_dir in runs:
         target = os.path.join(out, os.path.basename(os.path.normpath(run_dir))) if out and len(runs) > 1 else out
         result = evaluate_run(run_dir, data=data, splits=splits, out=target, batch_size=batch_size,
-                              checkpoint=checkpoint, progress=not ctx.obj["quiet"], tta=tta)
+                              checkpoint=checkpoint, progress=not ctx.obj["quiet"], tta=tta,
+                              verify=not no_verify)
         for warning in result["warnings"]:
             click.echo(f"Warning: {warning}", err=True)
         _say(ctx, _evaluate_summary(result))
