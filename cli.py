@@ -348,11 +348,23 @@ def predict(ctx, paths, run_dir, runs_root, fmt, batch_size):
     training images. p_cat is the model's probability of cat; the label is
     cat when p_cat is above the run's validation threshold (from its
     metrics.json, once `evaluate` has run; 0.5 otherwise). Folders are
-    searched recursively for .jpg, .jpeg and .png files.
+    searched recursively for .jpg, .jpeg and .png files, following symlinks
+    but never round a loop. Only regular files are read.
 
-    Results go to stdout, progress and a summary to stderr. Exit code 0 when
-    every file was predicted, 1 when any file could not be read (it is
-    listed with the reason; the others are still predicted).
+    Results go to stdout, progress and a summary to stderr. Whatever ends
+    the run, the CSV or JSON on stdout stays complete and valid: whole rows,
+    a closed array.
+
+    \b
+    Exit codes:
+      0    every file was predicted
+      1    some files or folders could not be used: each is listed with its
+           reason, the others are predicted
+      2    a problem to fix (no run, a damaged model, a full disk): one
+           `Error:` line on stderr
+      3    predict stopped part-way on an unexpected error: one `Error:`
+           line (-v adds the traceback); the results before it are listed
+      130  interrupted (Ctrl-C)
 
     \b
     Example:
@@ -365,16 +377,58 @@ def predict(ctx, paths, run_dir, runs_root, fmt, batch_size):
     run_dir = run_dir or latest_run(runs_root)
     threshold, origin = run_threshold(run_dir)
     _say(ctx, f"predicting with {run_dir}; threshold {threshold:.2f} {origin}")
+    results = run_predict(paths, run_dir, batch_size=batch_size, threshold=threshold)
     write = _prediction_writer(fmt)
     counts = {"cat": 0, "dog": 0, "failed": 0}
-    for result in run_predict(paths, run_dir, batch_size=batch_size, threshold=threshold):
-        counts[result["label"] or "failed"] += 1
-        write(result)
+    try:
+        for result in results:
+            counts[result["label"] or "failed"] += 1
+            write(result)
+    except BaseException as exc:
+        _end_output(write)  # the results so far stay one valid document, whatever stopped the run
+        if isinstance(exc, Exception) and not _user_facing(exc):
+            _predict_stopped(ctx, exc, sum(counts.values()))
+        raise
     write(None)
     _say(ctx, f"{counts['cat'] + counts['dog']} predicted ({counts['cat']} cat, {counts['dog']} dog), "
               f"{counts['failed']} failed")
     if counts["failed"]:
-        ctx.exit(1)
+        ctx.exit(PREDICT_PARTLY_FAILED)
+
+
+# predict's exit codes beside 0 (all predicted), 2 (UserFacingGroup's user mistakes) and 130 (Ctrl-C).
+PREDICT_PARTLY_FAILED = 1
+PREDICT_STOPPED = 3
+
+
+def _user_facing(exc):
+    """True for the errors UserFacingGroup reports as a user's mistake (exit 2)."""
+    from shards.errors import UserError
+    from shards.fsio import DISK_ERRORS
+
+    return isinstance(exc, UserError) or (isinstance(exc, OSError) and exc.errno in DISK_ERRORS)
+
+
+def _end_output(write):
+    try:
+        write(None)
+    except OSError:  # stdout itself failed (a closed pipe, a full disk): the first error is the one to report
+        pass
+
+
+def _predict_stopped(ctx, exc, listed):
+    import traceback
+
+    if ctx.find_root().obj.get("verbose"):
+        traceback.print_exception(exc)
+    if isinstance(exc, MemoryError):
+        detail = "out of memory (a smaller --batch-size needs less)"
+    else:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        detail = type(exc).__name__ + (f": {first}" if first else "")
+    click.echo(f"Error: predict stopped after {listed} results by an unexpected error: {detail}; "
+               "the results before it are listed (-v shows the traceback)", err=True)
+    ctx.exit(PREDICT_STOPPED)
 
 
 def _prediction_writer(fmt):

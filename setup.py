@@ -31,7 +31,8 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
-        "test": ["tensorflow-cpu>=2.16,<2.22", "pytest>=7"],
+        # scikit-learn (and the SciPy it brings) only checks our hand-written metrics in the tests.
+        "test": ["tensorflow-cpu>=2.16,<2.22", "pytest>=7", "scikit-learn>=1.3"],
     },
     entry_points={"console_scripts": ["kibble=cli:cli"]},
 )

@@ -4,9 +4,16 @@ Each file is decoded by `ingest.image.load_image` with the run's own image
 size and fit, exactly as ingest prepared the training images, and fed to the
 run's best.keras in batches. Files are found lazily and only one batch of
 decoded images is held at a time, so a folder of any size streams through.
+
+One file never stops the others: a file that is missing, not a regular file
+(a FIFO or device named .jpg would block or never end, so only regular files
+are opened), a symlink loop, or that the decoder cannot handle in any way,
+and a folder that cannot be searched, each become one result with the reason.
 """
+import errno
 import json
 import os
+import stat
 
 import numpy as np
 
@@ -30,28 +37,67 @@ def run_threshold(run_dir):
 
 
 def expand_paths(paths):
-    """Yield files: each path that is not a folder as given, and every image under each folder.
+    """Yield (path, None) for every file to predict, (path, reason) for a folder that cannot be searched.
 
-    Folders are walked recursively in sorted order; their files count as images
-    when they end in .jpg, .jpeg or .png (any case). A path that does not
-    exist is yielded as is, so that it is reported like any unreadable file.
+    Each path that is not a folder is yielded as given (a missing one too, so
+    that it is reported like any unreadable file). Folders are searched
+    recursively, each folder's files before its sub-folders, both in sorted
+    order; files count as images when they end in .jpg, .jpeg or .png (any
+    case). Symlinked folders are followed, but within one given path each real
+    folder is searched once: a link back to a folder being searched (a loop),
+    a second link to a folder already searched and an unreadable folder are
+    each yielded with the reason instead of searched.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     for path in paths:
         path = os.fspath(path)
-        if not os.path.isdir(path):
-            yield path
+        if os.path.isdir(path):
+            yield from _search(path)
+        else:
+            yield path, None
+
+
+def _search(top):
+    searched = {}  # (device, inode) of each folder searched -> the path it was searched as
+    stack = [(top, ())]  # (folder, keys of the folders above it)
+    while stack:
+        folder, above = stack.pop()
+        try:
+            info = os.stat(folder)
+            key = (info.st_dev, info.st_ino)
+        except OSError as exc:  # removed, or a link gone bad, since it was listed
+            yield folder, f"unreadable folder: {exc.strerror or exc}"
             continue
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                if is_image_name(name):
-                    yield os.path.join(root, name)
+        if key in searched:
+            how = "a symlink loop: it leads back to" if key in above else "the same folder (through a symlink) as"
+            yield folder, f"not searched: {how} {searched[key]}"
+            continue
+        searched[key] = folder
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            yield folder, f"unreadable folder: {exc.strerror or exc}"
+            continue
+        subfolders = []
+        for entry in entries:
+            if _is_folder(entry):
+                subfolders.append((entry.path, above + (key,)))
+            elif is_image_name(entry.name):
+                yield entry.path, None
+        stack.extend(reversed(subfolders))
+
+
+def _is_folder(entry):
+    try:
+        return entry.is_dir()  # follows a symlink
+    except OSError:  # a symlink loop or an unreadable link: not a folder to enter; reported if it names an image
+        return False
 
 
 def predict(paths, run_dir, batch_size=64, threshold=None):
-    """Yield one result per image file, in input order.
+    """Load the run's model, then return an iterator of one result per image file, in input order.
 
     Args:
         paths: a file or folder, or an iterable of them (folders are expanded
@@ -61,13 +107,17 @@ def predict(paths, run_dir, batch_size=64, threshold=None):
         threshold: label "cat" when p_cat is above it; None takes the run's
             validation threshold (see `run_threshold`).
 
-    Yields:
-        dicts {"file": str, "p_cat": float or None, "label": "cat" / "dog" or
-        None, "error": None or the reason the file could not be used}.
+    Returns:
+        An iterator of dicts {"file": str, "p_cat": float or None, "label":
+        "cat" / "dog" or None, "error": None or the reason the file (or a
+        folder) could not be used}. A file that cannot be decoded, for any
+        reason, is one result with an error; it never stops the others.
 
     Raises:
-        UserError: no such run, or its model is missing, damaged or takes
-            images of another size than the run's config says.
+        UserError: at the call, before any result: no such run, or its model
+            is missing, damaged or takes images of another size than the
+            run's config says; while iterating: the model's output does not
+            fit (one probability per image).
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size!r}")
@@ -83,16 +133,19 @@ def predict(paths, run_dir, batch_size=64, threshold=None):
     if found != (*size, 3):
         raise UserError(f"the model {model_path} takes inputs of shape {found}, but {run_dir}/config.json "
                         f"says images are {size[0]}x{size[1]}; the run directory is inconsistent: train it again")
+    return _results(model, expand_paths(paths), size, fit, int(batch_size), threshold)
 
-    batch = np.empty((int(batch_size), *size, 3), dtype=np.uint8)
+
+def _results(model, found, size, fit, batch_size, threshold):
+    batch = np.empty((batch_size, *size, 3), dtype=np.uint8)
     pending = []  # (result, row of `batch` or None) for this batch's files, in input order
     filled = 0
-    for path in expand_paths(paths):
-        try:
-            batch[filled] = load_image(path, size=size, fit=fit)
-        except BadImage as exc:
-            pending.append(({"file": path, "p_cat": None, "label": None, "error": str(exc)}, None))
+    for path, problem in found:
+        image, problem = (None, problem) if problem else _decoded(path, size, fit)
+        if problem:
+            pending.append(({"file": path, "p_cat": None, "label": None, "error": problem}, None))
             continue
+        batch[filled] = image
         pending.append(({"file": path, "p_cat": None, "label": None, "error": None}, filled))
         filled += 1
         if filled == len(batch):
@@ -100,6 +153,43 @@ def predict(paths, run_dir, batch_size=64, threshold=None):
             pending, filled = [], 0
     if pending:
         yield from _scored(model, batch[:filled], pending, threshold)
+
+
+def _decoded(path, size, fit):
+    """(image, None), or (None, the reason `path` cannot be used)."""
+    problem = _not_a_regular_file(path)
+    if problem:
+        return None, problem
+    try:
+        return load_image(path, size=size, fit=fit), None
+    except BadImage as exc:
+        return None, str(exc)
+    except MemoryError:  # the machine's problem, not this file's: stop (KeyboardInterrupt is no Exception)
+        raise
+    except Exception as exc:  # a decoder that gives up on a variant it knows (NotImplementedError), or a bug in it
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return None, f"cannot decode: {type(exc).__name__}" + (f": {detail}" if detail else "")
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_regular_file(path):
+    """None for a regular file (after following links), else why it is not read.
+
+    Checked before opening: opening a FIFO blocks until someone writes to it,
+    and reading a device may never end.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        loop = " (a symlink loop)" if exc.errno == errno.ELOOP else ""
+        return f"unreadable: {exc.strerror or exc}{loop}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"not read: {kind}, not a regular file"
 
 
 def _scored(model, images, pending, threshold):

@@ -1,26 +1,58 @@
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 from click.testing import CliRunner
 
 from cli import cli
+from shards import load_manifest
 from tests.conftest import ROOT
+from tests.help_examples import help_examples, parse_example
 
 
-def test_ingest_help_has_an_example():
-    result = CliRunner().invoke(cli, ["ingest", "--help"])
-    assert result.exit_code == 0 and "Example:" in result.output and "python cli.py ingest" in result.output
+def test_ingest_help_example_is_an_ingest_command_that_parses(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    [example] = help_examples("ingest")
+    name, params = parse_example(example, str(tmp_path / "home"))
+    assert name == "ingest" and params["input_path"] == str(tmp_path / "home" / "kaggle" / "train")
+    assert params["size"] == (94, 125) and params["out"] == os.path.join("data", "shards")
 
 
-def test_ingest_prints_a_summary(kaggle_dir, tmp_path):
-    result = CliRunner().invoke(cli, ["ingest", kaggle_dir, "--out", str(tmp_path / "out"), "--size", "16x20",
-                                      "--scheduler", "sync", "--shard-size", "8"])
+def test_ingest_summary_gives_the_manifests_counts(kaggle_dir, tmp_path):
+    shutil.copy(os.path.join(kaggle_dir, "cat.0.jpg"), os.path.join(kaggle_dir, "cat.100.jpg"))  # a duplicate
+    with open(os.path.join(kaggle_dir, "dog.101.jpg"), "wb") as f:  # skipped: not an image
+        f.write(b"not a jpeg")
+    out = str(tmp_path / "out")
+    args = ["ingest", kaggle_dir, "--out", out, "--size", "16x20", "--scheduler", "sync", "--shard-size", "8"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "40 images in" in result.output and "train" in result.output
-    again = CliRunner().invoke(cli, ["ingest", kaggle_dir, "--out", str(tmp_path / "out"), "--size", "16x20",
-                                     "--scheduler", "sync", "--shard-size", "8"])
-    assert again.exit_code == 0 and "nothing to do" in again.output
+
+    manifest = load_manifest(out).data
+    lines = result.stderr.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["split", "images"])
+    table = {}
+    for line in lines[header + 1:]:
+        if line.split()[0] not in manifest["splits"]:
+            break
+        split, *numbers = line.split()
+        table[split] = [int(n) for n in numbers]
+    assert table == {split: [info["count"], info["cats"], info["dogs"], len(info["shards"])]
+                     for split, info in manifest["splits"].items()}
+    assert sum(row[0] for row in table.values()) == 40 and table["train"][:3] == [32, 16, 16]
+    totals = lines[header + 1 + len(table)]
+    assert totals.startswith(f"{sum(s['count'] for s in manifest['shards'])} images in {len(manifest['shards'])} "
+                             f"shards ({sum(s['bytes'] for s in manifest['shards']) / 1e6:,.1f} MB) in {out}; ")
+    for name in ("duplicates", "skipped", "excluded"):
+        assert re.search(rf"\b{len(manifest[name])} {name}\b", totals), (name, totals)
+    assert (len(manifest["duplicates"]), len(manifest["skipped"])) == (1, 1)
+    assert f"skipped files and reasons: {os.path.join(out, 'manifest.json')}" in result.stderr
+
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0
+    assert again.stderr.strip() == (f"{out} already holds this ingest (40 images); nothing to do "
+                                    "(--force rebuilds it).")
 
 
 def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path):

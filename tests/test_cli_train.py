@@ -8,9 +8,18 @@ from cli import cli
 from tests.conftest import ROOT
 
 
-def test_train_help_has_an_example_and_is_fast():
-    result = CliRunner().invoke(cli, ["train", "--help"])
-    assert result.exit_code == 0 and "Example:" in result.output and "train --full" in result.output
+def test_train_help_examples_parse_and_help_is_fast(tmp_path, monkeypatch):
+    from tests.help_examples import help_examples, parse_example
+
+    monkeypatch.chdir(tmp_path)
+    parsed = [parse_example(line, str(tmp_path)) for line in help_examples("train")]
+    assert [(name, p["full"], p["resume"]) for name, p in parsed] == [("train", True, False), ("train", False, True)]
+    assert parsed[0][1]["model_name"] == "conv2"
+    # Fast: --help must not pay for TensorFlow, Keras or Dask (seconds of imports) in a fresh interpreter.
+    probe = ("import sys, cli\ntry:\n    cli.cli(['train', '--help'], prog_name='python cli.py')\n"
+             "except SystemExit:\n    pass\nprint(sorted({'tensorflow', 'keras', 'dask'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Example:" in proc.stdout and proc.stdout.splitlines()[-1] == "[]", proc.stderr
 
 
 def test_no_shards_is_one_line_exit_2_saying_to_ingest(tmp_path):

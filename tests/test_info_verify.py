@@ -15,6 +15,7 @@ from ingest import IngestSettings, ingest
 from shards import load_manifest
 from shards.errors import UserError
 from tests.conftest import ROOT, make_kaggle_folder
+from tests.help_examples import help_examples, parse_example
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +114,13 @@ def test_info_shows_missing_pieces_as_absent(shards_dir, tmp_path):
     assert nothing.exit_code == 2 and "run `ingest` first" in nothing.stderr
 
 
-def test_new_commands_have_examples():
-    for command in ("demo", "predict", "info", "verify"):
-        result = CliRunner().invoke(cli, [command, "--help"])
-        assert result.exit_code == 0 and "Example:" in result.output, command
+@pytest.mark.parametrize("command", ["demo", "predict", "info", "verify", "evaluate", "compare", None])
+def test_every_help_example_is_a_command_that_parses(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for line in help_examples(command):
+        name, params = parse_example(line, str(tmp_path / "home"))
+        assert name == command or (command is None and name in cli.commands), line
+        assert params, line
 
 
 def test_console_script_and_cli_py_print_the_same_help():

@@ -188,3 +188,88 @@ def test_scores_of_shape_n_by_1_are_accepted():
     acc = Accumulator()
     acc.update(np.array([[0.9], [0.1]], dtype=np.float32), np.array([1, 0], dtype=np.int8))
     assert acc.summary(0.5)["accuracy"] == 1.0
+
+
+# ---- the hand-written metrics against scikit-learn and SciPy (test extra only: they are too heavy
+# as runtime dependencies). Each data set is one line; every figure of the summary is compared.
+
+def _random(seed, n=400, decimals=None):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.25), 0, 1)  # informative but overlapping
+    return (np.round(scores, decimals) if decimals is not None else scores), labels
+
+
+REFERENCE_CASES = [
+    ("random", *_random(10)),
+    ("random-many-ties", *_random(11, decimals=1)),
+    ("random-small-batches-of-3", *_random(12, n=31)),
+    ("on-grid-points-and-ends", np.r_[FINE_GRID[::5], 0.0, 1.0, 0.5, 0.5], np.r_[np.arange(21) % 2, 1, 0, 1, 0]),
+    ("all-equal-scores", np.full(9, 0.5), np.array([1, 0, 0, 1, 1, 0, 0, 0, 1])),
+    ("all-equal-scores-above", np.full(6, 0.8), np.array([1, 0, 0, 1, 0, 0])),
+    ("only-cats", np.array([0.2, 0.9, 0.7, 0.51]), np.ones(4, dtype=int)),
+    ("only-dogs", np.array([0.2, 0.1, 0.6]), np.zeros(3, dtype=int)),
+    ("perfect-at-0-and-1", np.array([1.0, 0.0, 1.0, 0.0]), np.array([1, 0, 1, 0])),
+    ("inverted", np.array([0.1, 0.9, 0.2, 0.8, 0.3]), np.array([1, 0, 1, 0, 1])),
+    ("two-images", np.array([0.4, 0.6]), np.array([1, 0])),
+]
+
+
+def _reference(call):
+    """What a scikit-learn / SciPy function returns, None when it calls the value undefined (NaN,
+    a warning, or a ValueError in older releases)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = call()
+        except ValueError:
+            return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _same(ours, theirs, name):
+    if theirs is None:
+        assert ours is None, f"{name}: ours {ours}, reference undefined"
+    else:
+        assert ours == pytest.approx(theirs, abs=1e-12), name
+
+
+@pytest.mark.parametrize("scores, labels", [case[1:] for case in REFERENCE_CASES],
+                         ids=[case[0] for case in REFERENCE_CASES])
+def test_every_figure_matches_scikit_learn_and_scipy(scores, labels):
+    metrics = pytest.importorskip("sklearn.metrics")
+    stats = pytest.importorskip("scipy.stats")
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    acc = fed(scores, labels, batch=3)
+    for threshold in (0.5, float(np.median(scores))):  # the median sits on a score: "strictly above" matters
+        result = acc.summary(threshold)
+        predicted = (scores > threshold).astype(int)
+        tn, fp, fn, tp = metrics.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+        assert result["confusion"] == {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+        _same(result["accuracy"], metrics.accuracy_score(labels, predicted), "accuracy")
+        for name, score in (("precision", metrics.precision_score), ("recall", metrics.recall_score),
+                            ("f1", metrics.f1_score)):
+            _same(result[name], _reference(lambda: score(labels, predicted, zero_division=np.nan)), name)
+
+    _same(result["mse"], metrics.mean_squared_error(labels, scores), "mse")
+    clipped = np.clip(scores, EPSILON, 1 - EPSILON)  # Keras' clipping, which ours applies by design
+    _same(result["log_loss"], metrics.log_loss(labels, clipped, labels=[0, 1]), "log_loss")
+    _same(result["roc_auc"], _reference(lambda: metrics.roc_auc_score(labels, scores)), "roc_auc")
+    pearson = _reference(lambda: stats.pearsonr(scores, labels)[0])
+    _same(result["pearson_r"], pearson, "pearson_r")
+    if pearson is not None:
+        _same(result["pearson_r"], np.corrcoef(scores, labels)[0, 1], "pearson_r (numpy)")
+
+    curve = roc_curve(scores, labels)
+    if result["roc_auc"] is None:
+        assert curve is None
+    else:
+        fpr, tpr, _ = metrics.roc_curve(labels, scores, drop_intermediate=False)
+        assert np.allclose(curve[0], fpr, rtol=0, atol=1e-12) and np.allclose(curve[1], tpr, rtol=0, atol=1e-12)
+    expected_curve = [metrics.accuracy_score(labels, (scores > t).astype(int)) for t in FINE_GRID]
+    assert np.allclose(acc.accuracy_curve(), expected_curve, rtol=0, atol=1e-12)
+    assert result["accuracy_at"] == pytest.approx(
+        {f"{t:.2f}": metrics.accuracy_score(labels, (scores > t).astype(int)) for t in COARSE_GRID}, abs=1e-12)

@@ -74,8 +74,10 @@ def test_folders_expand_recursively_to_images_only(tmp_path):
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-    found = [os.path.relpath(p, tmp_path) for p in expand_paths([str(tmp_path), str(tmp_path / "a/notes.txt")])]
-    assert found == ["top.Png", "a/y.png", "a/deep/z.jpeg", "b/x.JPG", "a/notes.txt"]
+    found = [(os.path.relpath(p, tmp_path), problem)
+             for p, problem in expand_paths([str(tmp_path), str(tmp_path / "a/notes.txt")])]
+    assert found == [("top.Png", None), ("a/y.png", None), ("a/deep/z.jpeg", None), ("b/x.JPG", None),
+                     ("a/notes.txt", None)]
 
 
 def test_threshold_comes_from_metrics_json_else_half(trained, tmp_path):
