@@ -146,7 +146,7 @@ def _open_regular(path):
     except OSError as exc:
         raise BadImage(f"unreadable: {exc.strerror or exc}") from None
     try:
-        kind = _file_kind(os.fstat(fd).st_mode)
+        kind = file_kind(os.fstat(fd).st_mode)
         if kind != "regular file":
             raise BadImage(f"not a regular file ({kind})")
         return open(fd, "rb")
@@ -155,7 +155,8 @@ def _open_regular(path):
         raise
 
 
-def _file_kind(mode):
+def file_kind(mode):
+    """A short name for the file type in an st_mode, for skip reasons."""
     for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device")):
