@@ -138,11 +138,26 @@ def ingest(ctx, input_path, out, size, fit, seed, val, test, shard_size, compres
       python cli.py ingest ~/kaggle/train --out data/shards --size 94x125
     """
     from ingest import IngestSettings, ingest as run_ingest
+    from shards.errors import UserError
 
     settings = IngestSettings(size=size, fit=fit, seed=seed, val=val, test=test, shard_size=shard_size,
                               compression=compression, max_pixels=max_pixels, label_conflicts=label_conflicts)
-    result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
-                        strict=strict, force=force, progress=not ctx.obj["quiet"])
+    try:
+        result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
+                            strict=strict, force=force, progress=not ctx.obj["quiet"])
+    except UserError as exc:
+        if getattr(exc, "hdf5_unusable", False):
+            # The disk refused a shard write inside this process, and HDF5 cannot
+            # recover from that: its clean-up at exit would crash (SIGSEGV) after
+            # this message. Nothing is left to save (the temp files are gone), so
+            # end here without it.
+            import sys
+
+            click.echo(f"Error: {exc}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
+        raise
     if result["unchanged"]:
         _say(ctx, f"{out} already holds this ingest ({result['totals']['images']} images); "
                   "nothing to do (--force rebuilds it).")

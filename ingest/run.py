@@ -31,9 +31,10 @@ _SHARD_FILE = re.compile(r"^(train|val|test|unlabeled)-\d{5}\.h5$")
 _TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")
 LOCAL_SCHEDULERS = ("processes", "threads", "sync")
 # Beyond its pixels, what one image costs in a shard (its name, its label,
-# HDF5's bookkeeping), and what one shard file costs; generous on purpose.
+# HDF5's bookkeeping), and what one shard file costs (about 16 KB measured);
+# generous on purpose.
 _IMAGE_OVERHEAD_BYTES = 256
-_SHARD_OVERHEAD_BYTES = 1 << 20
+_SHARD_OVERHEAD_BYTES = 64 << 10
 _PR_SET_PDEATHSIG = 1
 _PARENT_POLL_SECONDS = 0.5
 
@@ -61,8 +62,8 @@ def _run_tasks(specs, run_one, scheduler, workers, on_done):
                     for summary in result:
                         on_done(summary)
 
-        with _Report(), _process_pool(scheduler, workers, len(specs)) as pool:
-            options = {"pool": pool} if pool is not None else {"num_workers": workers}
+        with _Report(), _local_pool(scheduler, workers, len(specs)) as pool:
+            options = {"pool": pool} if pool is not None else {}
             # chunksize=1: hand out one shard at a time, so both the progress bar
             # and the load balance across workers stay even.
             dask.compute(*parts, scheduler=scheduler, chunksize=1, **options)
@@ -83,29 +84,34 @@ def _run_tasks(specs, run_one, scheduler, workers, on_done):
 
 
 @contextlib.contextmanager
-def _process_pool(scheduler, workers, tasks):
-    """The local worker processes for scheduler "processes" (None for the others).
+def _local_pool(scheduler, workers, tasks):
+    """The pool running the tasks of a local scheduler (None for "sync").
 
-    Ours rather than Dask's so that the workers end with this process even
-    when it is killed with SIGKILL (see `_end_with_parent`), and so that no
-    more start than there are shards. Forked workers start with the
-    driver's modules already imported; spawned ones spend about a second
-    importing NumPy, h5py and Pillow.
+    Ours rather than Dask's, so that no more workers start than there are
+    shards, so that every task has stopped (none still writing a shard) when
+    `ingest` returns or raises, and so that worker processes end with this
+    process even when it is killed with SIGKILL (see `_end_with_parent`).
+    Forked workers start with the driver's modules already imported;
+    spawned ones spend about a second importing NumPy, h5py and Pillow.
     """
-    if scheduler != "processes":
+    if scheduler == "sync":
         yield None
         return
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     from dask.system import CPU_COUNT
 
-    context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(max(1, min(workers or CPU_COUNT, tasks)), mp_context=context,
-                               initializer=_end_with_parent, initargs=(os.getpid(),))
+    count = max(1, min(workers or CPU_COUNT, tasks))
+    if scheduler == "threads":
+        pool = ThreadPoolExecutor(count, thread_name_prefix="ingest")
+    else:
+        context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+        pool = ProcessPoolExecutor(count, mp_context=context, initializer=_end_with_parent,
+                                   initargs=(os.getpid(),))
     try:
-        # Start every worker now, from this thread: the kernel's parent-death
-        # signal fires when the thread that forked a worker ends, and this one
-        # outlives the pool.
+        # Start every worker process now, from this thread: the kernel's
+        # parent-death signal fires when the thread that forked a worker
+        # ends, and this one outlives the pool.
         pool.submit(int).result()
         yield pool
     finally:
@@ -204,9 +210,11 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     except OSError as exc:
         if exc.errno not in DISK_ERRORS:
             raise
-        if not exc.filename:
-            exc = OSError(exc.errno, exc.strerror, out)
-        raise UserError(disk_error_message(exc)) from None
+        error = UserError(disk_error_message(exc if exc.filename else OSError(exc.errno, exc.strerror, out)))
+        # Set when HDF5 failed in this very process (sync and threads schedulers;
+        # a worker process's failure stays in that process): see cli.py.
+        error.hdf5_unusable = getattr(exc, "hdf5_unusable", False)
+        raise error from None
 
 
 def _ingest_locked(source, out, settings, plan, specs, scheduler, workers, strict, force, progress, started,
@@ -231,8 +239,9 @@ def _ingest_locked(source, out, settings, plan, specs, scheduler, workers, stric
     try:
         _run_tasks(specs, run_one, scheduler, workers, done)
     except BaseException:
-        # Every local worker has stopped by now; a shard temp file of one
-        # that failed (or was killed) would otherwise stay until the next run.
+        # Every local task has stopped by now (see `_local_pool`); a shard temp
+        # file of one that failed or was killed would otherwise stay until the
+        # next run.
         if scheduler in LOCAL_SCHEDULERS:
             remove_temp_files(out)
         raise
@@ -262,10 +271,21 @@ def _write_manifest(path, manifest):
 
 
 def estimated_bytes(specs, settings):
-    """A generous estimate of the shards' total size, uncompressed."""
-    images = sum(len(spec.items) for spec in specs)
+    """A generous estimate of the shards' total size, uncompressed.
+
+    HDF5 allocates whole chunks of CHUNK_ROWS images, so a shard's last,
+    partly filled chunk takes its full size on disk.
+    """
+    from shards.format import CHUNK_ROWS
+
     height, width = settings.size
-    return images * (height * width * 3 + _IMAGE_OVERHEAD_BYTES) + len(specs) * _SHARD_OVERHEAD_BYTES
+    total = 0
+    for spec in specs:
+        count = len(spec.items)
+        rows = max(1, min(CHUNK_ROWS, count))
+        stored = -(-count // rows) * rows
+        total += stored * height * width * 3 + count * _IMAGE_OVERHEAD_BYTES + _SHARD_OVERHEAD_BYTES
+    return total
 
 
 def _check_free_space(out, specs, settings):

@@ -102,7 +102,12 @@ def build_shard_or_disk_error(spec, source_path, source_kind, settings, out):
         if disk_errno is None or getattr(exc, "filename", None):
             raise  # not the disk's doing, or already naming its file
         path = os.path.join(out, spec.file)
-        raise OSError(disk_errno, os.strerror(disk_errno), path) from None
+        error = OSError(disk_errno, os.strerror(disk_errno), path)
+        # HDF5 does not recover from a write that failed while closing a file:
+        # this process's HDF5 can crash when it next tidies up (at exit at the
+        # latest). Marked so that an in-process caller can end without that.
+        error.hdf5_unusable = True
+        raise error from None
 
 
 def _read_member(archive, name, limit):
