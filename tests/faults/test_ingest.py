@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,6 @@ from cli import cli
 from ingest import IngestSettings, ingest
 from ingest.worker import CRASH_ENV, CRASH_EXIT
 from shards import UserError, load_manifest, verify_shards
-from shards.fsio import FolderLock
 from tests.conftest import ROOT, make_image, make_kaggle_folder
 from tests.faults.test_images import dds_with_unknown_pixel_format
 
@@ -297,8 +295,9 @@ def test_a_zip_member_zipfile_cannot_inflate_is_skipped(tmp_path):
     path = tmp_path / "train.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
         for i in range(3):
-            archive.writestr(f"train/cat.{i}.jpg", _jpeg(1, i))
-            archive.writestr(f"train/dog.{i}.jpg", _jpeg(0, i))
+            # Bytes after the end marker make every size distinct: nothing is read before the workers.
+            archive.writestr(f"train/cat.{i}.jpg", _jpeg(1, i) + bytes(10 * i))
+            archive.writestr(f"train/dog.{i}.jpg", _jpeg(0, i) + bytes(100 + 10 * i))
     data = bytearray(path.read_bytes())
     name = b"train/cat.1.jpg"
     local = _header_offset(data, b"PK\x03\x04", 30, 26, name)
@@ -414,6 +413,18 @@ def test_a_disk_that_refuses_gives_one_line_and_leaves_no_temp_file(tmp_path, ca
     assert proc.stderr.strip().splitlines() == [expected.format(M=mount_point)], case
     assert not [name for name in lines[1:] if ".tmp-" in name], case
     assert "manifest.json" not in lines[1:]
+
+
+def test_the_estimate_behind_the_free_space_check_matches_the_issue_example():
+    """--size 4096x4096 on the 2,002-image sample: about 100 GB of pixels (plus HDF5's last chunks)."""
+    from ingest.plan import shard_specs, split_items
+    from ingest.run import estimated_bytes
+    from ingest.sources import Item
+
+    items = [Item(f"{kind}.{i}.jpg", label) for kind, label in (("cat", 1), ("dog", 0)) for i in range(1001)]
+    settings = IngestSettings(size=(4096, 4096))
+    estimate = estimated_bytes(shard_specs(split_items(items, settings), settings), settings)
+    assert 2002 * 4096 * 4096 * 3 < estimate < 1.1 * 2002 * 4096 * 4096 * 3 + 64 * 4096 * 4096 * 3 * 4
 
 
 def _limit_file_size(limit):
