@@ -211,9 +211,9 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
         if exc.errno not in DISK_ERRORS:
             raise
         error = UserError(disk_error_message(exc if exc.filename else OSError(exc.errno, exc.strerror, out)))
-        # Set when HDF5 failed in this very process (sync and threads schedulers;
+        # When HDF5 failed in this very process (sync and threads schedulers;
         # a worker process's failure stays in that process): see cli.py.
-        error.hdf5_unusable = getattr(exc, "hdf5_unusable", False)
+        error.hdf5_unusable = scheduler in ("sync", "threads") and getattr(exc, "hdf5_unusable", False)
         raise error from None
 
 
