@@ -60,6 +60,16 @@ def _size(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def _share(ctx, param, value):
+    """--val/--test: a fraction in [0, 1) or a whole count; never NaN, infinite or negative."""
+    from ingest.plan import share_problem
+
+    problem = share_problem(value)
+    if problem:
+        raise click.BadParameter(f"{problem}. Received: {value!r}")
+    return value
+
+
 @click.group(cls=UserFacingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kibble")
 @click.option("-v", "--verbose", is_flag=True, help="Show library logs, TensorFlow's included.")
@@ -89,11 +99,14 @@ def cli(ctx, verbose, quiet):
               help="Image size HEIGHTxWIDTH stored in the shards.")
 @click.option("--fit", type=click.Choice(["stretch", "crop", "pad"]), default="stretch", show_default=True,
               help="stretch: plain resize; crop: centre crop to the aspect; pad: letterbox.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the split and shard shuffle.")
-@click.option("--val", default=0.1, show_default=True, type=click.FloatRange(min=0),
-              help="Validation share: a fraction of each class, or a count (>= 1).")
-@click.option("--test", default=0.1, show_default=True, type=click.FloatRange(min=0),
-              help="Test share: a fraction of each class, or a count (>= 1).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
+              help="Seed of the split and shard shuffle.")
+@click.option("--val", default=0.1, show_default=True, type=float, callback=_share,
+              help="Validation share: a fraction of each class (rounded half up per class), "
+                   "or an exact count (>= 1) split across classes in proportion.")
+@click.option("--test", default=0.1, show_default=True, type=float, callback=_share,
+              help="Test share: a fraction of each class (rounded half up per class), "
+                   "or an exact count (>= 1) split across classes in proportion.")
 @click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Images per shard file.")
 @click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none", show_default=True,
@@ -106,11 +119,14 @@ def cli(ctx, verbose, quiet):
               help="File listing names to leave out, one per line.")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Skip images with more pixels than this (decompression bombs).")
+@click.option("--label-conflicts", type=click.Choice(["drop", "first"]), default="drop", show_default=True,
+              help="Identical files under different labels (cat.1.jpg = dog.9.jpg): drop keeps none, "
+                   "first keeps the first by name. Listed in manifest.json either way.")
 @click.option("--strict", is_flag=True, help="Fail instead of skipping files that cannot be used.")
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds a complete ingest.")
 @click.pass_context
 def ingest(ctx, input_path, out, size, fit, seed, val, test, shard_size, compression, scheduler,
-           workers, exclude, max_pixels, strict, force):
+           workers, exclude, max_pixels, label_conflicts, strict, force):
     """Decode, resize and shuffle every image of INPUT into HDF5 shards.
 
     INPUT is Kaggle's train/ folder (or its parent holding train/ and test1/),
@@ -122,11 +138,26 @@ def ingest(ctx, input_path, out, size, fit, seed, val, test, shard_size, compres
       python cli.py ingest ~/kaggle/train --out data/shards --size 94x125
     """
     from ingest import IngestSettings, ingest as run_ingest
+    from shards.errors import UserError
 
     settings = IngestSettings(size=size, fit=fit, seed=seed, val=val, test=test, shard_size=shard_size,
-                              compression=compression, max_pixels=max_pixels)
-    result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
-                        strict=strict, force=force, progress=not ctx.obj["quiet"])
+                              compression=compression, max_pixels=max_pixels, label_conflicts=label_conflicts)
+    try:
+        result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
+                            strict=strict, force=force, progress=not ctx.obj["quiet"])
+    except UserError as exc:
+        if getattr(exc, "hdf5_unusable", False):
+            # The disk refused a shard write inside this process, and HDF5 cannot
+            # recover from that: its clean-up at exit would crash (SIGSEGV) after
+            # this message. Nothing is left to save (the temp files are gone), so
+            # end here without it.
+            import sys
+
+            click.echo(f"Error: {exc}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
+        raise
     if result["unchanged"]:
         _say(ctx, f"{out} already holds this ingest ({result['totals']['images']} images); "
                   "nothing to do (--force rebuilds it).")
@@ -142,11 +173,15 @@ def _ingest_summary(result, out):
     rate = totals["images"] / result["seconds"] if result["seconds"] else 0
     lines.append(
         f"{totals['images']} images in {totals['shards']} shards ({totals['bytes'] / 1e6:,.1f} MB) in {out}; "
-        f"{totals['duplicates']} duplicates, {totals['skipped']} skipped, {totals['excluded']} excluded; "
+        f"{totals['duplicates']} duplicates, {totals.get('label_conflicts', 0)} label conflicts, "
+        f"{totals['skipped']} skipped, {totals['excluded']} excluded; "
         f"{result['seconds']:.1f} s ({rate:,.0f} img/s)"
         + (f"; {result['reused_shards']} shards kept from an earlier run" if result["reused_shards"] else ""))
     if totals["skipped"]:
         lines.append(f"skipped files and reasons: {os.path.join(out, 'manifest.json')} ('skipped')")
+    if totals.get("label_conflicts"):
+        lines.append(f"identical files under different labels: {os.path.join(out, 'manifest.json')} "
+                     "('label_conflicts'; --label-conflicts first keeps the first copy)")
     return "\n".join(lines)
 
 

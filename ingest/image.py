@@ -6,6 +6,7 @@ files, so a model always sees images prepared exactly as it was trained on.
 """
 import io
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -74,7 +75,43 @@ def _draft_request(image_size, target, fit, rotated):
     return (request[1], request[0]) if rotated else request
 
 
+# Greyscale modes wider than 8 bits. Pillow's convert("RGB") clips them
+# (anything over 255 becomes white), so they are scaled here first.
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_UINT16_MAX = 65535
+
+
+def _wide_to_l(image):
+    """An 8-bit "L" image from a 16-bit, 32-bit integer or float greyscale image.
+
+    16-bit images use their type's full range (0..65535 -> 0..255), as every
+    viewer shows them. 32-bit integer ("I") images whose values all fit in
+    0..65535 are scaled the same way: Pillow decodes many 16-bit files into
+    mode "I". Float ("F") images whose values all lie in 0..1 are scaled by
+    255, the usual convention for float pixels. Anything else has no standard
+    range, so it is stretched from its own minimum to its maximum: that keeps
+    the picture visible where clipping would give all black or all white.
+    NaN becomes black; a constant image of that kind becomes black too.
+    """
+    values = np.asarray(image)
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        lo, hi = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+        if 0.0 <= lo and hi <= 1.0:
+            lo, hi = 0.0, 1.0
+    else:
+        lo, hi = int(values.min()), int(values.max())
+        if 0 <= lo and hi <= _UINT16_MAX:
+            lo, hi = 0, _UINT16_MAX
+    # float32 is exact enough for an 8-bit result and halves the memory of float64.
+    scaled = (values.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / ((hi - lo) or 1))
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
 def _to_rgb(image):
+    if image.mode in _WIDE_GREY:
+        image = _wide_to_l(image)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "RGBa", "La"):
@@ -97,11 +134,43 @@ def _fit(image, target, fit):
     return ImageOps.pad(image, (t_width, t_height), method=resample, color=(0, 0, 0))
 
 
+def _open_regular(path):
+    """Open `path` for reading if it is a regular file (after symlinks); else BadImage.
+
+    O_NONBLOCK keeps the open itself from waiting on a FIFO (which would
+    block until a writer appears); fstat then refuses it, a device or a
+    folder, with one stat of work per image.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise BadImage(f"unreadable: {exc.strerror or exc}") from None
+    try:
+        kind = file_kind(os.fstat(fd).st_mode)
+        if kind != "regular file":
+            raise BadImage(f"not a regular file ({kind})")
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode):
+    """A short name for the file type in an st_mode, for skip reasons."""
+    for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
 def load_image(source, size=(94, 125), fit="stretch", max_pixels=DEFAULT_MAX_PIXELS, draft=True):
     """Decode `source` and return a uint8 array of shape (height, width, 3).
 
     Args:
-        source: a path, or the file's bytes (as read from a zip archive).
+        source: a path, the file's bytes (as read from a zip archive) or an
+            open binary file. A path must lead to a regular file.
         size: (height, width) of the result.
         fit: "stretch" resizes to `size` ignoring aspect (the tutorial's way),
             "crop" centre-crops to the aspect of `size` first, "pad" letterboxes
@@ -111,30 +180,23 @@ def load_image(source, size=(94, 125), fit="stretch", max_pixels=DEFAULT_MAX_PIX
             the result is small anyway; about twice as fast, same output size.
 
     EXIF orientation is applied; grayscale, CMYK, palette and RGBA images are
-    converted to RGB (transparency composited onto white).
+    converted to RGB (transparency composited onto white); 16-bit, 32-bit
+    and float greyscale images are scaled to 8 bits (see `_wide_to_l`).
 
     Raises:
         BadImage: with a short reason, for anything that is not a usable image.
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}. Received: fit={fit!r}")
-    opened = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        opened = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        opened = _open_regular(source)
+    else:
+        opened = source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(opened) as image:
-                pixels = image.size[0] * image.size[1]
-                if pixels > max_pixels:
-                    raise BadImage(f"image too large: {image.size[0]}x{image.size[1]} "
-                                   f"is over the limit of {max_pixels:,} pixels")
-                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-                if draft and image.format == "JPEG":
-                    image.draft("RGB", _draft_request(image.size, size, fit, orientation in _ROTATED))
-                image.load()
-                for step in _TRANSPOSE.get(orientation, ()):
-                    image = image.transpose(step)
-                image = _fit(_to_rgb(image), size, fit)
-    except BadImage:
+        array = _decode(opened, size, fit, max_pixels, draft)
+    except (BadImage, MemoryError):
         raise
     except Image.DecompressionBombError as exc:
         raise BadImage(f"image too large: {exc}") from None
@@ -144,10 +206,36 @@ def load_image(source, size=(94, 125), fit="stretch", max_pixels=DEFAULT_MAX_PIX
         raise BadImage(f"unreadable: {exc.strerror or exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImage(f"corrupt image: {exc}") from None
-    array = np.asarray(image, dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - one damaged file must never stop a run
+        # Pillow's plugins raise what they like on damaged or unsupported data
+        # (NotImplementedError for a DDS pixel format, struct.error, ...).
+        # MemoryError is re-raised above and KeyboardInterrupt is not an
+        # Exception: those concern the whole run, not this file.
+        raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
+    finally:
+        if opened is not source:
+            opened.close()
     if array.shape != (size[0], size[1], 3):  # defensive: every path above yields this
         raise BadImage(f"decoded to shape {array.shape}, expected {(size[0], size[1], 3)}")
     return array
+
+
+def _decode(opened, size, fit, max_pixels, draft):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(opened) as image:
+            pixels = image.size[0] * image.size[1]
+            if pixels > max_pixels:
+                raise BadImage(f"image too large: {image.size[0]}x{image.size[1]} "
+                               f"is over the limit of {max_pixels:,} pixels")
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            if draft and image.format == "JPEG":
+                image.draft("RGB", _draft_request(image.size, size, fit, orientation in _ROTATED))
+            image.load()
+            for step in _TRANSPOSE.get(orientation, ()):
+                image = image.transpose(step)
+            image = _fit(_to_rgb(image), size, fit)
+            return np.asarray(image, dtype=np.uint8)
 
 
 def is_image_name(name):

@@ -7,8 +7,10 @@ already finished.
 """
 import hashlib
 import json
+import math
 import os
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -20,6 +22,23 @@ from shards.errors import UserError
 from shards.format import COMPRESSIONS, SCHEMA_VERSION
 
 LABELLED_SPLITS = ("train", "val", "test")
+LABEL_CONFLICTS = ("drop", "first")
+# Upper bounds that keep a typo from turning into a silly request.
+MAX_SEED = 2**63 - 1
+MAX_COUNT = 2**31 - 1
+_HASH_BLOCK = 1 << 20
+
+
+def zip_member_limit(max_pixels):
+    """The most uncompressed bytes a zip member may declare: 4 bytes a pixel plus 1 MiB.
+
+    Four bytes a pixel is what an uncompressed RGBA encoding (BMP, TIFF) of
+    the largest accepted image takes; no usable image file is larger, so a
+    member beyond it is refused before a byte is inflated, and reading a
+    member never holds more than this in memory (about as much as decoding
+    the largest accepted image needs anyway).
+    """
+    return 4 * max_pixels + (1 << 20)
 
 
 @dataclass(frozen=True)
@@ -32,8 +51,10 @@ class IngestSettings:
     fit: str = "stretch"
     # Seed of the permutation that assigns files to splits and shards.
     seed: int = 0
-    # Validation and test share: a fraction (< 1) of each class, or a total
-    # count of images (>= 1), drawn stratified by class.
+    # Validation and test share: a fraction (< 1) of each class, rounded to
+    # the nearest whole image per class (halves round up), or a whole count
+    # of images (>= 1) given exactly: split across the classes in proportion
+    # to their sizes by largest remainder.
     val: float = 0.1
     test: float = 0.1
     # Images per shard file. Small enough that a worker holds little, large
@@ -45,28 +66,59 @@ class IngestSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Use Pillow's reduced-scale JPEG decoding (same output size, ~2x faster).
     draft: bool = True
+    # Identical files under different labels: "drop" keeps none of them,
+    # "first" keeps the first labelled copy by name. Listed in the manifest
+    # under "label_conflicts" either way.
+    label_conflicts: str = "drop"
 
     def validate(self):
         """Raise ValueError naming the first bad field."""
+        if (not isinstance(self.size, (tuple, list)) or len(self.size) != 2
+                or not all(_is_int(side) and 8 <= side <= 4096 for side in self.size)):
+            raise ValueError(f"size must be (height, width), each 8 to 4096 pixels. Received: size={self.size!r}")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}. Received: fit={self.fit!r}")
-        if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: {self.compression!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}. Received: seed={self.seed!r}")
         for name in ("val", "test"):
-            value = getattr(self, name)
-            if value < 0 or (1 <= value and value != int(value)):
-                raise ValueError(f"{name} must be a fraction in [0, 1) or a whole count. Received: {value}")
+            problem = share_problem(getattr(self, name))
+            if problem:
+                raise ValueError(f"{name} {problem}. Received: {name}={getattr(self, name)!r}")
         if self.val < 1 and self.test < 1 and self.val + self.test >= 1:
             raise ValueError(f"val + test must leave images for training. Received: val={self.val}, test={self.test}")
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size must be at least 1. Received: {self.shard_size}")
-        if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive. Received: {self.max_pixels}")
+        if not _is_int(self.shard_size) or self.shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1. Received: {self.shard_size!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: {self.compression!r}")
+        if not _is_int(self.max_pixels) or self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive. Received: {self.max_pixels!r}")
+        if self.label_conflicts not in LABEL_CONFLICTS:
+            raise ValueError(f"label_conflicts must be one of {LABEL_CONFLICTS}. "
+                             f"Received: label_conflicts={self.label_conflicts!r}")
 
     def to_json(self):
         data = asdict(self)
         data["size"] = list(self.size)
         return data
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def share_problem(value):
+    """Why `value` is not a valid --val/--test share, or None if it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "must be a number"
+    if not math.isfinite(value):
+        return "must be a finite number: a fraction in [0, 1) or a whole count"
+    if value < 0:
+        return "must not be negative: a fraction in [0, 1) or a whole count"
+    if value >= 1 and value != int(value):
+        return "must be a fraction in [0, 1) or a whole count (>= 1)"
+    if value > MAX_COUNT:
+        return f"must be a count of at most {MAX_COUNT:,}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -85,34 +137,38 @@ def _digest(*parts):
 
 
 def _content_hash(source, name, archive):
-    """(hash, None) or (None, reason) for one item."""
+    """(hash, None) or (None, reason) for one item, read in blocks of bounded size."""
+    digest = hashlib.sha256()
     try:
-        data = source.read_bytes(name, archive)
+        with source.open(name, archive) as f:
+            for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+                digest.update(block)
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}"
-    except (KeyError, zipfile.BadZipFile, RuntimeError) as exc:
+    except (KeyError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as exc:
         return None, f"unreadable zip member: {exc}"
-    if not data:
-        return None, "empty file (0 bytes)"
-    return hashlib.sha256(data).hexdigest(), None
+    return digest.hexdigest(), None
 
 
-def hash_items(source, items):
+def hash_items(source, items, max_member_bytes=None):
     """Content key of every item; returns ({name: key}, [skipped]).
 
     Only files that share their byte size with another can be duplicates, so
     only those are read and hashed; the others are keyed by size alone. Reads
     are serial: from the page cache that is faster than threads fighting
-    over the GIL (0.4 s versus 3.8 s for 25,000 files here).
+    over the GIL (0.4 s versus 3.8 s for 25,000 files here). Files that are
+    not regular (FIFOs, devices) and zip members declaring more than
+    `max_member_bytes` are skipped here, before anything reads them.
     """
     archive = zipfile.ZipFile(source.path) if source.kind == "zip" else None
     try:
         sizes, skipped = {}, []
         for item in items:
-            try:
-                sizes[item.name] = source.size_of(item.name, archive)
-            except OSError as exc:
-                skipped.append({"name": item.name, "reason": f"unreadable: {exc.strerror or exc}"})
+            size, reason = source.size_of(item.name, archive, max_member_bytes)
+            if reason:
+                skipped.append({"name": item.name, "reason": reason})
+            else:
+                sizes[item.name] = size
         per_size = Counter(sizes.values())
         keys = {}
         for name, size in sizes.items():
@@ -132,26 +188,85 @@ def hash_items(source, items):
     return keys, skipped
 
 
-def drop_duplicates(items, hashes):
-    """Keep one item of each distinct content: a labelled one if any, then by name."""
-    first, kept, duplicates = {}, [], []
+def drop_duplicates(items, hashes, label_conflicts="drop"):
+    """Keep one item of each distinct content; returns (kept, duplicates, conflicts).
+
+    Copies under one label (or labelled and unlabelled copies) keep the
+    labelled one, then the first by name; the rest are `duplicates`
+    ({"name", "same_as"}). Copies under different labels are a conflict:
+    nobody can tell which label is right, so with `label_conflicts="drop"`
+    no labelled copy is kept, with "first" the first labelled copy by name
+    is. Each conflict is listed as {"names", "labels", "kept"} with every
+    labelled copy; unlabelled copies of it stay duplicates of the first.
+    """
+    groups = {}
     for item in sorted(items, key=lambda item: (item.label == UNLABELED, item.name)):
         digest = hashes.get(item.name)
-        if digest is None:
+        if digest is not None:
+            groups.setdefault(digest, []).append(item)
+    kept, duplicates, conflicts = [], [], []
+    for copies in groups.values():
+        first = copies[0]
+        labelled = [item for item in copies if item.label != UNLABELED]
+        if len({item.label for item in labelled}) > 1:
+            keep = first if label_conflicts == "first" else None
+            conflicts.append({"names": [item.name for item in labelled],
+                              "labels": [item.label for item in labelled],
+                              "kept": keep.name if keep else None})
+            if keep:
+                kept.append(keep)
+            duplicates += [{"name": item.name, "same_as": first.name}
+                           for item in copies if item.label == UNLABELED]
             continue
-        if digest in first:
-            duplicates.append({"name": item.name, "same_as": first[digest]})
-        else:
-            first[digest] = item.name
-            kept.append(item)
+        kept.append(first)
+        duplicates += [{"name": item.name, "same_as": first.name} for item in copies[1:]]
     kept.sort(key=lambda item: item.name)
-    return kept, duplicates
+    duplicates.sort(key=lambda entry: entry["name"])
+    conflicts.sort(key=lambda entry: entry["names"])
+    return kept, duplicates, conflicts
 
 
-def _held_out_count(share, n_class, n_total):
-    if share < 1:
-        return int(round(share * n_class))
-    return int(round(share * n_class / n_total)) if n_total else 0
+def _round_half_up(value):
+    # A tolerance, so that 0.15 * 10 (1.4999999999999998 in floating point)
+    # counts as the half it means.
+    return int(math.floor(value + 0.5 + 1e-9))
+
+
+def _largest_remainder(total, sizes, reverse_ties=False):
+    """Split the whole number `total` over groups of `sizes`, in proportion, summing to `total` exactly.
+
+    Each group gets the floor of its quota; the images left over go one each
+    to the largest fractional parts, ties to the larger group, then to the
+    earlier one (the later one with `reverse_ties`). A pure function of its
+    inputs, so the plan stays fixed.
+    """
+    whole = sum(sizes)
+    if not whole:
+        return [0] * len(sizes)
+    quotas = [total * size / whole for size in sizes]
+    shares = [int(math.floor(quota)) for quota in quotas]
+    tie = -1 if reverse_ties else 1
+    order = sorted(range(len(sizes)), key=lambda i: (-(quotas[i] - shares[i]), -sizes[i], tie * i))
+    for i in order[:total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def held_out_counts(settings, sizes):
+    """([val per class], [test per class]) for classes of `sizes` (cats, dogs).
+
+    A fraction is taken of each class and rounded half up (0.1 of 25 cats is
+    3, not Python's round-half-even 2). A count is an exact total, split
+    across the classes by largest remainder; an exact tie goes to cats for
+    val and to dogs for test, so `--val 1 --test 1` on balanced classes
+    holds one of each.
+    """
+    def share(value, reverse_ties):
+        if value >= 1:
+            return _largest_remainder(int(value), sizes, reverse_ties)
+        return [_round_half_up(value * size) for size in sizes]
+
+    return share(settings.val, False), share(settings.test, True)
 
 
 def split_items(items, settings):
@@ -162,15 +277,18 @@ def split_items(items, settings):
     """
     rng = np.random.default_rng(settings.seed)
     labelled = [item for item in items if item.label != UNLABELED]
+    classes = [[item for item in labelled if item.label == label] for label in (CAT, DOG)]
+    wanted = sum(int(share) for share in (settings.val, settings.test) if share >= 1)
+    if wanted > len(labelled):
+        raise UserError(f"val={settings.val:g} and test={settings.test:g} ask for {wanted} images "
+                        f"but only {len(labelled)} labelled images are left to split")
+    n_vals, n_tests = held_out_counts(settings, [len(members) for members in classes])
     splits = {name: [] for name in LABELLED_SPLITS}
-    for label in (CAT, DOG):
-        members = [item for item in labelled if item.label == label]
+    for label, members, n_val, n_test in zip((CAT, DOG), classes, n_vals, n_tests):
         order = rng.permutation(len(members))
-        n_val = _held_out_count(settings.val, len(members), len(labelled))
-        n_test = _held_out_count(settings.test, len(members), len(labelled))
         if n_val + n_test > len(members):
             raise UserError(
-                f"val={settings.val} and test={settings.test} ask for {n_val + n_test} "
+                f"val={settings.val:g} and test={settings.test:g} ask for {n_val + n_test} "
                 f"{'cat' if label == CAT else 'dog'} images but only {len(members)} exist")
         shuffled = [members[i] for i in order]
         splits["val"] += shuffled[:n_val]
@@ -185,7 +303,10 @@ def split_items(items, settings):
 
 def shard_specs(splits, settings):
     """Cut each split into shards of `settings.shard_size` files."""
-    pixel_settings = {k: v for k, v in settings.to_json().items() if k not in ("seed", "val", "test", "shard_size")}
+    # Only what changes a shard's pixels goes into its digest, so a shard
+    # stays reusable when, say, the conflict policy changes other shards.
+    pixel_settings = {k: v for k, v in settings.to_json().items()
+                      if k not in ("seed", "val", "test", "shard_size", "label_conflicts")}
     specs = []
     for split, items in splits.items():
         for index, start in enumerate(range(0, len(items), settings.shard_size)):

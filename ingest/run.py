@@ -1,8 +1,13 @@
 """`ingest`: a folder or zip of images in, verified HDF5 shards and a manifest out."""
 import contextlib
+import json
 import multiprocessing
 import os
 import re
+import shutil
+import signal
+import sys
+import threading
 import time
 
 from ingest.plan import (
@@ -13,15 +18,25 @@ from ingest.plan import (
     read_exclusions,
     shard_specs,
     split_items,
+    zip_member_limit,
 )
 from ingest.sources import discover
-from ingest.worker import build_shard
+from ingest.worker import build_shard_or_disk_error, crash_point
 from shards.errors import UserError
-from shards.manifest import MANIFEST_NAME, SPLITS, load_manifest, verify_shards, write_json_atomic
+from shards.fsio import DISK_ERRORS, FolderLock, atomic_path, disk_error_message, remove_temp_files
+from shards.manifest import MANIFEST_NAME, SPLITS, load_manifest, verify_shards
 from shards.progress import Progress
 
 _SHARD_FILE = re.compile(r"^(train|val|test|unlabeled)-\d{5}\.h5$")
 _TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")
+LOCAL_SCHEDULERS = ("processes", "threads", "sync")
+# Beyond its pixels, what one image costs in a shard (its name, its label,
+# HDF5's bookkeeping), and what one shard file costs (about 16 KB measured);
+# generous on purpose.
+_IMAGE_OVERHEAD_BYTES = 256
+_SHARD_OVERHEAD_BYTES = 64 << 10
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL_SECONDS = 0.5
 
 
 def _run_tasks(specs, run_one, scheduler, workers, on_done):
@@ -38,7 +53,7 @@ def _run_tasks(specs, run_one, scheduler, workers, on_done):
         return
     bag = db.from_sequence(specs, npartitions=len(specs)).map(run_one)
     parts = bag.to_delayed()
-    if scheduler in ("processes", "threads", "sync"):
+    if scheduler in LOCAL_SCHEDULERS:
         from dask.callbacks import Callback
 
         class _Report(Callback):
@@ -47,15 +62,11 @@ def _run_tasks(specs, run_one, scheduler, workers, on_done):
                     for summary in result:
                         on_done(summary)
 
-        options = {}
-        if scheduler == "processes" and "fork" in multiprocessing.get_all_start_methods():
-            # Forked workers start with the driver's modules already imported;
-            # spawned ones spend about a second importing NumPy, h5py and Pillow.
-            options["multiprocessing.context"] = "fork"
-        with _Report(), dask.config.set(options):
+        with _Report(), _local_pool(scheduler, workers, len(specs)) as pool:
+            options = {"pool": pool} if pool is not None else {}
             # chunksize=1: hand out one shard at a time, so both the progress bar
             # and the load balance across workers stay even.
-            dask.compute(*parts, scheduler=scheduler, num_workers=workers, chunksize=1)
+            dask.compute(*parts, scheduler=scheduler, chunksize=1, **options)
         return
     from distributed import Client, as_completed
 
@@ -70,6 +81,73 @@ def _run_tasks(specs, run_one, scheduler, workers, on_done):
                 on_done(summary)
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def _local_pool(scheduler, workers, tasks):
+    """The pool running the tasks of a local scheduler (None for "sync").
+
+    Ours rather than Dask's, so that no more workers start than there are
+    shards, so that every task has stopped (none still writing a shard) when
+    `ingest` returns or raises, and so that worker processes end with this
+    process even when it is killed with SIGKILL (see `_end_with_parent`).
+    Forked workers start with the driver's modules already imported;
+    spawned ones spend about a second importing NumPy, h5py and Pillow.
+    """
+    if scheduler == "sync":
+        yield None
+        return
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from dask.system import CPU_COUNT
+
+    count = max(1, min(workers or CPU_COUNT, tasks))
+    if scheduler == "threads":
+        pool = ThreadPoolExecutor(count, thread_name_prefix="ingest")
+    else:
+        context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+        pool = ProcessPoolExecutor(count, mp_context=context, initializer=_end_with_parent,
+                                   initargs=(os.getpid(),))
+    try:
+        # Start every worker process now, from this thread: the kernel's
+        # parent-death signal fires when the thread that forked a worker
+        # ends, and this one outlives the pool.
+        pool.submit(int).result()
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _end_with_parent(parent_pid):
+    """Pool initializer: end this worker as soon as the ingest that started it ends.
+
+    On Linux the kernel does it (PR_SET_PDEATHSIG: SIGKILL when the parent
+    dies, however it dies). Elsewhere a daemon thread polls the parent's
+    pid. Either way a worker never outlives a killed ingest, asleep on a
+    queue nobody will ever write to.
+    """
+    if not _parent_death_signal(signal.SIGKILL):
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-parent").start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _parent_death_signal(signum):
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid):
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_SECONDS)
+    os._exit(1)
 
 
 def _prepare_out(out, plan_digest, force):
@@ -112,7 +190,9 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
 
     Returns the summary dict that is also written as the manifest, with an
     extra key "unchanged" (True when `out` already held this exact ingest).
-    Raises UserError for input the user must fix; nothing is written then.
+    Raises UserError for input the user must fix, for an `out` that another
+    ingest is writing, too small a disk or a write the disk refuses; no
+    temporary file is left behind then.
     """
     try:
         settings.validate()
@@ -121,8 +201,8 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     started = time.monotonic()
     source = discover(input_path)
     items, excluded = apply_exclusions(source.items, read_exclusions(exclude))
-    hashes, unreadable = hash_items(source, items)
-    items, duplicates = drop_duplicates(items, hashes)
+    hashes, unreadable = hash_items(source, items, zip_member_limit(settings.max_pixels))
+    items, duplicates, conflicts = drop_duplicates(items, hashes, settings.label_conflicts)
     skipped = source.skipped + unreadable
     if strict and skipped:
         raise UserError(f"--strict: {len(skipped)} file(s) cannot be used, first: "
@@ -130,7 +210,25 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     splits = split_items(items, settings)
     specs = shard_specs(splits, settings)
     plan = _plan_digest(specs, settings)
+    _check_free_space(out, specs, settings)
+    try:
+        with FolderLock(out, "shard folder"):
+            return _ingest_locked(source, out, settings, plan, specs, scheduler, workers, strict, force,
+                                  progress, started, skipped, excluded, duplicates, conflicts)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        error = UserError(disk_error_message(exc if exc.filename else OSError(exc.errno, exc.strerror, out)))
+        # When HDF5 failed in this very process (sync and threads schedulers;
+        # a worker process's failure stays in that process): see cli.py.
+        error.hdf5_unusable = scheduler in ("sync", "threads") and getattr(exc, "hdf5_unusable", False)
+        raise error from None
 
+
+def _ingest_locked(source, out, settings, plan, specs, scheduler, workers, strict, force, progress, started,
+                   skipped, excluded, duplicates, conflicts):
+    """The part of `ingest` that writes `out`, run while holding its lock."""
+    remove_temp_files(out)  # left by a killed ingest: the lock proves nobody is writing them
     existing = _prepare_out(out, plan, force)
     if existing is not None:
         return {**existing.data, "unchanged": True}
@@ -146,7 +244,15 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
             bar.update(planned[summary["file"]])
 
     run_one = _ShardJob(source.path, source.kind, settings, os.path.abspath(out))
-    _run_tasks(specs, run_one, scheduler, workers, done)
+    try:
+        _run_tasks(specs, run_one, scheduler, workers, done)
+    except BaseException:
+        # Every local task has stopped by now (see `_local_pool`); a shard temp
+        # file of one that failed or was killed would otherwise stay until the
+        # next run.
+        if scheduler in LOCAL_SCHEDULERS:
+            remove_temp_files(out)
+        raise
     bar.close()
 
     summaries = sorted(finished.values(), key=lambda s: (SPLITS.index(s["split"]), s["index"]))
@@ -155,11 +261,73 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
         raise UserError(f"--strict: {len(decode_skipped)} image(s) could not be decoded, first: "
                         f"{decode_skipped[0]['name']}: {decode_skipped[0]['reason']}")
     manifest = _manifest(source, settings, plan, summaries, skipped + decode_skipped,
-                         excluded, duplicates)
-    write_json_atomic(os.path.join(out, MANIFEST_NAME), manifest)
+                         excluded, duplicates, conflicts)
+    _write_manifest(os.path.join(out, MANIFEST_NAME), manifest)
     reused = sum(1 for s in summaries if s["reused"])
     return {**manifest, "unchanged": False, "reused_shards": reused,
             "seconds": round(time.monotonic() - started, 2)}
+
+
+def _write_manifest(path, manifest):
+    """Write the manifest atomically: the last step, which makes the folder complete."""
+    crash_point("manifest-before")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            f.write(json.dumps(manifest, indent=2) + "\n")
+        crash_point("manifest-temp-written")
+    crash_point("manifest-renamed")
+
+
+def estimated_bytes(specs, settings):
+    """A generous estimate of the shards' total size, uncompressed.
+
+    HDF5 allocates whole chunks of CHUNK_ROWS images, so a shard's last,
+    partly filled chunk takes its full size on disk.
+    """
+    from shards.format import CHUNK_ROWS
+
+    height, width = settings.size
+    total = 0
+    for spec in specs:
+        count = len(spec.items)
+        rows = max(1, min(CHUNK_ROWS, count))
+        stored = -(-count // rows) * rows
+        total += stored * height * width * 3 + count * _IMAGE_OVERHEAD_BYTES + _SHARD_OVERHEAD_BYTES
+    return total
+
+
+def _check_free_space(out, specs, settings):
+    """Refuse to start an ingest that cannot fit on the disk of `out`.
+
+    Shards already in `out` under a planned name are kept or replaced, so
+    their bytes count as available. Compressed shards are not checked: how
+    well images compress cannot be known before they are decoded; a disk
+    that fills up then still ends in a one-line error and no temp files.
+    """
+    if settings.compression != "none":
+        return
+    need = estimated_bytes(specs, settings)
+    for spec in specs:
+        with contextlib.suppress(OSError):
+            need -= os.stat(os.path.join(out, spec.file)).st_size
+    folder = os.path.abspath(out)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # cannot tell; the writes themselves will say if the disk is full
+    if need > free:
+        images = sum(len(spec.items) for spec in specs)
+        height, width = settings.size
+        raise UserError(
+            f"--out {out} needs about {_gigabytes(need)} for {images:,} images of {height}x{width}, "
+            f"but only {_gigabytes(free)} is free there; free some space, choose a smaller --size, "
+            "pass --compression lzf, or choose another --out")
+
+
+def _gigabytes(n):
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
 
 class _ShardJob:
@@ -169,7 +337,7 @@ class _ShardJob:
         self.args = (source_path, source_kind, settings, out)
 
     def __call__(self, spec):
-        return build_shard(spec, *self.args)
+        return build_shard_or_disk_error(spec, *self.args)
 
 
 def _plan_digest(specs, settings):
@@ -180,7 +348,7 @@ def _plan_digest(specs, settings):
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _manifest(source, settings, plan, summaries, skipped, excluded, duplicates):
+def _manifest(source, settings, plan, summaries, skipped, excluded, duplicates, conflicts):
     from shards.format import SCHEMA_VERSION
 
     splits = {}
@@ -206,6 +374,8 @@ def _manifest(source, settings, plan, summaries, skipped, excluded, duplicates):
         "skipped": sorted(skipped, key=lambda s: s["name"]),
         "excluded": sorted(excluded),
         "duplicates": duplicates,
+        # Identical files under different labels: {"names", "labels", "kept"}.
+        "label_conflicts": conflicts,
         "totals": {
             "images": sum(s["count"] for s in summaries),
             "shards": len(summaries),
@@ -213,6 +383,7 @@ def _manifest(source, settings, plan, summaries, skipped, excluded, duplicates):
             "skipped": len(skipped),
             "excluded": len(excluded),
             "duplicates": len(duplicates),
+            "label_conflicts": len(conflicts),
         },
     }
 

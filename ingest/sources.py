@@ -11,10 +11,11 @@ Labels follow the tutorial: cat = 1, dog = 0; unlabelled images get -1.
 """
 import os
 import re
+import stat
 import zipfile
 from dataclasses import dataclass, field
 
-from ingest.image import is_image_name
+from ingest.image import file_kind, is_image_name
 from shards.errors import UserError
 
 CAT, DOG, UNLABELED = 1, 0, -1
@@ -39,17 +40,34 @@ class Source:
     items: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # [{"name", "reason"}]
 
-    def read_bytes(self, name, archive=None):
-        """The bytes of one item; pass an open ZipFile as `archive` for zips."""
+    def open(self, name, archive=None):
+        """A binary file object of one item; pass an open ZipFile as `archive` for zips."""
         if self.kind == "zip":
-            return archive.read(name)
-        with open(os.path.join(self.path, name), "rb") as f:
-            return f.read()
+            return archive.open(name)
+        return open(os.path.join(self.path, name), "rb")
 
-    def size_of(self, name, archive=None):
+    def size_of(self, name, archive=None, max_member_bytes=None):
+        """(byte size, None), or (None, reason) for an item that must not be read.
+
+        Only regular files are read (after following symbolic links): a FIFO
+        would block the reader, a device never ends. A zip member is judged
+        by its declared uncompressed size before a byte of it is inflated.
+        """
         if self.kind == "zip":
-            return archive.getinfo(name).file_size
-        return os.stat(os.path.join(self.path, name)).st_size
+            info = archive.getinfo(name)
+            if info.flag_bits & 0x1:
+                return None, "encrypted zip member (no password is ever asked for)"
+            if max_member_bytes is not None and info.file_size > max_member_bytes:
+                return None, (f"zip member declares {info.file_size:,} bytes uncompressed, over the limit of "
+                              f"{max_member_bytes:,} bytes for --max-pixels (4 bytes a pixel plus 1 MiB)")
+            return info.file_size, None
+        try:
+            found = os.stat(os.path.join(self.path, name))
+        except OSError as exc:
+            return None, f"unreadable: {exc.strerror or exc}"
+        if not stat.S_ISREG(found.st_mode):
+            return None, f"not a regular file ({file_kind(found.st_mode)})"
+        return found.st_size, None
 
 
 def kaggle_label(basename):
@@ -58,10 +76,26 @@ def kaggle_label(basename):
     return CAT if basename.lower().startswith("cat.") else DOG
 
 
-def _list_files(folder):
-    """Non-directory entries of `folder`, sorted (broken links included)."""
-    with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if not e.is_dir())
+def _list_files(folder, source, rel):
+    """Non-directory entries of `folder`, sorted (broken links and loops included).
+
+    An entry whose type cannot be read (a symbolic link to itself) is kept:
+    the stat before hashing skips it with its reason. A folder that cannot
+    be listed is recorded in `source.skipped` under `rel` and yields nothing.
+    """
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if not _is_dir(e))
+    except OSError as exc:
+        source.skipped.append({"name": rel or ".", "reason": f"cannot list folder: {exc.strerror or exc}"})
+        return []
+
+
+def _is_dir(entry):
+    try:
+        return entry.is_dir()
+    except OSError:  # ELOOP and friends: not a folder we can walk
+        return False
 
 
 def _classify(names, label_of, source):
@@ -78,12 +112,13 @@ def _classify(names, label_of, source):
 
 
 def _kaggle_folder(path, prefix, source):
-    names = [f"{prefix}{n}" for n in _list_files(os.path.join(path, prefix) if prefix else path)]
+    names = [f"{prefix}{n}" for n in _list_files(os.path.join(path, prefix) if prefix else path, source,
+                                                  prefix.rstrip("/"))]
     _classify(names, lambda n: kaggle_label(n.rsplit("/", 1)[-1]), source)
 
 
 def _unlabeled_folder(path, sub, source):
-    for name in _list_files(os.path.join(path, sub)):
+    for name in _list_files(os.path.join(path, sub), source, sub):
         if is_image_name(name):
             source.items.append(Item(f"{sub}/{name}", UNLABELED))
 
@@ -92,14 +127,14 @@ def _class_dirs(folder):
     try:
         with os.scandir(folder) as entries:
             return {e.name: _CLASS_DIRS[e.name.lower()] for e in entries
-                    if e.is_dir() and e.name.lower() in _CLASS_DIRS}
+                    if e.name.lower() in _CLASS_DIRS and _is_dir(e)}
     except OSError:
         return {}
 
 
 def _scan_folder(path):
     source = Source(path=path, kind="folder", layout="")
-    top = _list_files(path)
+    top = _list_files(path, source, "")
     if any(kaggle_label(n) is not None for n in top):
         source.layout = "kaggle"
         _kaggle_folder(path, "", source)
@@ -118,7 +153,7 @@ def _scan_folder(path):
             source.layout = "class-folders"
             for name, label in sorted(dirs.items()):
                 rel = f"{prefix}{name}"
-                files = [f"{rel}/{n}" for n in _list_files(os.path.join(path, rel))]
+                files = [f"{rel}/{n}" for n in _list_files(os.path.join(path, rel), source, rel)]
                 _classify(files, lambda n, label=label: label, source)
             return source
     return source

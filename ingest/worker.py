@@ -6,11 +6,38 @@ local process or on a distributed worker, and can be tested without Dask.
 import contextlib
 import json
 import os
+import re
 import zipfile
+from collections import Counter
 
 from ingest.image import BadImage, load_image
+from ingest.plan import zip_member_limit
 from shards.format import ShardReader, sha256_file, write_shard
 from shards.errors import ShardError
+from shards.fsio import DISK_ERRORS
+
+# Test-only hook for the commit-sequence tests: KIBBLE_CRASH_AT=<step> or
+# <step>:<n> ends the process at once (as kill -9 would: no cleanup, no
+# flush) the first or the n-th time it reaches that step. Steps: see
+# CRASH_STEPS. Unset, it costs one environment lookup per shard.
+CRASH_ENV = "KIBBLE_CRASH_AT"
+CRASH_EXIT = 86
+CRASH_STEPS = ("shard-writing", "shard-renamed", "manifest-before", "manifest-temp-written",
+               "manifest-renamed")
+_reached = Counter()
+# HDF5 reports a failed write as text: "... errno = 28, error message = ...".
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def crash_point(step):
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name == step:
+        _reached[step] += 1
+        if _reached[step] == int(nth or 1):
+            os._exit(CRASH_EXIT)
 
 
 def _existing(path, digest):
@@ -37,13 +64,15 @@ def build_shard(spec, source_path, source_kind, settings, out):
     """Write `out/spec.file` unless an identical one exists; return its summary.
 
     The summary is a small dict (file, split, count, cats, dogs, sha256,
-    bytes, skipped, reused): no pixels travel back to the scheduler.
+    bytes, skipped, reused): no pixels travel back to the scheduler. A file
+    that cannot be read or decoded is skipped with its reason.
     """
     path = os.path.join(out, spec.file)
     summary = _existing(path, spec.digest)
     reused = summary is not None
     if not reused:
         skipped, written = [], {1: 0, 0: 0, -1: 0}
+        limit = zip_member_limit(settings.max_pixels)
         with contextlib.ExitStack() as stack:
             archive = stack.enter_context(zipfile.ZipFile(source_path)) if source_kind == "zip" else None
             writer = stack.enter_context(write_shard(
@@ -53,15 +82,66 @@ def build_shard(spec, source_path, source_kind, settings, out):
                        "plan": spec.digest, "skipped": "[]"}))
             for name, label in spec.items:
                 try:
-                    data = archive.read(name) if archive else os.path.join(source_path, name)
+                    data = _read_member(archive, name, limit) if archive else os.path.join(source_path, name)
                     image = load_image(data, settings.size, settings.fit, settings.max_pixels, settings.draft)
-                except (BadImage, OSError, KeyError, zipfile.BadZipFile) as exc:
+                except BadImage as exc:
                     skipped.append({"name": name, "reason": str(exc)})
                     continue
                 writer.append(image, label, name)
                 written[label] += 1
             # Recorded inside the shard, so a resumed ingest still reports them.
             writer.attrs["skipped"] = json.dumps(skipped)
+            crash_point("shard-writing")
+        crash_point("shard-renamed")
         summary = {"count": sum(written.values()), "cats": written[1], "dogs": written[0], "skipped": skipped}
     return {"file": spec.file, "split": spec.split, "index": spec.index, **summary,
             "sha256": sha256_file(path), "bytes": os.path.getsize(path), "reused": reused}
+
+
+def build_shard_or_disk_error(spec, source_path, source_kind, settings, out):
+    """`build_shard`, with a write the disk refused (full, read-only, too large)
+    raised as OSError naming the shard, for a one-line message."""
+    try:
+        return build_shard(spec, source_path, source_kind, settings, out)
+    except (OSError, RuntimeError) as exc:
+        disk_errno = _disk_errno(exc)
+        if disk_errno is None or getattr(exc, "filename", None):
+            raise  # not the disk's doing, or already naming its file
+        path = os.path.join(out, spec.file)
+        error = OSError(disk_errno, os.strerror(disk_errno), path)
+        # HDF5 does not recover from a write that failed while closing a file:
+        # this process's HDF5 can crash when it next tidies up (at exit at the
+        # latest). Marked so that an in-process caller can end without that.
+        error.hdf5_unusable = True
+        raise error from None
+
+
+def _read_member(archive, name, limit):
+    """The bytes of one zip member, never more than `limit` of them in memory.
+
+    Members declaring more were skipped while planning; reading at most
+    limit + 1 bytes keeps that promise even if the archive changed since.
+    """
+    try:
+        with archive.open(name) as member:
+            data = member.read(limit + 1)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile raises many kinds (BadZipFile, zlib.error, NotImplementedError...)
+        raise BadImage(f"unreadable zip member: {exc}") from None
+    if len(data) > limit:
+        raise BadImage(f"zip member holds over {limit:,} bytes, the limit for --max-pixels")
+    return data
+
+
+def _disk_errno(exc):
+    """The errno of a write the disk refused (ENOSPC, EROFS, EFBIG...), else None.
+
+    h5py raises OSError or RuntimeError and often leaves `errno` unset,
+    giving it only in the message HDF5 wrote.
+    """
+    code = getattr(exc, "errno", None)
+    if code is None:
+        match = _HDF5_ERRNO.search(str(exc))
+        code = int(match.group(1)) if match else None
+    return code if code in DISK_ERRORS else None

@@ -138,12 +138,17 @@ def test_unusable_input_is_an_error_and_writes_nothing(tmp_path, make, message):
     assert not (tmp_path / "out").exists()
 
 
+def _stamps(folder):
+    """mtime of every file but the lock (which each run takes, writing its pid)."""
+    return {p: os.stat(folder / p).st_mtime_ns for p in os.listdir(folder) if p != ".lock"}
+
+
 def test_rerun_on_complete_output_changes_nothing_unless_forced(kaggle_dir, tmp_path):
     run(kaggle_dir, tmp_path / "out")
-    stamps = {p: os.stat(tmp_path / "out" / p).st_mtime_ns for p in os.listdir(tmp_path / "out")}
+    stamps = _stamps(tmp_path / "out")
     again = run(kaggle_dir, tmp_path / "out")
     assert again["unchanged"]
-    assert stamps == {p: os.stat(tmp_path / "out" / p).st_mtime_ns for p in os.listdir(tmp_path / "out")}
+    assert stamps == _stamps(tmp_path / "out")
     forced = run(kaggle_dir, tmp_path / "out", force=True)
     assert not forced["unchanged"] and forced["reused_shards"] == 0
 
@@ -251,8 +256,10 @@ def test_kaggle_parent_folder_and_class_folders(tmp_path):
 def test_count_options_and_impossible_requests(kaggle_dir, tmp_path):
     result = run(kaggle_dir, tmp_path / "a", IngestSettings(size=(16, 20), val=10, test=6))
     assert (result["splits"]["val"]["count"], result["splits"]["test"]["count"]) == (10, 6)
-    with pytest.raises(UserError, match="only 20 exist"):
+    with pytest.raises(UserError, match="ask for 60 images but only 40 labelled"):
         run(kaggle_dir, tmp_path / "b", IngestSettings(size=(16, 20), val=30, test=30))
+    with pytest.raises(UserError, match="only 20 exist"):
+        run(kaggle_dir, tmp_path / "b", IngestSettings(size=(16, 20), val=0.5, test=25))
     with pytest.raises(UserError, match="leave images for training"):
         run(kaggle_dir, tmp_path / "c", IngestSettings(size=(16, 20), val=0.6, test=0.5))
 
