@@ -125,6 +125,7 @@ _KINDS = {"object": "a JSON object", "list": "a list", "text": "a string",
           "sha256": "64 lowercase hex digits"}
 _COUNTS = ("count", "cats", "dogs")
 _TOTALS = ("images", "shards", "bytes", "skipped", "excluded", "duplicates")
+_OPTIONAL_LISTS = ("label_conflicts",)
 
 
 def _validate(data, folder, path):
@@ -145,14 +146,19 @@ def _validate(data, folder, path):
     schema.get(data, "source", "source", "object")
     for key in ("skipped", "excluded", "duplicates"):
         schema.get(data, key, key, "list")
+    # Written since label conflicts are reported; older manifests lack it.
+    optional = [key for key in _OPTIONAL_LISTS if key in data]
+    for key in optional:
+        schema.check(data[key], key, "list")
     shards = _validate_shards(schema, schema.get(data, "shards", "shards", "list"), folder)
     _validate_splits(schema, schema.get(data, "splits", "splits", "object"), shards)
     totals = schema.get(data, "totals", "totals", "object")
-    for key in _TOTALS:
+    for key in _TOTALS + tuple(optional):
         schema.get(totals, key, f"totals.{key}", "count")
     expected = {"images": sum(e["count"] for e in shards), "shards": len(shards),
                 "bytes": sum(e["bytes"] for e in shards), "skipped": len(data["skipped"]),
-                "excluded": len(data["excluded"]), "duplicates": len(data["duplicates"])}
+                "excluded": len(data["excluded"]), "duplicates": len(data["duplicates"]),
+                **{key: len(data[key]) for key in optional}}
     for key, value in expected.items():
         if totals[key] != value:
             schema.fail(f"totals.{key}", f"is {totals[key]} but the manifest lists {value}")
