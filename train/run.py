@@ -194,17 +194,28 @@ def _describe(name, given, own):
 
 
 def _extend(run, settings, epochs, done):
-    """Set the run's total to `epochs` (given with --resume); rewrites config.json."""
+    """Set the run's total to `epochs` (given with --resume); returns (settings, note or None).
+
+    The default model's learning rate follows a cosine over the epochs the
+    run was started with; its schedule is saved with the optimizer in
+    last.keras and is not rebuilt, so epochs added later run at its final
+    rate (a fine-tuning tail). Rebuilding it would make the rate jump back
+    up mid-run and leave a run no fresh start could repeat.
+    """
     if epochs < done:
         raise UserError(f"--epochs {epochs} is fewer than the {done} epochs {run.path} has already finished; "
                         f"give at least {done}")
     if epochs == settings.epochs:
-        return settings
+        return settings, None
     config = run.config()
     config["extended_from"] = [*config.get("extended_from", []), config["epochs"]]
     config["epochs"] = epochs
     run.write_config(config)
-    return replace(settings, epochs=epochs)
+    note = None
+    if settings.model == DEFAULT_MODEL and epochs > settings.epochs and done > 0:
+        note = (f"{settings.model}'s learning-rate schedule was set for {config['extended_from'][0]} epochs "
+                f"when the run started; later epochs run at its final rate")
+    return replace(settings, epochs=epochs), note
 
 
 def _check_shards(manifest, settings, verify):
@@ -251,11 +262,12 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
         if state is not None and not resume and not _same_run(run, settings, manifest):
             raise UserError(f"{run.path} already holds a run with other settings; choose another --run-dir "
                             "or pass --resume to continue it with its own settings")
+        note = None
         if resume and "epochs" in given:
-            settings = _extend(run, settings, requested.epochs, state["epoch"] if state else 0)
+            settings, note = _extend(run, settings, requested.epochs, state["epoch"] if state else 0)
         if state is not None and state["epoch"] >= settings.epochs:
             return _summary(run, settings, state, already_done=True)
-        return _fit(run, settings, manifest, state, progress)
+        return {**_fit(run, settings, manifest, state, progress), "notes": [note] if note else []}
 
 
 def _fit(run, settings, manifest, state, progress):
@@ -325,4 +337,5 @@ def _summary(run, settings, state, already_done=False):
         "seconds_per_epoch": (sum(r["seconds"] for r in history) / len(history)) if history else None,
         "model_bytes": os.path.getsize(best_path) if os.path.exists(best_path) else None,
         "already_done": already_done,
+        "notes": [],
     }

@@ -232,7 +232,9 @@ class RunDir:
         epoch, pending = state["epoch"], state.get("checkpoint")
         source = self.file(pending) if pending else None
         if source and os.path.exists(source):
-            if state.get("best_epoch") == epoch:
+            # Done already if a killed roll forward linked it: renaming a link onto
+            # another link of the same file is a no-op that would leave the temp behind.
+            if state.get("best_epoch") == epoch and not _same_file(source, self.file(BEST)):
                 with atomic_path(self.file(BEST)) as tmp:
                     _link_or_copy(source, tmp)
                 crash_point("best", epoch)
@@ -297,17 +299,27 @@ class Runs:
         write_text_atomic(os.path.join(self.root, LATEST), name + "\n")
 
     def create(self, model):
-        """A new, empty run directory with a name no other run has (or will get)."""
+        """A new, empty run directory with a name no other run has: <model>-<date>-<time>-<microseconds>.
+
+        mkdir is atomic, so of two processes choosing the same name only one
+        gets it; the other takes the next free "-N" suffix.
+        """
         os.makedirs(self.root, exist_ok=True)
-        while True:
-            now = time.time()
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-            path = os.path.join(self.root, f"{model}-{stamp}-{int(now * 1e6) % 1_000_000:06d}")
-            try:  # mkdir is atomic: of two processes choosing the same name, one gets an error
+        now = _clock()
+        base = os.path.join(self.root, f"{model}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+                                       f"-{int(now * 1e6) % 1_000_000:06d}")
+        for attempt in range(1_000_000):
+            path = base if attempt == 0 else f"{base}-{attempt}"
+            try:
                 os.mkdir(path)
                 return RunDir(path)
             except FileExistsError:
-                time.sleep(1e-6)
+                continue
+        raise UserError(f"cannot find a free run directory name in {self.root}")
+
+
+# The clock that names runs (tests freeze it to provoke same-name races).
+_clock = time.time
 
 
 def _read_json(path):
@@ -335,6 +347,13 @@ def _fsync_dir(path):
     """Make renames in `path` durable; not every platform can open a folder."""
     with contextlib.suppress(OSError):
         _fsync_file(path)
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _link_or_copy(source, target):
