@@ -115,13 +115,13 @@ def _number(value):
 
 def _memory_mb():
     """This process's resident memory now and at its peak so far, in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux
     try:
         with open("/proc/self/statm") as f:
             now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
     except OSError:  # not Linux
         now = peak
-    return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak * 1.024, 1)}
+    return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def _config(settings, manifest, params):
@@ -170,6 +170,11 @@ def _resume_target(run_dir, runs, requested, given):
         raise UserError(f"no run directory at {run.path} to resume; start it without --resume")
     config = run.config()
     settings = TrainSettings(**{k: config[k] for k in asdict(TrainSettings()) if k in config})
+    try:
+        settings.validate()
+    except UserError as exc:
+        raise UserError(f"{run.file('config.json')} holds a setting train cannot use ({exc}); start a new run") \
+            from None
     changed = [_describe(name, getattr(requested, name), getattr(settings, name))
                for name in FIXED_ON_RESUME if name in given and not _same_value(
                    name, getattr(requested, name), getattr(settings, name))]

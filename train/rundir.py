@@ -48,6 +48,7 @@ COMMIT_STEPS = ("epoch-end", "saved", "state-temp", "committed", "best", "last",
 
 
 def crash_point(step, epoch):
+    assert step in COMMIT_STEPS, step
     wanted = os.environ.get(CRASH_ENV)
     if wanted and wanted in (step, f"{step}@{epoch}"):
         os._exit(CRASH_EXIT)

@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from shards.errors import UserError  # noqa: E402
 from tests.conftest import make_kaggle_folder  # noqa: E402
-from train.rundir import CRASH_ENV, CRASH_EXIT  # noqa: E402
+from train.rundir import COMMIT_STEPS, CRASH_ENV, CRASH_EXIT  # noqa: E402
 
 EPOCHS, TRAIN_SIZE, VAL_SIZE, BATCH = 2, 48, 16, 4
 STEPS = TRAIN_SIZE // BATCH  # 12 optimizer steps per epoch
@@ -112,6 +112,10 @@ def _cli(*args):
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
         result.exception
     return result.exit_code, result.stderr.strip().splitlines()
+
+
+def test_the_crash_matrix_covers_every_step_of_the_commit():
+    assert {step for step, _ in CRASH_CASES} == set(COMMIT_STEPS)
 
 
 # -- item 12: stale temporary files are cleaned at the next start, nothing else ------------
