@@ -46,6 +46,8 @@ class TrainSettings:
         return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=self.epochs or epochs)
 
     def validate(self):
+        if not isinstance(self.data, str) or not self.data:
+            raise UserError(f"data must name a shard folder. Received: data={self.data!r}")
         if self.model not in MODELS:
             raise UserError(f"model must be one of {', '.join(MODELS)}. Received: model={self.model!r}")
         for name in ("train_size", "val_size", "epochs", "batch_size", "window"):

@@ -218,16 +218,19 @@ class RunDir:
             _disk_errors_name(path, model.save, path)
             _fsync_file(path)
             crash_point("saved", epoch)
-            with atomic_path(self.file(STATE)) as tmp:
-                with open(tmp, "w") as f:
-                    json.dump({**state, "checkpoint": pending}, f, indent=2)
-                crash_point("state-temp", epoch)
+            _disk_errors_name(self.file(STATE), self._write_state, {**state, "checkpoint": pending})
         except BaseException:
             _remove(path)
             raise
         _fsync_dir(self.path)
         crash_point("committed", epoch)
         self._roll_forward({**state, "checkpoint": pending})
+
+    def _write_state(self, state):
+        with atomic_path(self.file(STATE)) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(state, f, indent=2)
+            crash_point("state-temp", state["epoch"])
 
     def _roll_forward(self, state):
         epoch, pending = state["epoch"], state.get("checkpoint")
