@@ -185,6 +185,29 @@ def _ingest_summary(result, out):
     return "\n".join(lines)
 
 
+def _finite(ctx, param, value):
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number. Received: {value}")
+    return value
+
+
+# train's options -> the TrainSettings fields they set (for "which did the user give?").
+_TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
+                 "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
+                 "batch_size": ("batch_size",), "lr": ("lr",), "loss": ("loss",), "seed": ("seed",)}
+
+
+def _given_settings(ctx):
+    """TrainSettings fields set by options the user actually gave (not by their defaults)."""
+    from click.core import ParameterSource
+
+    defaults = (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    return {name for option, names in _TRAIN_FIELDS.items()
+            if ctx.get_parameter_source(option) not in defaults for name in names}
+
+
 @cli.command(cls=TensorFlowCommand)
 @click.option("--data", default=DEFAULT_SHARDS, show_default=True, type=click.Path(file_okay=False),
               help="Shard folder written by ingest.")
@@ -195,18 +218,21 @@ def _ingest_summary(result, out):
               help="Validation images. Default 1,024.")
 @click.option("--model", "model_name", type=click.Choice(["mlp", "conv1", "conv2", "conv2-wide", "kibble"]),
               default="kibble", show_default=True, help="Architecture; the first four are the tutorial's.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the model's recipe.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Default: the model's recipe. With --resume: the run's new total (extends a finished run).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1), default=None,
-              help="Learning rate. Default: the model's recipe.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=None,
+              callback=_finite, help="Learning rate. Default: the model's recipe.")
 @click.option("--loss", type=click.Choice(["mse", "bce"]), default=None,
               help="mse (the tutorial's) or bce. Default: the model's recipe.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0, max=2**31 - 1),
+              help="Seed of the weights, the shuffle and the augmentation.")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory. Default: RUNS/<model>-<timestamp>.")
+              help="Run directory. Default: RUNS/<model>-<date>-<time>-<microseconds>.")
 @click.option("--runs", "runs_root", default=DEFAULT_RUNS, show_default=True, type=click.Path(file_okay=False),
               help="Folder holding the run directories.")
-@click.option("--resume", is_flag=True, help="Continue the newest run (or --run-dir) with its own settings.")
+@click.option("--resume", is_flag=True,
+              help="Continue the newest run (or --run-dir) with its own settings; only --epochs may change.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
 def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, seed, run_dir,
@@ -214,7 +240,8 @@ def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size,
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
-    `train --resume`) continues an interrupted run from its last epoch.
+    `train --resume`) continues an interrupted run from its last finished
+    epoch; `train --resume --epochs N` extends a run to N epochs.
 
     \b
     Example:
@@ -230,7 +257,7 @@ def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size,
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
                              batch_size=batch_size, seed=seed)
     result = run_train(settings, run_dir=run_dir, runs_root=runs_root, resume=resume, verify=not no_verify,
-                       progress=not ctx.obj["quiet"])
+                       progress=not ctx.obj["quiet"], given=_given_settings(ctx))
     _say(ctx, _train_summary(result))
 
 
@@ -239,7 +266,8 @@ def _train_summary(result):
         return f"{result['run_dir']} already finished its {result['epochs']} epochs; nothing to do."
     size = f"{result['model_bytes'] / 1e6:,.1f} MB" if result["model_bytes"] else "n/a"
     acc = result["best_val_accuracy"]
-    return (f"{result['model']}: {result['epochs']} epochs, {result['seconds_per_epoch']:.1f} s/epoch; "
+    notes = "".join(f"note: {note}\n" for note in result.get("notes", []))
+    return (f"{notes}{result['model']}: {result['epochs']} epochs, {result['seconds_per_epoch']:.1f} s/epoch; "
             f"best epoch {result['best_epoch']}: val_loss {result['best_val_loss']:.4f}, "
             f"val_accuracy {acc:.4f}; best model {size}\nrun directory: {result['run_dir']}")
 

@@ -1,22 +1,22 @@
 """`train`: stream the shards into a Keras model, one run directory per run, resumable."""
 import contextlib
-import csv
-import json
+import math
 import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from shards.errors import UserError
-from shards.manifest import load_manifest, verify_shards, write_json_atomic
+from shards.manifest import load_manifest, verify_shards
 from train.models import DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks
-from train.rundir import BEST, CONFIG, HISTORY, LAST, STATE, mark_latest, read_config
+from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
 
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr", "rss_mb", "peak_rss_mb")
 LAPTOP_SAMPLE = (4096, 1024)  # the tutorial's train/validation sample
 FULL = (10000, 2500)  # the design's full experiment
+# Seeds go to NumPy's legacy seeding (below 2**32) as seed + epoch.
+MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class TrainSettings:
     lr: float = None
     loss: str = None
     batch_size: int = 32
+    # 0 <= seed <= MAX_SEED: weights, shuffle order and augmentation.
     seed: int = 0
     # Images mixed together by the input pipeline's shuffle.
     window: int = WINDOW
@@ -45,6 +46,8 @@ class TrainSettings:
         return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=self.epochs or epochs)
 
     def validate(self):
+        if not isinstance(self.data, str) or not self.data:
+            raise UserError(f"data must name a shard folder. Received: data={self.data!r}")
         if self.model not in MODELS:
             raise UserError(f"model must be one of {', '.join(MODELS)}. Received: model={self.model!r}")
         for name in ("train_size", "val_size", "epochs", "batch_size", "window"):
@@ -52,8 +55,15 @@ class TrainSettings:
                 raise UserError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
         if self.loss not in (None, "mse", "bce"):
             raise UserError(f"loss must be mse or bce. Received: loss={self.loss!r}")
-        if self.lr is not None and not 0 < self.lr < 1:
+        if self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr < 1):
             raise UserError(f"lr must be between 0 and 1. Received: lr={self.lr}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be a whole number from 0 to {MAX_SEED}. Received: seed={self.seed!r}")
+
+
+# Settings a run keeps for good: with --resume they come from config.json,
+# and giving another value is refused. Only `epochs` may grow (extension).
+FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "seed", "window")
 
 
 def _compile(model, settings, steps_per_epoch):
@@ -71,20 +81,14 @@ def _compile(model, settings, steps_per_epoch):
     model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
 
 
-def _save_atomic(model, path):
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
 def _current_lr(model):
     lr = model.optimizer.learning_rate
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
-def _recorder(run_dir, state):
-    """A Keras callback that makes each finished epoch durable, in a fixed order:
-    last model, best model, history row, then state.json (the commit point)."""
+def _recorder(run, state):
+    """A Keras callback that commits each finished epoch to `run` (RunDir.commit_epoch)
+    and keeps `state` equal to the committed state."""
     import keras
 
     class EpochRecorder(keras.callbacks.Callback):
@@ -94,66 +98,32 @@ def _recorder(run_dir, state):
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             seconds = time.monotonic() - self.started
-            _save_atomic(self.model, os.path.join(run_dir, LAST))
+            row = {"epoch": epoch + 1, **{k: _number(logs.get(k)) for k in HISTORY_FIELDS[1:5]},
+                   "seconds": round(seconds, 2), "lr": _current_lr(self.model), **_memory_mb()}
+            new = {**state, "epoch": epoch + 1, "seconds": state.get("seconds", 0) + seconds,
+                   "history": [*state["history"], row]}
             val_loss = float(logs.get("val_loss", float("inf")))
             if val_loss < state["best_val_loss"]:
-                state.update(best_val_loss=val_loss, best_epoch=epoch + 1)
-                _save_atomic(self.model, os.path.join(run_dir, BEST))
-            row = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
-                   "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
-                   "seconds": round(seconds, 2), "lr": _current_lr(self.model), **_memory_mb()}
-            _append_history(run_dir, row)
-            state["epoch"] = epoch + 1
-            state["seconds"] = state.get("seconds", 0) + seconds
-            write_json_atomic(os.path.join(run_dir, STATE), state)
+                new.update(best_val_loss=val_loss, best_epoch=epoch + 1)
+            run.commit_epoch(self.model, new)
+            state.update(new)
 
     return EpochRecorder()
 
 
+def _number(value):
+    return None if value is None else float(value)
+
+
 def _memory_mb():
     """This process's resident memory now and at its peak so far, in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux
     try:
         with open("/proc/self/statm") as f:
             now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
     except OSError:  # not Linux
         now = peak
-    return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak * 1.024, 1)}
-
-
-def _append_history(run_dir, row):
-    path = os.path.join(run_dir, HISTORY)
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _truncate_history(run_dir, epochs_done):
-    """Drop history rows past the last committed epoch (a crash between writes)."""
-    path = os.path.join(run_dir, HISTORY)
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs_done]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _read_state(run_dir):
-    path = os.path.join(run_dir, STATE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def _config(settings, manifest, params):
@@ -166,69 +136,96 @@ _SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "lo
                   "window", "manifest_sha256")
 
 
-def _find_run(settings, manifest, run_dir, runs_root):
-    """Without --resume: (run_dir, state) of an unfinished identical run, or a new run_dir."""
-    from train.rundir import latest_run
-
-    if run_dir is None:  # the same command again continues an unfinished identical run
-        with contextlib.suppress(UserError, OSError, ValueError):
-            candidate = latest_run(runs_root)
-            state = _read_state(candidate)
-            if _resumable(candidate, settings, manifest) and state["epoch"] < settings.epochs:
-                return candidate, state
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        return os.path.join(runs_root, f"{settings.model}-{stamp}"), None
-    state = _read_state(run_dir) if os.path.isdir(run_dir) else None
-    if state is None:
-        return run_dir, None
-    if not _resumable(run_dir, settings, manifest):
-        raise UserError(f"{run_dir} already holds a run with other settings; choose another --run-dir "
-                        "or pass --resume to continue it with its own settings")
-    return run_dir, state
-
-
-def _resume_target(run_dir, runs_root):
-    """With --resume: the run to continue and its state; its own settings apply."""
-    from train.rundir import latest_run
-
-    run_dir = run_dir or latest_run(runs_root)
-    state = _read_state(run_dir) if os.path.isdir(run_dir) else None
-    if state is None or not os.path.exists(os.path.join(run_dir, LAST)):
-        raise UserError(f"{run_dir} has no finished epoch to resume from; start it without --resume")
-    config = read_config(run_dir)
-    settings = TrainSettings(**{k: config[k] for k in asdict(TrainSettings()) if k in config})
-    manifest = load_manifest(settings.data)
-    if config["manifest_sha256"] != manifest.checksum:
-        raise UserError(f"{run_dir} was trained on other shards than those now in {settings.data} "
-                        "(manifest checksum differs); ingest them again with the same settings")
-    return run_dir, state, settings, manifest
-
-
-def _resumable(run_dir, settings, manifest):
-    state = _read_state(run_dir)
-    if state is None or not os.path.exists(os.path.join(run_dir, LAST)):
+def _same_run(run, settings, manifest):
+    """Whether `run` was started with exactly these settings on these shards."""
+    try:
+        config = run.config()
+    except UserError:
         return False
-    config = read_config(run_dir)
     wanted = _config(settings, manifest, None)
     return all(config.get(k) == wanted.get(k) for k in _SAME_RUN_KEYS)
 
 
-def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False, verify=True, progress=True):
-    """Train `settings.model` on the first train/val images of the shards.
+def _unfinished_same_run(settings, manifest, runs):
+    """The newest run of `runs` if it is unfinished and identical to this one, else None."""
+    with contextlib.suppress(UserError, OSError, ValueError):
+        candidate = runs.latest()
+        state = candidate.state()
+        if state and state["epoch"] < settings.epochs and candidate.has_model(state) \
+                and _same_run(candidate, settings, manifest):
+            return candidate
+    return None
 
-    Returns a summary dict (run_dir, epochs, best_epoch, best val loss and
-    accuracy, seconds per epoch, model bytes). Resumes an unfinished run:
-    with `resume`, the newest run or `run_dir`; without it, `run_dir` or the
-    newest run when it was started with identical settings.
-    Raises UserError for missing or damaged shards and impossible sizes.
+
+def _given_fields(requested, given):
+    """The settings fields the caller chose; by default those that differ from TrainSettings()."""
+    if given is not None:
+        return set(given)
+    default = TrainSettings()
+    return {f.name for f in fields(TrainSettings) if getattr(requested, f.name) != getattr(default, f.name)}
+
+
+def _resume_target(run_dir, runs, requested, given):
+    """With --resume: the run to continue, its own settings, its shards; refuses changed settings."""
+    run = RunDir(run_dir) if run_dir else runs.latest()
+    if not os.path.isdir(run.path):
+        raise UserError(f"no run directory at {run.path} to resume; start it without --resume")
+    config = run.config()
+    settings = TrainSettings(**{k: config[k] for k in asdict(TrainSettings()) if k in config})
+    try:
+        settings.validate()
+    except UserError as exc:
+        raise UserError(f"{run.file('config.json')} holds a setting train cannot use ({exc}); start a new run") \
+            from None
+    changed = [_describe(name, getattr(requested, name), getattr(settings, name))
+               for name in FIXED_ON_RESUME if name in given and not _same_value(
+                   name, getattr(requested, name), getattr(settings, name))]
+    if changed:
+        raise UserError(f"cannot change settings of {run.path} with --resume: {'; '.join(changed)}. "
+                        "Drop them to continue the run as it was, or start a new run without --resume")
+    manifest = load_manifest(settings.data)
+    if config.get("manifest_sha256") != manifest.checksum:
+        raise UserError(f"{run.path} was trained on other shards than those now in {settings.data} "
+                        "(manifest checksum differs); ingest them again with the same settings")
+    return run, settings, manifest
+
+
+def _same_value(name, given, own):
+    if name == "data":
+        return os.path.realpath(given) == os.path.realpath(own)
+    return given is None or given == own
+
+
+def _describe(name, given, own):
+    return f"--{name.replace('_', '-')} {given} (the run has {own})"
+
+
+def _extend(run, settings, epochs, done):
+    """Set the run's total to `epochs` (given with --resume); returns (settings, note or None).
+
+    The default model's learning rate follows a cosine over the epochs the
+    run was started with; its schedule is saved with the optimizer in
+    last.keras and is not rebuilt, so epochs added later run at its final
+    rate (a fine-tuning tail). Rebuilding it would make the rate jump back
+    up mid-run and leave a run no fresh start could repeat.
     """
-    settings.validate()
-    settings = settings.resolved()
-    if resume:
-        run_dir, state, settings, manifest = _resume_target(run_dir, runs_root)
-    else:
-        manifest = load_manifest(settings.data)
-        run_dir, state = _find_run(settings, manifest, run_dir, runs_root)
+    if epochs < done:
+        raise UserError(f"--epochs {epochs} is fewer than the {done} epochs {run.path} has already finished; "
+                        f"give at least {done}")
+    if epochs == settings.epochs:
+        return settings, None
+    config = run.config()
+    config["extended_from"] = [*config.get("extended_from", []), config["epochs"]]
+    config["epochs"] = epochs
+    run.write_config(config)
+    note = None
+    if settings.model == DEFAULT_MODEL and epochs > settings.epochs and done > 0:
+        note = (f"{settings.model}'s learning-rate schedule was set for {config['extended_from'][0]} epochs "
+                f"when the run started; later epochs run at its final rate")
+    return replace(settings, epochs=epochs), note
+
+
+def _check_shards(manifest, settings, verify):
     if verify:
         problems = verify_shards(manifest, splits=("train", "val"))
         if problems:
@@ -237,67 +234,108 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     plan_blocks(manifest, "train", settings.train_size)  # fail early if there are too few
     plan_blocks(manifest, "val", settings.val_size)
 
+
+def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False, verify=True, progress=True,
+          given=None):
+    """Train `settings.model` on the first train/val images of the shards.
+
+    Returns a summary dict (run_dir, epochs, best_epoch, best val loss and
+    accuracy, seconds per epoch, model bytes). Resumes an unfinished run:
+    with `resume`, the newest run or `run_dir`, with its own settings (from
+    its last committed epoch, or from the start if none was committed);
+    without it, `run_dir` or the newest run when it was started with
+    identical settings. `given` names the fields of `settings` the caller
+    chose (default: those differing from TrainSettings()); with `resume`,
+    a given `epochs` sets the run's new total (extending a finished run) and
+    any other given setting that differs from the run's is refused.
+    Holds the run directory's lock while it writes there.
+    Raises UserError for missing or damaged shards, impossible sizes, a run
+    directory another process is writing, and settings a resume cannot change.
+    """
+    settings.validate()
+    given = _given_fields(settings, given)
+    requested, settings = settings, settings.resolved()
+    runs = Runs(runs_root)
+    if resume:
+        run, settings, manifest = _resume_target(run_dir, runs, requested, given)
+    else:
+        manifest = load_manifest(settings.data)
+        run = RunDir(run_dir) if run_dir else _unfinished_same_run(settings, manifest, runs)
+    _check_shards(manifest, settings, verify)
+    if run is None:
+        run = runs.create(settings.model)
+    with run.lock():
+        state = run.recover()
+        if state is not None and not resume and not _same_run(run, settings, manifest):
+            raise UserError(f"{run.path} already holds a run with other settings; choose another --run-dir "
+                            "or pass --resume to continue it with its own settings")
+        note = None
+        if resume and "epochs" in given:
+            settings, note = _extend(run, settings, requested.epochs, state["epoch"] if state else 0)
+        if state is not None and state["epoch"] >= settings.epochs:
+            return _summary(run, settings, state, already_done=True)
+        return {**_fit(run, settings, manifest, state, progress), "notes": [note] if note else []}
+
+
+def _fit(run, settings, manifest, state, progress):
     import keras
 
     from train.models import build_model
     from train.pipeline import make_dataset
 
-    os.makedirs(run_dir, exist_ok=True)
     start_epoch = state["epoch"] if state else 0
-    if state and start_epoch >= settings.epochs:
-        return _summary(run_dir, settings, state, already_done=True)
     keras.utils.set_random_seed(settings.seed + start_epoch)
     steps = -(-settings.train_size // settings.batch_size)
     if state:
         try:
-            model = keras.models.load_model(os.path.join(run_dir, LAST))
+            model = keras.models.load_model(run.checkpoint("last"))
         except Exception as exc:  # noqa: BLE001 - any load failure means the same thing here
-            raise UserError(f"cannot load {os.path.join(run_dir, LAST)} to resume ({exc}); start a new run") from None
-        _truncate_history(run_dir, start_epoch)
+            raise UserError(f"cannot load {run.checkpoint('last')} to resume ({exc}); start a new run") from None
+        state.setdefault("history", run.history())  # a run from before history was part of the state
     else:
         model = build_model(settings.model, manifest.image_shape, seed=settings.seed)
         _compile(model, settings, steps)
-        state = {"epoch": 0, "best_epoch": None, "best_val_loss": float("inf"), "seconds": 0.0}
-        write_json_atomic(os.path.join(run_dir, CONFIG), _config(settings, manifest, model.count_params()))
-        for stale in (HISTORY, BEST, LAST):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(run_dir, stale))
-    mark_latest(run_dir)
+        state = {"epoch": 0, "best_epoch": None, "best_val_loss": float("inf"), "seconds": 0.0, "history": []}
+        run.start(_config(settings, manifest, model.count_params()))
+    Runs(os.path.dirname(os.path.abspath(run.path))).mark_latest(run)
 
     train_data = make_dataset(manifest, "train", settings.batch_size, settings.train_size, settings.seed,
                               shuffle=True, initial_epoch=start_epoch, window=settings.window)
     val_data = make_dataset(manifest, "val", settings.batch_size, settings.val_size, settings.seed,
                             shuffle=False, window=settings.window)
-    callbacks = [_recorder(run_dir, state),
-                 keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq="epoch",
+    callbacks = [_recorder(run, state),
+                 keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
     verbose = 0 if not progress else (1 if sys.stderr.isatty() else 2)
+    resume_hint = f"python cli.py train --resume --run-dir {run.path}"
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Keras prints progress to stdout
             model.fit(train_data, validation_data=val_data, epochs=settings.epochs, initial_epoch=start_epoch,
                       callbacks=callbacks, verbose=verbose, shuffle=False)
     except KeyboardInterrupt:
         print(f"\nInterrupted after epoch {state['epoch']} of {settings.epochs}. Resume with:\n"
-              f"  python cli.py train --resume --run-dir {run_dir}", file=sys.stderr)
+              f"  {resume_hint}", file=sys.stderr)
+        raise
+    except (OSError, UserError):
         raise
     except Exception as exc:  # noqa: BLE001 - a shard failing inside tf.data arrives wrapped
         message = str(exc)
         if "shard " in message:
             line = next(line for line in message.splitlines() if "shard " in line)
+            where = (f"continues from epoch {state['epoch']}" if state["epoch"]
+                     else "starts it again (no epoch had finished)")
             raise UserError(f"{line.strip()}; after fixing it (run `ingest` again), "
-                            f"`train --resume --run-dir {run_dir}` continues from epoch {state['epoch']}") from None
+                            f"`train --resume --run-dir {run.path}` {where}") from None
         raise
-    return _summary(run_dir, settings, state)
+    return _summary(run, settings, state)
 
 
-def _summary(run_dir, settings, state, already_done=False):
-    from train.rundir import read_history
-
-    history = read_history(run_dir)
+def _summary(run, settings, state, already_done=False):
+    history = run.history()
     best = next((row for row in history if row["epoch"] == state.get("best_epoch")), {})
-    best_path = os.path.join(run_dir, BEST)
+    best_path = run.checkpoint("best")
     return {
-        "run_dir": run_dir,
+        "run_dir": run.path,
         "model": settings.model,
         "epochs": state["epoch"],
         "best_epoch": state.get("best_epoch"),
@@ -306,4 +344,5 @@ def _summary(run_dir, settings, state, already_done=False):
         "seconds_per_epoch": (sum(r["seconds"] for r in history) / len(history)) if history else None,
         "model_bytes": os.path.getsize(best_path) if os.path.exists(best_path) else None,
         "already_done": already_done,
+        "notes": [],
     }
