@@ -30,8 +30,10 @@ class UserFacingGroup(click.Group):
                 raise
             click.echo(f"Error: {disk_error_message(exc)}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+        except KeyboardInterrupt as exc:
+            run_dir = getattr(exc, "run_dir", None)  # train.run.TrainingInterrupted
+            click.echo(f"Interrupted: {exc}. Resume with:\n  kibble train --resume --run-dir {run_dir}"
+                       if run_dir else "Interrupted.", err=True)
             ctx.exit(130)
 
 

@@ -2,7 +2,6 @@
 import contextlib
 import math
 import os
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -61,6 +60,18 @@ class TrainSettings:
             raise UserError(f"seed must be a whole number from 0 to {MAX_SEED}. Received: seed={self.seed!r}")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the run keeps every epoch committed before it.
+
+    The command line turns it into its own words (how to resume); the
+    library only says where the run stands.
+    """
+
+    def __init__(self, run_dir, epoch, epochs):
+        self.run_dir, self.epoch, self.epochs = run_dir, epoch, epochs
+        super().__init__(f"training of {run_dir} stopped after epoch {epoch} of {epochs}")
+
+
 # Settings a run keeps for good: with --resume they come from config.json,
 # and giving another value is refused. Only `epochs` may grow (extension).
 FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "seed", "window")
@@ -116,14 +127,29 @@ def _number(value):
 
 
 def _memory_mb():
-    """This process's resident memory now and at its peak so far, in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux
+    """This process's resident memory now and at its peak so far, in MB (psutil, any OS)."""
+    import psutil
+
+    info = psutil.Process().memory_info()
+    _peak[0] = max(_peak[0], info.rss, getattr(info, "peak_wset", 0), _kernel_peak())
+    return {"rss_mb": round(info.rss / 1e6, 1), "peak_rss_mb": round(_peak[0] / 1e6, 1)}
+
+
+_peak = [0]
+
+
+def _kernel_peak():
+    """The kernel's own peak RSS in bytes where it keeps one (Linux, macOS), else 0.
+
+    ru_maxrss is in KiB on Linux and in bytes on macOS; Windows has no
+    `resource` module (psutil's peak_wset covers it).
+    """
     try:
-        with open("/proc/self/statm") as f:
-            now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except OSError:  # not Linux
-        now = peak
-    return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
+        import resource
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _config(settings, manifest, params):
@@ -307,15 +333,12 @@ def _fit(run, settings, manifest, state, progress):
                  keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
     verbose = 0 if not progress else (1 if sys.stderr.isatty() else 2)
-    resume_hint = f"python cli.py train --resume --run-dir {run.path}"
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Keras prints progress to stdout
             model.fit(train_data, validation_data=val_data, epochs=settings.epochs, initial_epoch=start_epoch,
                       callbacks=callbacks, verbose=verbose, shuffle=False)
     except KeyboardInterrupt:
-        print(f"\nInterrupted after epoch {state['epoch']} of {settings.epochs}. Resume with:\n"
-              f"  {resume_hint}", file=sys.stderr)
-        raise
+        raise TrainingInterrupted(run.path, state["epoch"], settings.epochs) from None
     except (OSError, UserError):
         raise
     except Exception as exc:  # noqa: BLE001 - a shard failing inside tf.data arrives wrapped
