@@ -68,7 +68,8 @@ def _run(run):
     config = _or_empty(run.config) or {}
     history = _or_empty(run.history) or []
     state = _or_empty(run.state) or {}
-    metrics = _or_empty(run.metrics) or {}
+    metrics = _or_empty(run.metrics)
+    metrics = metrics if isinstance(metrics, dict) else {}  # valid JSON, but not what evaluate writes
     accuracies = [row["val_accuracy"] for row in history if "val_accuracy" in row]
     test = (metrics.get("splits") or {}).get("test") or {}
     return {
