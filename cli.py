@@ -10,7 +10,14 @@ require_own_packages()
 
 import click  # noqa: E402
 
-from kibble.commands import compare, demo, evaluate, info, ingest, predict, train, verify  # noqa: E402
+from kibble.commands.compare import compare  # noqa: E402
+from kibble.commands.demo import demo  # noqa: E402
+from kibble.commands.evaluate import evaluate  # noqa: E402
+from kibble.commands.info import info  # noqa: E402
+from kibble.commands.ingest import ingest  # noqa: E402
+from kibble.commands.predict import predict  # noqa: E402
+from kibble.commands.train import train  # noqa: E402
+from kibble.commands.verify import verify  # noqa: E402
 from kibble.group import KibbleGroup  # noqa: E402
 from train.tf_env import quiet_logs  # noqa: E402
 
@@ -37,14 +44,14 @@ def cli(ctx, verbose, quiet):
     quiet_logs(verbose)
 
 
-cli.add_command(ingest.ingest)  # image folder -> shards
-cli.add_command(train.train)  # shards -> a run directory
-cli.add_command(evaluate.evaluate)  # run -> metrics.json, report.md
-cli.add_command(compare.compare)  # runs -> one Markdown table
-cli.add_command(demo.demo)  # all of the above on a small data set
-cli.add_command(predict.predict)  # run + image files -> labels
-cli.add_command(info.info)  # what has been ingested and trained
-cli.add_command(verify.verify)  # shards against their manifest
+cli.add_command(ingest)  # image folder -> shards
+cli.add_command(train)  # shards -> a run directory
+cli.add_command(evaluate)  # run -> metrics.json, report.md, figures
+cli.add_command(compare)  # runs -> one Markdown table
+cli.add_command(demo)  # all three on a small data set
+cli.add_command(predict)  # run + image files -> cat or dog
+cli.add_command(info)  # what has been ingested and trained
+cli.add_command(verify)  # shards against their manifest
 
 
 if __name__ == "__main__":
