@@ -15,7 +15,10 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=["ingest", "shards", "train", "evaluate"],
+    # The stages keep their top-level names (the folders of a clone, `python cli.py` from it); an
+    # environment holding another package of one of these names is refused at start-up with an
+    # `Error:` line naming it (kibble/packages.py, docs/installing.md).
+    packages=["ingest", "shards", "train", "evaluate", "kibble", "kibble.commands"],
     py_modules=["cli"],
     install_requires=[
         "numpy>=1.26,<3",
@@ -34,5 +37,5 @@ setup(
         # scikit-learn (and the SciPy it brings) only checks our hand-written metrics in the tests.
         "test": ["tensorflow-cpu>=2.16,<2.22", "pytest>=7", "scikit-learn>=1.3"],
     },
-    entry_points={"console_scripts": ["kibble=cli:cli"]},
+    entry_points={"console_scripts": ["kibble=kibble.__main__:main"]},
 )

@@ -5,13 +5,13 @@ history.csv (epochs, seconds per epoch), the checkpoint's size on disk and
 metrics.json. A run without a current metrics.json (none yet, or written
 for another checkpoint file) is evaluated first, with the default settings.
 """
-import json
 import os
 
-from evaluate.run import CHECKPOINTS, METRICS_NAME, evaluate_run
+from evaluate.run import evaluate_run
 from shards.errors import UserError
 from shards.format import sha256_file
-from train.rundir import read_config, read_history
+from shards.fsio import write_text_atomic
+from train.rundir import BEST, RunDir
 
 # (key, column header, format) in table order.
 COLUMNS = (
@@ -40,12 +40,10 @@ def compare_runs(run_dirs, out=None, progress=True):
     """
     if not run_dirs:
         raise UserError("nothing to compare: name at least one run directory")
-    rows = [_row(run_dir, progress) for run_dir in run_dirs]
+    rows = [_row(RunDir(run_dir), progress) for run_dir in run_dirs]
     if out:
-        folder = os.path.dirname(os.path.abspath(out))
-        os.makedirs(folder, exist_ok=True)
-        with open(out, "w") as f:
-            f.write(markdown_table(rows) + "\n")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        write_text_atomic(out, markdown_table(rows) + "\n")  # an earlier table stays whole if this write fails
     return rows
 
 
@@ -59,19 +57,18 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def _row(run_dir, progress):
-    config = read_config(run_dir)
-    history = read_history(run_dir)
-    metrics = _current_metrics(run_dir, progress)
-    model_path = os.path.join(run_dir, CHECKPOINTS["best"])
+def _row(run, progress):
+    config = run.config()
+    history = run.history()
+    metrics = _current_metrics(run, progress)
     seconds = [h["seconds"] for h in history if "seconds" in h]
     splits = metrics["splits"]
     val, test = splits.get("val", {}), splits.get("test", {})
     return {
-        "run": os.path.basename(os.path.normpath(run_dir)),
+        "run": run.name,
         "model": config.get("model"),
         "params": config.get("params"),
-        "model_mb": os.path.getsize(model_path) / 1e6,
+        "model_mb": os.path.getsize(run.checkpoint("best")) / 1e6,
         "train_size": config.get("train_size"),
         "val_size": config.get("val_size"),
         "epochs": len(history),
@@ -85,17 +82,14 @@ def _row(run_dir, progress):
     }
 
 
-def _current_metrics(run_dir, progress):
-    """metrics.json of the run's best.keras, evaluating the run when it has none."""
-    path = os.path.join(run_dir, METRICS_NAME)
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                metrics = json.load(f)
-        except (OSError, ValueError):
-            metrics = None  # damaged: evaluate again
-        model_path = os.path.join(run_dir, CHECKPOINTS["best"])
-        if (metrics and metrics.get("checkpoint") == CHECKPOINTS["best"] and os.path.exists(model_path)
-                and metrics.get("checkpoint_sha256") == sha256_file(model_path)):
-            return metrics
-    return evaluate_run(run_dir, progress=progress)
+def _current_metrics(run, progress):
+    """metrics.json of the run's best.keras, evaluating the run when it has none (or a damaged one)."""
+    try:
+        metrics = run.metrics()
+    except (OSError, UserError):
+        metrics = None  # unreadable or not JSON: evaluate again
+    model_path = run.checkpoint("best")
+    if (isinstance(metrics, dict) and metrics.get("checkpoint") == BEST and os.path.exists(model_path)
+            and metrics.get("checkpoint_sha256") == sha256_file(model_path)):
+        return metrics
+    return evaluate_run(run.path, progress=progress)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
-from evaluate.demo import DemoSettings, run_demo
+from kibble.demo import DemoSettings, run_demo
 from ingest.synthetic import SIDE_RANGE, draw_picture, make_demo_images
 from shards.errors import UserError
 from tests.conftest import make_kaggle_folder

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from evaluate.info import info
+from kibble.info import info
 from ingest import IngestSettings, ingest
 from shards import load_manifest
 from shards.errors import UserError

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from evaluate.predict import expand_paths, predict, run_threshold
+from kibble.predict import expand_paths, predict, run_threshold
 from ingest import IngestSettings, ingest
 from ingest.synthetic import make_demo_images
 from shards import ShardReader, load_manifest

@@ -14,8 +14,8 @@
     runs/LATEST        a text file naming the newest run directory (a name inside runs/)
 
 `RunDir` is the one owner of these files; `Runs` is the runs folder (listing,
-the newest-run pointer, unique names for new runs). The module-level
-functions below are thin wrappers kept for the callers that predate them.
+the newest-run pointer, unique names for new runs). The three module-level
+functions at the end are thin wrappers for evaluate/run.py and the tests.
 """
 import contextlib
 import csv
@@ -408,11 +408,6 @@ def _errno_in_message(exc):
 # -- thin wrappers for callers written before RunDir and Runs ------------------
 
 
-def mark_latest(run_dir):
-    root = os.path.dirname(os.path.abspath(run_dir))
-    Runs(root).mark_latest(RunDir(run_dir))
-
-
 def latest_run(runs_root="runs"):
     """The newest run directory under `runs_root`; UserError if there is none."""
     return Runs(runs_root).latest().path
@@ -420,10 +415,6 @@ def latest_run(runs_root="runs"):
 
 def read_config(run_dir):
     return RunDir(run_dir).config()
-
-
-def write_config(run_dir, config):
-    write_json_atomic(os.path.join(run_dir, CONFIG), config)
 
 
 def read_history(run_dir):

@@ -1,7 +1,20 @@
-"""Import TensorFlow without its start-up noise unless the user asked for it."""
+"""TensorFlow's environment: the one place that quiets its logs and imports it."""
 import contextlib
 import os
 import sys
+
+# TensorFlow's C++ log threshold, read once when it is imported: 3 hides INFO, WARNING and ERROR lines.
+LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
+
+
+def quiet_logs(verbose=False):
+    """Hide TensorFlow's C++ start-up logs in this process and the ones it starts, unless `verbose`.
+
+    Call it before anything imports TensorFlow (the variable is read then);
+    a value the user set in the environment is kept.
+    """
+    if not verbose:
+        os.environ.setdefault(LOG_LEVEL_ENV, "3")
 
 
 def import_tensorflow(verbose=False):
@@ -14,7 +27,7 @@ def import_tensorflow(verbose=False):
     if verbose or "tensorflow" in sys.modules:
         import tensorflow
         return tensorflow
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_logs(verbose)
     sys.stderr.flush()
     saved = os.dup(2)
     try:

@@ -18,7 +18,7 @@ import struct
 import pytest
 from click.testing import CliRunner
 
-import evaluate.predict
+import kibble.predict
 from cli import cli
 from ingest import IngestSettings, ingest
 from shards import load_manifest
@@ -170,7 +170,7 @@ def test_symlinked_folders_are_followed_once(tiny_run, tmp_path):
     (tmp_path / "in").mkdir()
     os.symlink(tmp_path / "real", tmp_path / "in" / "a")
     os.symlink(tmp_path / "real", tmp_path / "in" / "b")
-    found = list(evaluate.predict.expand_paths(str(tmp_path / "in")))
+    found = list(kibble.predict.expand_paths(str(tmp_path / "in")))
     assert [(os.path.relpath(p, tmp_path), bool(problem)) for p, problem in found] == [
         ("in/a/dog.3.jpg", False), ("in/b", True)]
     assert "the same folder (through a symlink) as" in found[1][1] and found[1][1].endswith("in/a")
@@ -195,19 +195,19 @@ class _Failing:
 
 
 def _model_raises(monkeypatch, error):
-    load = evaluate.predict._load_model
-    monkeypatch.setattr(evaluate.predict, "_load_model", lambda path: _Failing(load(path), error, calls=2))
+    load = kibble.predict._load_model
+    monkeypatch.setattr(kibble.predict, "_load_model", lambda path: _Failing(load(path), error, calls=2))
 
 
 def _decoder_raises(monkeypatch, error):
-    load = evaluate.predict.load_image
+    load = kibble.predict.load_image
 
     def failing(path, **kwargs):
         if os.path.basename(path) == "dog.0.jpg":  # the 4th file: the first batch of 2 is already written
             raise error
         return load(path, **kwargs)
 
-    monkeypatch.setattr(evaluate.predict, "load_image", failing)
+    monkeypatch.setattr(kibble.predict, "load_image", failing)
 
 
 STOP_CASES = [

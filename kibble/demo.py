@@ -7,6 +7,7 @@
 It calls the very functions the command line calls (`ingest`, `train`,
 `evaluate_run`), so a demo that works says the installed toolkit works.
 """
+import contextlib
 import json
 import os
 import re
@@ -14,12 +15,16 @@ import sys
 import time
 from dataclasses import dataclass
 
+from evaluate import evaluate_run
 from ingest import IngestSettings, ingest
 from ingest.synthetic import make_demo_images
 from shards.errors import UserError
+from train.run import TrainSettings, train
 
 IMAGES_MARKER = "demo-images.json"
 _GENERATED = re.compile(r"^(cat|dog)\.\d+\.jpg$")
+# Images per shard: small, so that even the demo's few hundred images make several shards.
+SHARD_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -63,61 +68,87 @@ def run_demo(workdir="demo", source=None, settings=DemoSettings(), progress=True
     Raises:
         UserError: `source` is given but is not an existing folder or file.
     """
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    started = time.monotonic()
-    seconds = {}
+    say = log or _print
     if source is not None and not os.path.exists(source):
         raise UserError(f"no image folder at {source}: name an existing folder (or omit it to generate one)")
     os.makedirs(workdir, exist_ok=True)
+    seconds = {}
+    with _timed(seconds, "total"):
+        with _timed(seconds, "images"):
+            images = _images(workdir, source, settings, say)
+        with _timed(seconds, "ingest"):
+            shards, counts = _ingest(images, workdir, settings, progress, say)
+        with _timed(seconds, "train"):
+            run_dir = _train(shards, counts, workdir, settings, progress, say)
+        with _timed(seconds, "evaluate"):
+            metrics = _evaluate(run_dir, counts, progress)
+    return _finish(images, shards, run_dir, metrics, seconds, say)
 
-    clock = time.monotonic()
+
+def _print(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _timed(seconds, stage):
+    """seconds[stage] = the wall time of the block."""
+    started = time.monotonic()
+    yield
+    seconds[stage] = time.monotonic() - started
+
+
+def _images(workdir, source, settings, say):
+    """The folder to ingest: `source`, or the generated pictures."""
     if source is None:
-        source = _demo_images(os.path.join(workdir, "images"), settings, say)
-    else:
-        say(f"demo: using the images in {source}")
-    seconds["images"] = time.monotonic() - clock
+        return _demo_images(os.path.join(workdir, "images"), settings, say)
+    say(f"demo: using the images in {source}")
+    return source
 
-    clock = time.monotonic()
+
+def _ingest(images, workdir, settings, progress, say):
+    """(shard folder, {split: image count}) of `images` ingested into workdir/shards."""
     shards = os.path.join(workdir, "shards")
     ingest_settings = IngestSettings(size=tuple(settings.size), val=settings.val, test=settings.test,
-                                     seed=settings.seed, shard_size=256)
-    say(f"demo: ingest {source} -> {shards}")
-    ingested = ingest(source, shards, ingest_settings, progress=progress)
-    seconds["ingest"] = time.monotonic() - clock
-
-    from evaluate.run import evaluate_run
-    from train.run import TrainSettings, train
-
-    clock = time.monotonic()
+                                     seed=settings.seed, shard_size=SHARD_SIZE)
+    say(f"demo: ingest {images} -> {shards}")
+    ingested = ingest(images, shards, ingest_settings, progress=progress)
     counts = {split: info["count"] for split, info in ingested["splits"].items()}
     if not counts.get("train") or not counts.get("val"):
-        raise UserError(f"{source} gave too few images for a train and a val split ({counts}); "
+        raise UserError(f"{images} gave too few images for a train and a val split ({counts}); "
                         "the demo needs at least a few dozen per class")
+    return shards, counts
+
+
+def _train(shards, counts, workdir, settings, progress, say):
+    """The run directory of a new run on every train and val image."""
     train_settings = TrainSettings(data=shards, model=settings.model, train_size=counts["train"],
                                    val_size=counts["val"], epochs=settings.epochs, lr=settings.lr,
                                    batch_size=settings.batch_size, seed=settings.seed)
     say(f"demo: train {settings.model} for {settings.epochs} epochs on {counts['train']} images "
         f"({'x'.join(map(str, settings.size))}), validate on {counts['val']}")
-    trained = train(train_settings, runs_root=os.path.join(workdir, "runs"), progress=progress)
-    seconds["train"] = time.monotonic() - clock
+    return train(train_settings, runs_root=os.path.join(workdir, "runs"), progress=progress)["run_dir"]
 
-    clock = time.monotonic()
+
+def _evaluate(run_dir, counts, progress):
+    """metrics of the run on val, and on test when the data has a test split."""
     splits = ("val", "test") if counts.get("test") else ("val",)
-    metrics = evaluate_run(trained["run_dir"], splits=splits, progress=progress)
-    seconds["evaluate"] = time.monotonic() - clock
-    seconds["total"] = time.monotonic() - started
+    return evaluate_run(run_dir, splits=splits, progress=progress)
 
-    scored = metrics["splits"].get("test") or metrics["splits"]["val"]
+
+def _finish(images, shards, run_dir, metrics, seconds, say):
+    """Say how it went and where the report is; the result of `run_demo`."""
     split_name = "test" if "test" in metrics["splits"] else "val"
+    scored = metrics["splits"][split_name]
+    threshold = metrics["threshold"]
     report = os.path.join(metrics["out"], "report.md")
     say(f"demo: finished in {seconds['total']:.0f} s "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items() if k != 'total')})")
     say(f"demo: {split_name} accuracy {scored['accuracy']:.3f} on {scored['count']} images "
-        f"at threshold {metrics['threshold']['value']:.2f} (chosen on {metrics['threshold']['chosen_on']})")
+        f"at threshold {threshold['value']:.2f} (chosen on {threshold['chosen_on']})")
     say(f"demo: report {report}")
-    return {"images": source, "shards": shards, "run_dir": trained["run_dir"], "report": report,
+    return {"images": images, "shards": shards, "run_dir": run_dir, "report": report,
             "test_accuracy": scored["accuracy"] if split_name == "test" else None,
-            "threshold": metrics["threshold"]["value"], "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+            "threshold": threshold["value"], "seconds": {k: round(v, 2) for k, v in seconds.items()}}
 
 
 def _demo_images(folder, settings, say):

@@ -10,30 +10,33 @@ One file never stops the others: a file that is missing, not a regular file
 are opened), a symlink loop, or that the decoder cannot handle in any way,
 and a folder that cannot be searched, each become one result with the reason.
 """
+import csv
 import errno
+import io
 import json
 import os
 import stat
 
 import numpy as np
 
-from evaluate.run import DEFAULT_THRESHOLD, METRICS_NAME, _load_model
+from evaluate.run import DEFAULT_THRESHOLD, _load_model
 from ingest.image import BadImage, is_image_name, load_image
 from shards.errors import UserError
-from train.rundir import BEST, read_config
+from train.rundir import METRICS, RunDir
 
 LABELS = {1: "cat", 0: "dog"}
+# The fields of one result, in the order CSV output gives them.
+FIELDS = ("file", "p_cat", "label", "error")
 
 
 def run_threshold(run_dir):
     """(threshold, where it came from): the run's val threshold from metrics.json, else 0.5."""
-    path = os.path.join(run_dir, METRICS_NAME)
+    run = RunDir(run_dir)
     try:
-        with open(path) as f:
-            threshold = json.load(f)["threshold"]
-        return float(threshold["value"]), f"chosen on {threshold['chosen_on']} ({path})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (no usable {METRICS_NAME} in {run_dir}: run `evaluate`)"
+        threshold = run.metrics()["threshold"]
+        return float(threshold["value"]), f"chosen on {threshold['chosen_on']} ({run.file(METRICS)})"
+    except (OSError, UserError, KeyError, TypeError, ValueError):
+        return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (no usable {METRICS} in {run_dir}: run `evaluate`)"
 
 
 def expand_paths(paths):
@@ -123,11 +126,12 @@ def predict(paths, run_dir, batch_size=64, threshold=None):
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size!r}")
     if not os.path.isdir(run_dir):
         raise UserError(f"no run directory at {run_dir}: run `train` first, or name an existing run")
-    config = read_config(run_dir)
+    run = RunDir(run_dir)
+    config = run.config()
     size, fit = tuple(config["image_size"]), config["fit"]
     if threshold is None:
         threshold, _ = run_threshold(run_dir)
-    model_path = os.path.join(run_dir, BEST)
+    model_path = run.checkpoint("best")
     model = _load_model(model_path)
     found = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
     if found != (*size, 3):
@@ -202,3 +206,42 @@ def _scored(model, images, pending, threshold):
             p_cat = float(scores[row])
             result.update(p_cat=p_cat, label=LABELS[int(p_cat > threshold)])
         yield result
+
+
+def prediction_writer(fmt, echo):
+    """A function writing one result per call through `echo` (click.echo's signature), the ending when
+    called with None. fmt: "table" (aligned columns), "csv" (with a header) or "json" (one array,
+    written as it goes); whatever stops the run, calling it with None leaves a complete document."""
+    started = False
+
+    def table(result):
+        nonlocal started
+        if result is None:
+            return
+        if not started:
+            echo(f"{'p_cat':>7}  {'label':<5}  file")
+            started = True
+        p_cat = "-" if result["p_cat"] is None else f"{result['p_cat']:.4f}"
+        error = f"  ERROR: {result['error']}" if result["error"] else ""
+        echo(f"{p_cat:>7}  {result['label'] or '-':<5}  {result['file']}{error}")
+
+    def as_csv(result):
+        nonlocal started
+        line = io.StringIO()
+        writer = csv.DictWriter(line, fieldnames=FIELDS, lineterminator="\n")
+        if not started:
+            writer.writeheader()
+            started = True
+        if result is not None:
+            writer.writerow({**result, "p_cat": "" if result["p_cat"] is None else f"{result['p_cat']:.6f}"})
+        echo(line.getvalue(), nl=False)
+
+    def as_json(result):
+        nonlocal started
+        if result is None:
+            echo("\n]" if started else "[]")
+            return
+        echo(("[\n  " if not started else ",\n  ") + json.dumps(result), nl=False)
+        started = True
+
+    return {"table": table, "csv": as_csv, "json": as_json}[fmt]

@@ -6,13 +6,11 @@ is recomputed and TensorFlow is not imported. A missing or unreadable piece
 is reported as absent (with the reason), never as an error, unless there is
 nothing at all to show.
 """
-import json
 import os
 
-from evaluate.run import METRICS_NAME
 from shards.errors import UserError
 from shards.manifest import MANIFEST_NAME, SPLITS, load_manifest
-from train.rundir import CONFIG, STATE, read_config, read_history
+from train.rundir import Runs
 
 
 def info(data_dir, runs_root):
@@ -62,33 +60,20 @@ def _data(data_dir):
 
 
 def _runs(runs_root):
-    if not os.path.isdir(runs_root):
-        return []
-    names = [d for d in os.listdir(runs_root) if os.path.exists(os.path.join(runs_root, d, CONFIG))]
-    runs = [_run(os.path.join(runs_root, d)) for d in names]
-    return sorted(runs, key=lambda r: (r["modified"], r["run"]))
+    return [_run(run) for run in Runs(runs_root).all()]
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _run(run_dir):
-    try:
-        config = read_config(run_dir)
-    except (UserError, ValueError):
-        config = {}
-    history = _history(run_dir)
-    state = _read_json(os.path.join(run_dir, STATE)) or {}
-    metrics = _read_json(os.path.join(run_dir, METRICS_NAME)) or {}
+def _run(run):
+    """What the run's files say; a missing or damaged file counts as absent."""
+    config = _or_empty(run.config) or {}
+    history = _or_empty(run.history) or []
+    state = _or_empty(run.state) or {}
+    metrics = _or_empty(run.metrics)
+    metrics = metrics if isinstance(metrics, dict) else {}  # valid JSON, but not what evaluate writes
     accuracies = [row["val_accuracy"] for row in history if "val_accuracy" in row]
     test = (metrics.get("splits") or {}).get("test") or {}
     return {
-        "run": run_dir,
+        "run": run.path,
         "model": config.get("model"),
         "epochs_done": state.get("epoch", len(history)),
         "epochs": config.get("epochs"),
@@ -97,12 +82,41 @@ def _run(run_dir):
         "best_val_accuracy": max(accuracies) if accuracies else None,
         "test_accuracy": test.get("accuracy"),
         "threshold": (metrics.get("threshold") or {}).get("value"),
-        "modified": os.path.getmtime(os.path.join(run_dir, CONFIG)),
+        "modified": run.modified(),
     }
 
 
-def _history(run_dir):
+def _or_empty(read):
+    """read(), or None when the file is missing, unreadable or damaged."""
     try:
-        return read_history(run_dir)
-    except (OSError, ValueError, KeyError):
-        return []
+        return read()
+    except (OSError, UserError, ValueError, KeyError):
+        return None
+
+
+def info_text(facts, data_dir):
+    """The facts of `info` as the text `kibble info` prints."""
+    def cell(value, fmt="{}"):
+        return "-" if value is None else fmt.format(value)
+
+    data = facts["data"]
+    if data is None:
+        lines = [f"shards: none in {data_dir} ({facts['data_problem']})"]
+    else:
+        lines = [f"shards: {data['folder']}: {data['images']} images of {data['image_size'][0]}x"
+                 f"{data['image_size'][1]} ({data['fit']}) in {data['shards']} shards, "
+                 f"{data['bytes'] / 1e6:,.1f} MB; {data['skipped']} skipped, {data['excluded']} excluded, "
+                 f"{data['duplicates']} duplicates",
+                 f"  {'split':<10} {'images':>7} {'cats':>7} {'dogs':>7} {'shards':>7}"]
+        for split, s in data["splits"].items():
+            lines.append(f"  {split:<10} {s['count']:>7} {s['cats']:>7} {s['dogs']:>7} {s['shards']:>7}")
+    if not facts["runs"]:
+        lines.append(f"runs: none in {facts['runs_root']}/")
+    else:
+        lines.append(f"runs in {facts['runs_root']}/:")
+        lines.append(f"  {'run':<32} {'model':<10} {'epochs':>7} {'best val acc':>12} {'test acc':>9}")
+        for run in facts["runs"]:
+            epochs = f"{run['epochs_done']}/{cell(run['epochs'])}"
+            lines.append(f"  {os.path.basename(run['run']):<32} {cell(run['model']):<10} {epochs:>7} "
+                         f"{cell(run['best_val_accuracy'], '{:.3f}'):>12} {cell(run['test_accuracy'], '{:.3f}'):>9}")
+    return "\n".join(lines)

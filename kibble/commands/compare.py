@@ -1,0 +1,33 @@
+"""`compare`: several runs side by side, as one Markdown table."""
+import click
+
+from kibble.group import TensorFlowCommand, say
+from kibble.options import runs_option
+
+
+@click.command(cls=TensorFlowCommand)
+@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=click.Path(file_okay=False))
+@runs_option("Folder holding the run directories; every run in it is compared when none is named.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the table to this .md file.")
+@click.pass_context
+def compare(ctx, run_dirs, runs_root, out):
+    """Compare runs side by side: size, speed and validation/test metrics.
+
+    Prints a Markdown table on stdout. Runs without an up-to-date
+    metrics.json are evaluated first (val and test, best.keras).
+
+    \b
+    Example:
+      python cli.py compare runs/conv2-20250101-120000 runs/kibble-20250102-090000 --out docs/compare.md
+    """
+    from evaluate import compare_runs, markdown_table
+    from shards.errors import UserError
+    from train.rundir import Runs
+
+    runs = list(run_dirs) or [run.path for run in Runs(runs_root).all()]
+    if not runs:
+        raise UserError(f"no run to compare in {runs_root}/: name run directories, or `train` some first")
+    rows = compare_runs(runs, out=out, progress=not ctx.obj["quiet"])
+    click.echo(markdown_table(rows))
+    if out:
+        say(ctx, f"table written to {out}")

@@ -1,0 +1,53 @@
+"""`evaluate`: a run's model on the held-out shards -> metrics.json, report.md, figures/."""
+import os
+
+import click
+
+from evaluate.run import CHECKPOINTS
+from kibble.group import TensorFlowCommand, say
+from kibble.options import batch_size_option, data_option, runs_option
+
+
+@click.command(cls=TensorFlowCommand)
+@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=click.Path(file_okay=False))
+@runs_option("Folder holding the run directories; its newest run is used when none is named.")
+@data_option(None, "Shard folder to score. Default: the one the run was trained on.")
+@click.option("--split", type=click.Choice(["val", "test", "both"]), default="both", show_default=True,
+              help="Splits to score. The threshold is always chosen on val, so test brings val along.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for metrics.json, report.md and figures/. Default: the run directory "
+                   "(OUT/<run name> when several runs are named).")
+@click.option("--checkpoint", type=click.Choice(tuple(CHECKPOINTS)), default="best", show_default=True,
+              help="Model file: best.keras (lowest val_loss) or last.keras.")
+@batch_size_option(256, "Images per prediction call.")
+@click.option("--tta", is_flag=True, help="Average each score with the mirror image's (twice the time).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the shards' sha256 check (their split, size and count are still checked).")
+@click.pass_context
+def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size, tta, no_verify):
+    """Score trained runs on the val and test shards; write metrics and a report.
+
+    Each run gets metrics.json, report.md and figures/ (ROC, accuracy vs
+    threshold, score histograms, confusion matrices, training curves, the
+    most confident mistakes). The decision threshold is chosen on val and
+    applied unchanged to test.
+
+    \b
+    Example:
+      python cli.py evaluate                          # newest run in runs/
+      python cli.py evaluate runs/conv2-20250101-120000 --split test
+    """
+    from evaluate import evaluate_run
+    from evaluate.summary import format_summary
+    from train.rundir import Runs
+
+    runs = list(run_dirs) or [Runs(runs_root).latest().path]
+    splits = ("val", "test") if split == "both" else (split,)
+    for run_dir in runs:
+        target = os.path.join(out, os.path.basename(os.path.normpath(run_dir))) if out and len(runs) > 1 else out
+        result = evaluate_run(run_dir, data=data, splits=splits, out=target, batch_size=batch_size,
+                              checkpoint=checkpoint, progress=not ctx.obj["quiet"], tta=tta,
+                              verify=not no_verify)
+        for warning in result["warnings"]:
+            click.echo(f"Warning: {warning}", err=True)
+        say(ctx, format_summary(result))

@@ -1,0 +1,81 @@
+"""`ingest`: image folder -> HDF5 shards and manifest.json."""
+import os
+import sys
+
+import click
+
+from ingest.image import DEFAULT_MAX_PIXELS, FITS
+from ingest.plan import LABEL_CONFLICTS, MAX_SEED
+from kibble.group import say
+from kibble.options import DEFAULT_SHARDS, seed_option, share_option, size_option
+from shards.format import COMPRESSIONS
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.option("--out", default=DEFAULT_SHARDS, show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the shards and manifest.json.")
+@size_option
+@click.option("--fit", type=click.Choice(FITS), default=FITS[0], show_default=True,
+              help="stretch: plain resize; crop: centre crop to the aspect; pad: letterbox.")
+@seed_option(MAX_SEED, "Seed of the split and shard shuffle.")
+@share_option("val", "Validation")
+@share_option("test", "Test")
+@click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Images per shard file.")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default=COMPRESSIONS[0], show_default=True,
+              help="HDF5 compression of the images (see docs/shard-format.md).")
+@click.option("--scheduler", default="processes", show_default=True,
+              help="processes | threads | sync, or a dask.distributed address (tcp://host:8786).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local worker count (default: every core).")
+@click.option("--exclude", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File listing names to leave out, one per line.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help="Skip images with more pixels than this (decompression bombs).")
+@click.option("--label-conflicts", type=click.Choice(LABEL_CONFLICTS), default=LABEL_CONFLICTS[0],
+              show_default=True,
+              help="Identical files under different labels (cat.1.jpg = dog.9.jpg): drop keeps none, "
+                   "first keeps the first by name. Listed in manifest.json either way.")
+@click.option("--strict", is_flag=True, help="Fail instead of skipping files that cannot be used.")
+@click.option("--force", is_flag=True, help="Rebuild even if --out already holds a complete ingest.")
+@click.pass_context
+def ingest(ctx, input_path, out, size, fit, seed, val, test, shard_size, compression, scheduler,
+           workers, exclude, max_pixels, label_conflicts, strict, force):
+    """Decode, resize and shuffle every image of INPUT into HDF5 shards.
+
+    INPUT is Kaggle's train/ folder (or its parent holding train/ and test1/),
+    Kaggle's train.zip, or a folder with Cat/ and Dog/ sub-folders.
+    Labels: cat = 1, dog = 0. Running it again finishes an interrupted ingest.
+
+    \b
+    Example:
+      python cli.py ingest ~/kaggle/train --out data/shards --size 94x125
+    """
+    from ingest import IngestSettings, ingest as run_ingest
+    from ingest.summary import format_summary
+    from shards.errors import UserError
+
+    settings = IngestSettings(size=size, fit=fit, seed=seed, val=val, test=test, shard_size=shard_size,
+                              compression=compression, max_pixels=max_pixels, label_conflicts=label_conflicts)
+    try:
+        result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
+                            strict=strict, force=force, progress=not ctx.obj["quiet"])
+    except UserError as exc:
+        if getattr(exc, "hdf5_unusable", False):
+            _exit_now(exc)
+        raise
+    say(ctx, format_summary(result, out))
+
+
+def _exit_now(exc):
+    """Report `exc` and end the process at once, skipping HDF5's clean-up.
+
+    The disk refused a shard write inside this process, and HDF5 cannot
+    recover from that: its clean-up at exit would crash (SIGSEGV) after this
+    message. Nothing is left to save (the temp files are gone).
+    """
+    click.echo(f"Error: {exc}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)

@@ -1,0 +1,73 @@
+"""`train`: shards -> a run directory (config, checkpoints, history)."""
+import click
+from click.core import ParameterSource
+
+from kibble.group import TensorFlowCommand, say
+from kibble.options import (batch_size_option, data_option, finite, run_dir_option, runs_option,
+                            seed_option)
+from train.models import DEFAULT_MODEL, MODELS
+from train.run import FULL, LAPTOP_SAMPLE, MAX_SEED
+
+# train's options -> the TrainSettings fields they set (for "which did the user give?").
+_TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
+                 "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
+                 "batch_size": ("batch_size",), "lr": ("lr",), "loss": ("loss",), "seed": ("seed",)}
+
+
+@click.command(cls=TensorFlowCommand)
+@data_option()
+@click.option("--full", is_flag=True,
+              help=f"Train on {FULL[0]:,} / validate on {FULL[1]:,} images (the full experiment).")
+@click.option("--train-size", type=click.IntRange(min=1), default=None,
+              help=f"Train images (first N of the shuffled split). Default {LAPTOP_SAMPLE[0]:,}, "
+                   "the tutorial's sample.")
+@click.option("--val-size", type=click.IntRange(min=1), default=None,
+              help=f"Validation images. Default {LAPTOP_SAMPLE[1]:,}.")
+@click.option("--model", "model_name", type=click.Choice(MODELS), default=DEFAULT_MODEL, show_default=True,
+              help="Architecture; the first four are the tutorial's.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Default: the model's recipe. With --resume: the run's new total (extends a finished run).")
+@batch_size_option(32)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=None,
+              callback=finite, help="Learning rate. Default: the model's recipe.")
+@click.option("--loss", type=click.Choice(["mse", "bce"]), default=None,
+              help="mse (the tutorial's) or bce. Default: the model's recipe.")
+@seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
+@run_dir_option
+@runs_option()
+@click.option("--resume", is_flag=True,
+              help="Continue the newest run (or --run-dir) with its own settings; only --epochs may change.")
+@click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
+@click.pass_context
+def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, seed, run_dir,
+          runs_root, resume, no_verify):
+    """Train a model on the shards, streaming them through tf.data.
+
+    The test split is never read. Running the same command again (or
+    `train --resume`) continues an interrupted run from its last finished
+    epoch; `train --resume --epochs N` extends a run to N epochs.
+
+    \b
+    Example:
+      python cli.py train --full --model conv2
+      python cli.py train --resume
+    """
+    from train.run import TrainSettings, train as run_train
+    from train.summary import format_summary
+
+    if full and (train_size or val_size):
+        raise click.BadParameter("--full sets both sizes; drop --train-size/--val-size", param_hint="--full")
+    sizes = FULL if full else LAPTOP_SAMPLE
+    settings = TrainSettings(data=data, model=model_name, train_size=train_size or sizes[0],
+                             val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
+                             batch_size=batch_size, seed=seed)
+    result = run_train(settings, run_dir=run_dir, runs_root=runs_root, resume=resume, verify=not no_verify,
+                       progress=not ctx.obj["quiet"], given=_given_settings(ctx))
+    say(ctx, format_summary(result))
+
+
+def _given_settings(ctx):
+    """TrainSettings fields set by options the user actually gave (not by their defaults)."""
+    defaults = (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    return {name for option, names in _TRAIN_FIELDS.items()
+            if ctx.get_parameter_source(option) not in defaults for name in names}
