@@ -266,7 +266,7 @@ def _predict(model, images, tta):
 
 
 class _Candidate(NamedTuple):
-    key: float  # how right the image looks: its score for a cat, minus its score for a dog
+    key: float  # score of a cat, minus the score of a dog: the lower, the worse a mistake it can be
     index: int  # position in the split; breaks ties, so the first seen wins
     label: int
     score: float
