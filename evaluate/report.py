@@ -13,6 +13,10 @@ from shards.fsio import write_text_atomic
 FIGURES_DIR = "figures"
 REPORT_NAME = "report.md"
 COLOURS = {"train": "tab:green", "val": "tab:blue", "test": "tab:orange"}
+# Section titles of report.md; each split's mistakes get "Most confident mistakes (<split>)".
+TITLES = {"roc": "ROC curve", "accuracy_vs_threshold": "Accuracy vs threshold",
+          "score_histograms": "Scores by true class", "confusion": "Confusion matrices",
+          "training_curves": "Training curves (history.csv)"}
 
 
 def write_report(out, metrics, accumulators, history, mistake_images):
@@ -215,11 +219,6 @@ def _undefined_lines(results):
 def _coarse_table(results):
     keys = next(iter(results.values()))["accuracy_at"]
     return _table("threshold", [(key, lambda r, key=key: _fmt(r["accuracy_at"][key])) for key in keys], results)
-
-
-TITLES = {"roc": "ROC curve", "accuracy_vs_threshold": "Accuracy vs threshold",
-          "score_histograms": "Scores by true class", "confusion": "Confusion matrices",
-          "training_curves": "Training curves (history.csv)"}
 
 
 def _picture_lines(figures):
