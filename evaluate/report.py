@@ -8,17 +8,23 @@ import os
 import numpy as np
 
 from evaluate.metrics import COARSE_GRID, FINE_GRID, roc_curve
+from shards.fsio import write_text_atomic
 
 FIGURES_DIR = "figures"
+REPORT_NAME = "report.md"
 COLOURS = {"train": "tab:green", "val": "tab:blue", "test": "tab:orange"}
+# Section titles of report.md; each split's mistakes get "Most confident mistakes (<split>)".
+TITLES = {"roc": "ROC curve", "accuracy_vs_threshold": "Accuracy vs threshold",
+          "score_histograms": "Scores by true class", "confusion": "Confusion matrices",
+          "training_curves": "Training curves (history.csv)"}
 
 
-def write_report(out, metrics, accumulators, history, read_images):
+def write_report(out, metrics, accumulators, history, mistake_images):
     """Draw every figure into out/figures and write out/report.md.
 
     `metrics` is the metrics.json document (without "figures"), `accumulators`
     {split: Accumulator}, `history` the rows of history.csv, and
-    `read_images(split, mistakes)` returns the images of those mistakes.
+    `mistake_images` {split: uint8 images of its "confident_mistakes", in order}.
     Returns {figure name: path relative to `out`}.
     """
     os.makedirs(os.path.join(out, FIGURES_DIR), exist_ok=True)
@@ -39,8 +45,8 @@ def write_report(out, metrics, accumulators, history, read_images):
     for split, result in metrics["splits"].items():
         mistakes = result["confident_mistakes"]
         if mistakes:
-            save(f"mistakes_{split}", _mistakes_figure(split, mistakes, read_images(split, mistakes)))
-    _write_markdown(os.path.join(out, "report.md"), metrics, figures, history)
+            save(f"mistakes_{split}", _mistakes_figure(split, mistakes, mistake_images[split]))
+    _write_markdown(os.path.join(out, REPORT_NAME), metrics, figures, history)
     return figures
 
 
@@ -153,24 +159,41 @@ def _fmt(value, digits=4):
 
 def _write_markdown(path, metrics, figures, history):
     results = metrics["splits"]
-    splits = list(results)
+    threshold = metrics["threshold"]["value"]
+    lines = (_summary_lines(metrics, history)
+             + ["", "## Metrics", ""] + _metrics_table(results, threshold) + _undefined_lines(results)
+             + ["", "### Accuracy at the 10 coarse thresholds", ""] + _coarse_table(results)
+             + ["", "## Pictures", ""] + _picture_lines(figures)
+             + _missing_picture_lines(figures, results, threshold))
+    write_text_atomic(path, "\n".join(lines).rstrip() + "\n")
+
+
+def _summary_lines(metrics, history):
     threshold = metrics["threshold"]
-    lines = [
+    height, width = metrics["image_size"]
+    other_data = "" if metrics["same_data_as_training"] else " (**not the data this run was trained on**)"
+    return [
         f"# Evaluation of {os.path.basename(metrics['run'])}",
         "",
         f"- model: `{metrics['model']}` ({metrics['checkpoint']})",
-        f"- data: `{metrics['data']}`, images {metrics['image_size'][0]}x{metrics['image_size'][1]}"
-        + ("" if metrics["same_data_as_training"] else " (**not the data this run was trained on**)"),
+        f"- data: `{metrics['data']}`, images {height}x{width}{other_data}",
         f"- decision threshold: {threshold['value']:.2f}, chosen on {threshold['chosen_on']} "
         f"({threshold['rule']})",
         f"- epochs trained: {len(history)}",
-        "",
-        "## Metrics",
-        "",
-        "| metric | " + " | ".join(splits) + " |",
-        "|---|" + "---:|" * len(splits),
     ]
-    rows = [
+
+
+def _table(header, rows, results):
+    """A Markdown table: one column per split, one row per (label, cell function)."""
+    splits = list(results)
+    lines = [f"| {header} | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(results[s]) for s in splits) + " |")
+    return lines
+
+
+def _metrics_table(results, threshold):
+    return _table("metric", [
         ("images (cats / dogs)", lambda r: f"{r['count']} ({r['cats']} / {r['dogs']})"),
         ("MSE", lambda r: _fmt(r["mse"])),
         ("Pearson r", lambda r: _fmt(r["pearson_r"])),
@@ -178,35 +201,39 @@ def _write_markdown(path, metrics, figures, history):
         ("ROC AUC", lambda r: _fmt(r["roc_auc"])),
         ("best accuracy of the 10 thresholds",
          lambda r: f"{_fmt(r['best_accuracy'])} (at {r['best_accuracy_threshold']:.2f})"),
-        (f"accuracy at {threshold['value']:.2f}", lambda r: _fmt(r["accuracy"])),
+        (f"accuracy at {threshold:.2f}", lambda r: _fmt(r["accuracy"])),
         ("precision (cat)", lambda r: _fmt(r["precision"])),
         ("recall (cat)", lambda r: _fmt(r["recall"])),
         ("F1 (cat)", lambda r: _fmt(r["f1"])),
-        ("confusion tp / fp / tn / fn",
-         lambda r: "{tp} / {fp} / {tn} / {fn}".format(**r["confusion"])),
-    ]
-    for label, cell in rows:
-        lines.append(f"| {label} | " + " | ".join(cell(results[s]) for s in splits) + " |")
-    undefined = [(s, k, why) for s in splits for k, why in results[s]["undefined"].items()]
-    if undefined:
-        lines += ["", "n/a: " + "; ".join(f"{k} on {s}: {why}" for s, k, why in undefined)]
-    lines += ["", "### Accuracy at the 10 coarse thresholds", "",
-              "| threshold | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
-    for key in results[splits[0]]["accuracy_at"]:
-        lines.append(f"| {key} | " + " | ".join(_fmt(results[s]["accuracy_at"][key]) for s in splits) + " |")
-    lines += ["", "## Pictures", ""]
-    titles = {"roc": "ROC curve", "accuracy_vs_threshold": "Accuracy vs threshold",
-              "score_histograms": "Scores by true class", "confusion": "Confusion matrices",
-              "training_curves": "Training curves (history.csv)"}
+        ("confusion tp / fp / tn / fn", lambda r: "{tp} / {fp} / {tn} / {fn}".format(**r["confusion"])),
+    ], results)
+
+
+def _undefined_lines(results):
+    undefined = [(s, k, why) for s, r in results.items() for k, why in r["undefined"].items()]
+    if not undefined:
+        return []
+    return ["", "n/a: " + "; ".join(f"{k} on {s}: {why}" for s, k, why in undefined)]
+
+
+def _coarse_table(results):
+    keys = next(iter(results.values()))["accuracy_at"]
+    return _table("threshold", [(key, lambda r, key=key: _fmt(r["accuracy_at"][key])) for key in keys], results)
+
+
+def _picture_lines(figures):
+    lines = []
     for name, relative in figures.items():
-        title = titles.get(name) or f"Most confident mistakes ({name.split('_', 1)[1]})"
+        title = TITLES.get(name) or f"Most confident mistakes ({name.split('_', 1)[1]})"
         lines += [f"### {title}", "", f"![{title}]({relative})", ""]
+    return lines
+
+
+def _missing_picture_lines(figures, results, threshold):
+    lines = []
     if "training_curves" not in figures:
         lines += ["No training curves: history.csv is empty or missing.", ""]
-    for split in splits:
-        if not results[split]["confident_mistakes"]:
-            lines += [f"No mistakes on {split} at threshold {threshold['value']:.2f}.", ""]
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines).rstrip() + "\n")
-    os.replace(tmp, path)
+    for split, result in results.items():
+        if not result["confident_mistakes"]:
+            lines += [f"No mistakes on {split} at threshold {threshold:.2f}.", ""]
+    return lines

@@ -6,26 +6,31 @@
         figures/*.png      ROC, accuracy vs threshold, score histograms,
                            confusion matrices, training curves, worst mistakes
 
-Images are streamed shard by shard in blocks of `batch_size` through the
-model; only one block of images and one float per image are held in memory.
+Each split is read once (shards.stream), in batches of `batch_size` images
+that run across shard boundaries. Held in memory: one batch, one float per
+image, and the few images that may be the split's most confident mistakes.
 The decision threshold is chosen on the validation split (best accuracy on
 a 0.00..1.00 grid) and applied unchanged to every other split, so the test
 figures never peek at test labels.
 """
 import datetime
+import heapq
 import os
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from evaluate.metrics import COARSE_GRID, Accumulator
+from evaluate.report import write_report
+from shards import stream
 from shards.errors import UserError
-from shards.format import ShardReader, sha256_file
+from shards.format import sha256_file
 from shards.manifest import load_manifest, verify_shards, write_json_atomic
 from shards.progress import Progress
 from train.rundir import BEST, CONFIG, LAST, read_config, read_history
 
-METRICS_NAME, REPORT_NAME = "metrics.json", "report.md"
+METRICS_NAME = "metrics.json"
 METRICS_SCHEMA = 1
 SPLITS = ("train", "val", "test")
 CHECKPOINTS = {"best": BEST, "last": LAST}
@@ -63,6 +68,33 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
             damaged, a shard not what the manifest lists, image size not the
             model's input size, a split not in the data.
     """
+    started = time.monotonic()
+    splits = _check_arguments(splits, checkpoint, batch_size)
+    config = _read_run(run_dir)
+    data = data or config.get("data")
+    manifest = _load_data(data, run_dir, splits)
+    scored = [s for s in SPLITS if s in splits or (s == "val" and manifest.shards("val"))]
+    _check_shards(manifest, scored, verify)
+    model_path = os.path.join(run_dir, CHECKPOINTS[checkpoint])
+    model = _load_model(model_path)
+    _check_input_size(model, model_path, manifest)
+
+    accumulators, candidates = _score_splits(model, manifest, scored, int(batch_size), progress, tta)
+    threshold, chosen_on = _choose_threshold(accumulators)
+    results, pictures = _split_results(accumulators, candidates, threshold)
+
+    out = out or run_dir
+    os.makedirs(out, exist_ok=True)
+    metrics = _metrics_document(run_dir, config, model_path, tta, data, manifest,
+                                {"value": threshold, "chosen_on": chosen_on}, results)
+    metrics["figures"] = write_report(out, metrics, accumulators, read_history(run_dir), pictures)
+    metrics["seconds"] = round(time.monotonic() - started, 2)
+    write_json_atomic(os.path.join(out, METRICS_NAME), metrics)
+    return {**metrics, "out": out, "warnings": _warnings(metrics, data)}
+
+
+def _check_arguments(splits, checkpoint, batch_size):
+    """The splits as a tuple; ValueError naming a bad argument."""
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     unknown = [s for s in splits if s not in SPLITS]
     if not splits or unknown:
@@ -71,11 +103,17 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
         raise ValueError(f"checkpoint must be one of {tuple(CHECKPOINTS)}. Received: checkpoint={checkpoint!r}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size!r}")
+    return splits
+
+
+def _read_run(run_dir):
     if not os.path.isdir(run_dir):
         raise UserError(f"no run directory at {run_dir}: run `train` first, or name an existing run")
-    started = time.monotonic()
-    config = read_config(run_dir)
-    data = data or config.get("data")
+    return read_config(run_dir)
+
+
+def _load_data(data, run_dir, splits):
+    """The manifest of `data`, after checking it holds every split asked for."""
     if not data:
         raise UserError(f"{os.path.join(run_dir, CONFIG)} names no shard folder (\"data\"); pass --data")
     manifest = load_manifest(data)
@@ -84,64 +122,55 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
             present = ", ".join(s for s in manifest.data["splits"] if manifest.shards(s)) or "none"
             raise UserError(f"the shards in {data} have no {split!r} split (splits present: {present}); "
                             f"choose another split or re-run `ingest` with a {split} share")
-    wanted = [s for s in SPLITS if s in splits or (s == "val" and manifest.shards("val"))]
-    _check_shards(manifest, wanted, verify)
+    return manifest
 
-    model_path = os.path.join(run_dir, CHECKPOINTS[checkpoint])
-    model = _load_model(model_path)
-    _check_input_size(model, model_path, manifest)
 
-    total = sum(manifest.split_count(s) for s in wanted)
-    bar = Progress(total, "evaluate", enabled=progress)
-    try:
-        accumulators = {s: _score_split(model, manifest, s, int(batch_size), bar, tta) for s in wanted}
-    finally:
-        bar.close()
-
+def _choose_threshold(accumulators):
+    """(threshold, where it was chosen): best val accuracy, or the default without val."""
     if "val" in accumulators:
-        threshold, chosen_on = accumulators["val"].best_threshold(), "val"
-    else:
-        threshold, chosen_on = DEFAULT_THRESHOLD, "default: the data has no val split"
-    results = {}
-    for split, acc in accumulators.items():
-        results[split] = acc.summary(threshold)
-        results[split]["confident_mistakes"] = _worst_mistakes(acc, manifest, split, threshold)
+        return accumulators["val"].best_threshold(), "val"
+    return DEFAULT_THRESHOLD, "default: the data has no val split"
 
-    warnings = []
-    same_data = config.get("manifest_sha256") == manifest.checksum
-    if not same_data:
-        warnings.append(f"{data} is not the data this run was trained on (manifest sha256 differs): "
-                        "val/test images may overlap its training images")
-    out = out or run_dir
-    os.makedirs(out, exist_ok=True)
-    metrics = {
+
+def _split_results(accumulators, candidates, threshold):
+    """({split: its metrics at `threshold`}, {split: images of its worst mistakes})."""
+    results, pictures = {}, {}
+    for split, accumulator in accumulators.items():
+        mistakes, pictures[split] = candidates[split].worst(threshold)
+        results[split] = {**accumulator.summary(threshold), "confident_mistakes": mistakes}
+    return results, pictures
+
+
+def _metrics_document(run_dir, config, model_path, tta, data, manifest, threshold, results):
+    """metrics.json without "figures" and "seconds", which come last."""
+    manifest_sha256 = manifest.checksum
+    return {
         "schema_version": METRICS_SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run": os.path.abspath(run_dir),
         "model": config.get("model"),
-        "checkpoint": CHECKPOINTS[checkpoint],
+        "checkpoint": os.path.basename(model_path),
         "tta": "flip" if tta else None,
         "checkpoint_sha256": sha256_file(model_path),
         "data": os.path.abspath(data),
-        "manifest_sha256": manifest.checksum,
-        "same_data_as_training": same_data,
+        "manifest_sha256": manifest_sha256,
+        "same_data_as_training": config.get("manifest_sha256") == manifest_sha256,
         "image_size": list(manifest.image_shape[:2]),
         "threshold": {
-            "value": threshold,
-            "chosen_on": chosen_on,
+            **threshold,
             "rule": "highest accuracy on thresholds 0.00, 0.01, ..., 1.00 (cat when score > threshold); "
                     "ties go to the threshold nearest 0.5",
         },
         "accuracy_thresholds": [float(t) for t in COARSE_GRID],
         "splits": results,
     }
-    from evaluate.report import write_report
 
-    metrics["figures"] = write_report(out, metrics, accumulators, read_history(run_dir),
-                                      lambda split, items: _read_images(manifest, split, items))
-    metrics["seconds"] = round(time.monotonic() - started, 2)
-    write_json_atomic(os.path.join(out, METRICS_NAME), metrics)
-    return {**metrics, "out": out, "warnings": warnings}
+
+def _warnings(metrics, data):
+    if metrics["same_data_as_training"]:
+        return []
+    return [f"{data} is not the data this run was trained on (manifest sha256 differs): "
+            "val/test images may overlap its training images"]
 
 
 def _check_shards(manifest, splits, checksum):
@@ -186,94 +215,98 @@ def _check_input_size(model, path, manifest):
             f"ingested at --size {size}")
 
 
-def _score_split(model, manifest, split, batch_size, bar, tta=False):
-    """Stream every image of `split` through the model; an Accumulator of its scores."""
-    acc = Accumulator()
-    for images, labels, where in _blocks(manifest, split, batch_size):
-        scores = np.asarray(model.predict_on_batch(images))
-        if tta:  # average with the mirror image (width is axis 2)
-            scores = (scores + np.asarray(model.predict_on_batch(images[:, :, ::-1]))) / 2
-        if scores.shape not in ((len(images), 1), (len(images),)):
-            raise UserError(f"the model outputs shape {scores.shape[1:]} per image; evaluate needs "
-                            "one sigmoid probability of cat per image")
+
+
+def _score_splits(model, manifest, splits, batch_size, progress, tta):
+    """({split: Accumulator of its scores}, {split: _Candidates}): one pass over each split."""
+    bar = Progress(sum(manifest.split_count(s) for s in splits), "evaluate", enabled=progress)
+    accumulators, candidates = {}, {}
+    try:
+        for split in splits:
+            accumulators[split], candidates[split] = _score_split(model, manifest, split, batch_size, bar, tta)
+    finally:
+        bar.close()
+    return accumulators, candidates
+
+
+def _score_split(model, manifest, split, batch_size, bar, tta):
+    """Stream every image of `split` through the model once, in batches of `batch_size`."""
+    accumulator, candidates = Accumulator(), _Candidates()
+    batches = list(stream.exact_batches(stream.plan_blocks(manifest, split, block=batch_size), batch_size))
+    for (images, labels, names), blocks in zip(stream.read_blocks(batches, names=True), batches):
+        if np.any(labels < 0):
+            path = _block_of(blocks, int(np.argmax(labels < 0))).path
+            raise UserError(f"shard {path} holds unlabelled images; only labelled splits can be evaluated")
+        scores = _predict(model, images, tta)
         try:
-            acc.update(scores, labels)
+            accumulator.update(scores, labels)
         except ValueError as exc:
-            raise UserError(f"scores of {where}: {exc}; the model is broken (did training diverge?)") from None
-        bar.update(len(images))
-    return acc
+            raise UserError(f"scores of {split} images from {blocks[0].path} [{blocks[0].start}:]: {exc}; "
+                            "the model is broken (did training diverge?)") from None
+        candidates.add(scores, labels, names, images, first=accumulator.count - len(labels))
+        bar.update(len(labels))
+    return accumulator, candidates
 
 
-def _blocks(manifest, split, batch_size):
-    """Yield (uint8 images, int8 labels, description) of `batch_size` images, the last one shorter.
+def _block_of(blocks, row):
+    """The block holding row `row` of the images read from `blocks`."""
+    ends = np.cumsum([len(block) for block in blocks])
+    return blocks[int(np.searchsorted(ends, row, side="right"))]
 
-    Blocks run across shard boundaries so the model sees at most two batch
-    shapes per split (TensorFlow retraces its predict function per shape).
+
+def _predict(model, images, tta):
+    """float64 scores (n,) of a batch; UserError unless the model gives one per image."""
+    scores = np.asarray(model.predict_on_batch(images))
+    if tta:  # average with the mirror image (width is axis 2)
+        scores = (scores + np.asarray(model.predict_on_batch(images[:, :, ::-1]))) / 2
+    if scores.shape not in ((len(images), 1), (len(images),)):
+        raise UserError(f"the model outputs shape {scores.shape[1:]} per image; evaluate needs "
+                        "one sigmoid probability of cat per image")
+    return scores.astype(np.float64).reshape(-1)
+
+
+class _Candidate(NamedTuple):
+    key: float  # score of a cat, minus the score of a dog: the lower, the worse a mistake it can be
+    index: int  # position in the split; breaks ties, so the first seen wins
+    label: int
+    score: float
+    name: str
+    image: np.ndarray
+
+
+class _Candidates:
+    """The images that may be a split's most confident mistakes, kept during its one pass.
+
+    Which images are mistakes depends on the threshold, chosen on val after
+    the pass; but whatever it is, the worst mistakes are the cats with the
+    lowest scores and the dogs with the highest. So the `keep` lowest-scored
+    cats and the `keep` highest-scored dogs, with their names and images,
+    always hold the `keep` worst mistakes, and no shard is read again.
     """
-    pending, first = [], None
-    held = 0
-    for entry in manifest.shards(split):
-        path = manifest.shard_path(entry)
-        with ShardReader(path) as shard:
-            labels = shard.labels
-            if np.any(labels < 0):
-                raise UserError(f"shard {path} holds unlabelled images; only labelled splits can be evaluated")
-            start = 0
-            while start < shard.count:
-                stop = min(shard.count, start + batch_size - held)
-                pending.append((shard.read(start, stop), labels[start:stop]))
-                first = first or f"{split} images from {path} [{start}:]"
-                held += stop - start
-                start = stop
-                if held == batch_size:
-                    yield _joined(pending) + (first,)
-                    pending, first, held = [], None, 0
-    if pending:
-        yield _joined(pending) + (first,)
 
+    def __init__(self, keep=MISTAKES_KEPT):
+        self.keep = keep
+        self.pools = {1: [], 0: []}  # label -> candidates, best kept first
 
-def _joined(pieces):
-    if len(pieces) == 1:
-        return pieces[0]
-    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+    def add(self, scores, labels, names, images, first):
+        """Offer one batch; `first` is the position of its first image in the split."""
+        for label, key in ((1, scores), (0, -scores)):
+            pool = self.pools[label]
+            rows = np.flatnonzero(labels == label)
+            if len(pool) == self.keep:  # a later image must look strictly worse to get in
+                rows = rows[key[rows] < pool[-1].key]
+            rows = rows[np.argsort(key[rows], kind="stable")][:self.keep]
+            offered = [_Candidate(float(key[i]), first + int(i), label, float(scores[i]), names[i],
+                                  images[i].copy()) for i in rows]
+            self.pools[label] = heapq.nsmallest(self.keep, pool + offered)
 
+    def worst(self, threshold):
+        """(mistakes, images): the misclassified images at `threshold`, farthest from their label first.
 
-def _worst_mistakes(acc, manifest, split, threshold):
-    """The misclassified images whose score is farthest from their label, worst first."""
-    scores, labels = acc.scores, acc.labels
-    wrong = np.flatnonzero((scores > threshold) != (labels == 1))
-    worst = wrong[np.argsort(-np.abs(scores[wrong] - labels[wrong]), kind="stable")][:MISTAKES_KEPT]
-    names = _names_at(manifest, split, worst)
-    return [{"name": name, "label": int(labels[i]), "score": float(scores[i]), "index": int(i)}
-            for i, name in zip(worst, names)]
-
-
-def _locate(manifest, split, positions):
-    """(shard path, row) of each position in the split's streaming order."""
-    entries = manifest.shards(split)
-    ends = np.cumsum([e["count"] for e in entries])
-    found = []
-    for pos in positions:
-        k = int(np.searchsorted(ends, pos, side="right"))
-        found.append((manifest.shard_path(entries[k]), int(pos - (ends[k] - entries[k]["count"]))))
-    return found
-
-
-def _names_at(manifest, split, positions):
-    names, cache = [], {}
-    for path, row in _locate(manifest, split, positions):
-        if path not in cache:
-            with ShardReader(path) as shard:
-                cache[path] = shard.names
-        names.append(cache[path][row])
-    return names
-
-
-def _read_images(manifest, split, items):
-    """uint8 images (n, H, W, 3) of the given mistakes (dicts with "index")."""
-    height, width, _ = manifest.image_shape
-    images = np.empty((len(items), height, width, 3), dtype=np.uint8)
-    for k, (path, row) in enumerate(_locate(manifest, split, [m["index"] for m in items])):
-        with ShardReader(path) as shard:
-            images[k] = shard.read(row, row + 1)[0]
-    return images
+        mistakes: dicts {"name", "label", "score", "index"} as metrics.json
+        lists them; images: uint8 (len(mistakes), H, W, 3).
+        """
+        wrong = [c for pool in self.pools.values() for c in pool if (c.score > threshold) != (c.label == 1)]
+        wrong = sorted(wrong, key=lambda c: (-abs(c.score - c.label), c.index))[:self.keep]
+        mistakes = [{"name": c.name, "label": c.label, "score": c.score, "index": c.index} for c in wrong]
+        return mistakes, np.array([c.image for c in wrong], dtype=np.uint8)

@@ -36,7 +36,7 @@ class Progress:
     def rate(self):
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
 
-    def update(self, n=1, extra=""):
+    def update(self, n=1):
         self.done += n
         now = time.monotonic()
         finished = self.done >= self.total
@@ -44,21 +44,20 @@ class Progress:
             return
         if self.tty and (now - self._last >= 0.1 or finished):
             self._last = now
-            self.stream.write("\r" + self._line(extra) + "\x1b[K")
+            self.stream.write("\r" + self._line() + "\x1b[K")
             self.stream.flush()
         elif not self.tty and (now - self._last >= self.every or finished):
             self._last = now
-            self.stream.write(self._line(extra) + "\n")
+            self.stream.write(self._line() + "\n")
             self.stream.flush()
 
-    def _line(self, extra):
+    def _line(self):
         frac = self.done / self.total if self.total else 1.0
         bar = "#" * int(frac * 24)
         eta = (self.total - self.done) / self.rate if self.rate > 0 else 0
-        text = (f"{self.label} [{bar:<24}] {self.done}/{self.total} {self.unit} "
+        return (f"{self.label} [{bar:<24}] {self.done}/{self.total} {self.unit} "
                 f"{self.rate:,.0f} {self.unit}/s  {format_seconds(self.elapsed)} elapsed, "
                 f"ETA {format_seconds(eta)}")
-        return f"{text}  {extra}" if extra else text
 
     def close(self):
         if self.enabled and self.tty:

@@ -1,3 +1,4 @@
+import collections
 import csv
 import json
 import os
@@ -163,10 +164,27 @@ def test_metrics_agree_with_a_direct_computation(evaluated, shard_dir):
     assert test["confusion"]["fp"] == 0 and test["confusion"]["fn"] >= 1
 
 
-def test_confident_mistakes_are_listed_worst_first_and_drawn(shard_dir, tmp_path):
+def _count_opens(monkeypatch):
+    """A Counter of the shard files opened from now on, by file name."""
+    opened = collections.Counter()
+    original = ShardReader.__init__
+
+    def counting(self, path):
+        opened[os.path.basename(str(path))] += 1
+        original(self, path)
+
+    monkeypatch.setattr(ShardReader, "__init__", counting)
+    return opened
+
+
+def test_confident_mistakes_are_listed_worst_first_and_drawn(shard_dir, tmp_path, monkeypatch):
     run_dir = make_run(str(tmp_path), shard_dir, "inverted", weights=INVERTED)
     out = str(tmp_path / "elsewhere")
+    opened = _count_opens(monkeypatch)
     result = evaluate_run(run_dir, out=out, progress=False)
+    # Every image is a mistake here, and their names and pictures come from
+    # the one scoring pass: each shard is opened once by the check, once to score.
+    assert opened == {"val-00000.h5": 2, "val-00001.h5": 2, "test-00000.h5": 2, "test-00001.h5": 2}
     assert result["out"] == out and not os.path.exists(os.path.join(run_dir, "metrics.json"))
     _, labels, names = read_split(shard_dir, "test")
     # On val, accuracy is 0.5 at thresholds below every cat's score (~0.004:
@@ -182,6 +200,36 @@ def test_confident_mistakes_are_listed_worst_first_and_drawn(shard_dir, tmp_path
     assert result["splits"]["test"]["roc_auc"] == 0.0 and result["splits"]["test"]["accuracy"] == 0.5
     for split in ("val", "test"):
         assert_png(os.path.join(out, result["figures"][f"mistakes_{split}"]))
+
+
+def _worst_of_all(scores, labels, threshold, keep):
+    """The worst mistakes picked from every score at once, as evaluate did before it kept candidates."""
+    wrong = np.flatnonzero((scores > threshold) != (labels == 1))
+    return wrong[np.argsort(-np.abs(scores[wrong] - labels[wrong]), kind="stable")][:keep].tolist()
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 300])
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.95, 1.0])
+def test_candidates_kept_during_the_pass_hold_the_worst_mistakes_at_any_threshold(batch_size, threshold):
+    from evaluate.run import _Candidates
+
+    rng = np.random.default_rng(batch_size)
+    count = 300
+    scores = np.round(rng.random(count), 1)  # many ties: the first seen must win them
+    labels = rng.integers(0, 2, count).astype(np.int8)
+    images = np.stack([np.arange(count) // 256, np.arange(count) % 256], axis=1).astype(np.uint8)
+    candidates = _Candidates(keep=16)
+    for first in range(0, count, batch_size):
+        rows = slice(first, first + batch_size)
+        candidates.add(scores[rows], labels[rows], [f"n{i}" for i in range(first, first + batch_size)],
+                       images[rows], first)
+    assert sum(len(pool) for pool in candidates.pools.values()) <= 32
+    mistakes, pictures = candidates.worst(threshold)
+    expected = _worst_of_all(scores, labels, threshold, 16)
+    assert expected and [m["index"] for m in mistakes] == expected
+    assert [m["name"] for m in mistakes] == [f"n{i}" for i in expected]
+    assert [(m["label"], m["score"]) for m in mistakes] == [(labels[i], scores[i]) for i in expected]
+    assert pictures.tolist() == images[expected].tolist()
 
 
 def test_val_only(evaluated, tmp_path):

@@ -1,4 +1,3 @@
-import hashlib
 import json
 import os
 import signal
@@ -12,8 +11,7 @@ import pytest
 from ingest import IngestSettings, ingest
 from shards import load_manifest
 from shards.errors import UserError
-from tests.conftest import ROOT, decoded_label, make_kaggle_folder
-from train.pipeline import iter_batches, make_dataset, plan_blocks
+from tests.conftest import ROOT, make_kaggle_folder
 from train.run import TrainSettings, train
 from train.rundir import latest_run, read_history
 
@@ -27,59 +25,6 @@ def shards_dir(tmp_path_factory):
     ingest(src, str(root / "shards"), IngestSettings(size=SIZE, shard_size=16, val=0.2, test=0.2),
            scheduler="sync", progress=False)
     return str(root / "shards")
-
-
-def _epoch(blocks, epoch, seed=0):
-    batches = list(iter_batches(blocks, 8, seed=seed, epoch=epoch, window=32))
-    names = [n for _, _, batch_names in batches for n in batch_names]
-    return batches, names
-
-
-def test_every_image_once_per_epoch_new_order_each_epoch_same_for_same_seed(shards_dir):
-    manifest = load_manifest(shards_dir)
-    blocks = plan_blocks(manifest, "train", block=8)
-    _, first = _epoch(blocks, 0)
-    _, second = _epoch(blocks, 1)
-    _, again = _epoch(blocks, 0)
-    _, other_seed = _epoch(blocks, 0, seed=7)
-    assert len(first) == len(set(first)) == manifest.split_count("train") == 72
-    assert sorted(first) == sorted(second)
-    assert first != second and first == again and first != other_seed
-
-
-def test_labels_stay_with_their_images_and_batches_are_full(shards_dir):
-    blocks = plan_blocks(load_manifest(shards_dir), "train", block=8)
-    batches, _ = _epoch(blocks, 3)
-    assert [len(labels) for _, labels, _ in batches] == [8] * 9
-    for images, labels, names in batches:
-        assert images.dtype == np.uint8 and images.shape[1:] == (*SIZE, 3)
-        assert labels.dtype == np.float32 and labels.shape == (len(images), 1)
-        assert [decoded_label(im) for im in images] == labels[:, 0].astype(int).tolist()
-        assert labels[:, 0].astype(int).tolist() == [1 if n.startswith("cat.") else 0 for n in names]
-
-
-def test_subset_is_the_first_n_of_the_split(shards_dir):
-    manifest = load_manifest(shards_dir)
-    _, names = _epoch(plan_blocks(manifest, "train", limit=20, block=8), 0)
-    from shards import ShardReader
-    with ShardReader(manifest.shard_path(manifest.shards("train")[0])) as first, \
-            ShardReader(manifest.shard_path(manifest.shards("train")[1])) as second:
-        expected = first.names + second.names[:4]
-    assert sorted(names) == sorted(expected)
-    with pytest.raises(UserError, match="holds 72"):
-        plan_blocks(manifest, "train", limit=73)
-
-
-def test_tf_dataset_each_epoch_complete_and_differently_ordered(shards_dir):
-    manifest = load_manifest(shards_dir)
-    dataset = make_dataset(manifest, "train", batch_size=8, seed=1, window=32)
-    epochs = []
-    for _ in range(2):
-        digests = [hashlib.md5(im.tobytes()).hexdigest() for images, _ in dataset for im in images.numpy()]
-        epochs.append(digests)
-    assert len(epochs[0]) == 72 and sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
-    images, labels = next(iter(dataset))
-    assert images.dtype.name == "uint8" and labels.dtype.name == "float32" and labels.shape == (8, 1)
 
 
 @pytest.mark.parametrize("model", ["mlp", "conv1", "conv2", "conv2-wide", "kibble"])
