@@ -28,7 +28,8 @@ from shards.errors import UserError
 from shards.format import sha256_file
 from shards.manifest import load_manifest, verify_shards, write_json_atomic
 from shards.progress import Progress
-from train.rundir import BEST, CONFIG, LAST, read_config, read_history
+from train.rundir import BEST, CONFIG, LAST, RunDir
+from train.tf_env import quiet_logs
 
 METRICS_NAME = "metrics.json"
 METRICS_SCHEMA = 1
@@ -70,12 +71,13 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
     """
     started = time.monotonic()
     splits = _check_arguments(splits, checkpoint, batch_size)
-    config = _read_run(run_dir)
+    run = _read_run(run_dir)
+    config = run.config()
     data = data or config.get("data")
     manifest = _load_data(data, run_dir, splits)
     scored = [s for s in SPLITS if s in splits or (s == "val" and manifest.shards("val"))]
     _check_shards(manifest, scored, verify)
-    model_path = os.path.join(run_dir, CHECKPOINTS[checkpoint])
+    model_path = run.checkpoint(checkpoint)
     model = _load_model(model_path)
     _check_input_size(model, model_path, manifest)
 
@@ -87,7 +89,7 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
     os.makedirs(out, exist_ok=True)
     metrics = _metrics_document(run_dir, config, model_path, tta, data, manifest,
                                 {"value": threshold, "chosen_on": chosen_on}, results)
-    metrics["figures"] = write_report(out, metrics, accumulators, read_history(run_dir), pictures)
+    metrics["figures"] = write_report(out, metrics, accumulators, run.history(), pictures)
     metrics["seconds"] = round(time.monotonic() - started, 2)
     write_json_atomic(os.path.join(out, METRICS_NAME), metrics)
     return {**metrics, "out": out, "warnings": _warnings(metrics, data)}
@@ -109,13 +111,13 @@ def _check_arguments(splits, checkpoint, batch_size):
 def _read_run(run_dir):
     if not os.path.isdir(run_dir):
         raise UserError(f"no run directory at {run_dir}: run `train` first, or name an existing run")
-    return read_config(run_dir)
+    return RunDir(run_dir)
 
 
 def _load_data(data, run_dir, splits):
     """The manifest of `data`, after checking it holds every split asked for."""
     if not data:
-        raise UserError(f"{os.path.join(run_dir, CONFIG)} names no shard folder (\"data\"); pass --data")
+        raise UserError(f"{os.path.join(run_dir, CONFIG)} names no shard folder (\"data\"); name the shard folder to score")
     manifest = load_manifest(data)
     for split in splits:
         if not manifest.shards(split):
@@ -191,7 +193,7 @@ def _load_model(path):
         run_dir, name = os.path.split(path)
         raise UserError(f"no {name} in {run_dir}: training has not finished an epoch there yet; "
                         "train it (or resume it) first")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_logs()
     import keras
 
     try:

@@ -13,7 +13,7 @@ from evaluate.compare import COLUMNS
 from ingest import IngestSettings, ingest
 from shards import ShardReader, UserError, load_manifest
 from tests.conftest import make_kaggle_folder
-from train.rundir import latest_run
+from train.rundir import Runs
 
 SIZE = (16, 20)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -261,7 +261,7 @@ def test_other_data_gives_a_warning(evaluated, shard_dir, tmp_path):
 
 def test_no_run_yet(tmp_path):
     with pytest.raises(UserError, match="no training run in .*run `train` first"):
-        latest_run(str(tmp_path / "runs"))
+        Runs(str(tmp_path / "runs")).latest().path
     with pytest.raises(UserError, match="no run directory at .*run `train` first"):
         evaluate_run(str(tmp_path / "runs" / "nope"))
     os.makedirs(tmp_path / "empty")

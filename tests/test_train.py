@@ -13,7 +13,7 @@ from shards import load_manifest
 from shards.errors import UserError
 from tests.conftest import ROOT, make_kaggle_folder
 from train.run import TrainSettings, train
-from train.rundir import latest_run, read_history
+from train.rundir import RunDir, Runs
 
 SIZE = (24, 32)
 
@@ -34,14 +34,14 @@ def test_each_model_trains_an_epoch_and_saves_a_loadable_model(shards_dir, tmp_p
     result = train(TrainSettings(data=shards_dir, model=model, train_size=32, val_size=16, epochs=1,
                                  batch_size=16), runs_root=str(tmp_path), progress=False)
     run = result["run_dir"]
-    assert latest_run(str(tmp_path)) == run and result["epochs"] == 1
+    assert Runs(str(tmp_path)).latest().path == run and result["epochs"] == 1
     loaded = keras.models.load_model(os.path.join(run, "best.keras"))
     scores = loaded.predict(np.zeros((2, *SIZE, 3), np.uint8), verbose=0)
     assert scores.shape == (2, 1) and np.all((scores >= 0) & (scores <= 1))
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["model"] == model and config["image_size"] == list(SIZE) and config["params"] > 0
     assert config["manifest_sha256"] == load_manifest(shards_dir).checksum
-    [row] = read_history(run)
+    [row] = RunDir(run).history()
     assert row["epoch"] == 1 and set(row) >= {"loss", "val_loss", "accuracy", "val_accuracy", "seconds"}
     assert os.path.isdir(os.path.join(run, "logs"))
 
@@ -71,7 +71,7 @@ def test_killed_run_resumes_to_the_full_number_of_epochs(shards_dir, tmp_path):
     result = train(TrainSettings(data=shards_dir, model="conv2", train_size=72, val_size=16, epochs=8,
                                  batch_size=8), runs_root=str(runs), progress=False)
     assert result["run_dir"] == str(state_file.parent) and result["epochs"] == 8
-    assert [row["epoch"] for row in read_history(result["run_dir"])] == list(range(1, 9))
+    assert [row["epoch"] for row in RunDir(result["run_dir"]).history()] == list(range(1, 9))
     again = train(TrainSettings(), runs_root=str(runs), resume=True, progress=False)
     assert again["already_done"]
 

@@ -14,8 +14,7 @@
     runs/LATEST        a text file naming the newest run directory (a name inside runs/)
 
 `RunDir` is the one owner of these files; `Runs` is the runs folder (listing,
-the newest-run pointer, unique names for new runs). The three module-level
-functions at the end are thin wrappers for evaluate/run.py and the tests.
+the newest-run pointer, unique names for new runs).
 """
 import contextlib
 import csv
@@ -403,20 +402,3 @@ def _errno_in_message(exc):
                 return number
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-# -- thin wrappers for callers written before RunDir and Runs ------------------
-
-
-def latest_run(runs_root="runs"):
-    """The newest run directory under `runs_root`; UserError if there is none."""
-    return Runs(runs_root).latest().path
-
-
-def read_config(run_dir):
-    return RunDir(run_dir).config()
-
-
-def read_history(run_dir):
-    """History rows as dicts of floats (epoch as int); [] when none yet."""
-    return RunDir(run_dir).history()
