@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from shards.errors import ShardError
-from shards.fsio import temp_path
+from shards.fsio import atomic_path
 
 SCHEMA_VERSION = 1
 # Images per HDF5 chunk. Readers fetch whole multiples of this; 64 images of
@@ -151,8 +151,7 @@ def write_shard(path, *, height, width, capacity, attrs, compression="none"):
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
-    tmp = temp_path(path)
-    try:
+    with atomic_path(path) as tmp:  # flushed and renamed into place only when whole
         with open_h5(tmp, "w") as h5:
             writer = _ShardWriter(h5, height, width, capacity, compression)
             writer.attrs = dict(attrs)  # the caller may add to it while writing
@@ -171,13 +170,6 @@ def write_shard(path, *, height, width, capacity, attrs, compression="none"):
                 **writer.attrs,
                 CONTENT_ATTR: writer.checksum.value(),
             })
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
 
 
 class ShardReader:
