@@ -52,7 +52,7 @@ def _say(ctx, message):
 
 
 def _size(ctx, param, value):
-    from ingest.image import parse_size
+    from shards.image import parse_size
 
     try:
         return parse_size(value)

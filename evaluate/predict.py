@@ -18,8 +18,8 @@ import stat
 import numpy as np
 
 from evaluate.run import DEFAULT_THRESHOLD, METRICS_NAME, _load_model
-from ingest.image import BadImage, is_image_name, load_image
 from shards.errors import UserError
+from shards.image import BadImage, is_image_name, load_image
 from train.rundir import BEST, read_config
 
 LABELS = {1: "cat", 0: "dog"}
