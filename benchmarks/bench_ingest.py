@@ -13,7 +13,7 @@ machine and the same files:
   /proc every 50 ms) and the largest single process's ru_maxrss;
 * the decode floor: Pillow draft decode + bilinear resize to 125x94, one
   process per core, nothing kept; once with Pillow's default draft scale and
-  once with the scale our loader asks for (ingest.image._draft_request);
+  once with the scale our loader asks for (shards.image._draft_request);
 * the tutorial's way on 5,000 images: open, convert, resize without draft,
   append to a list, np.array at the end.
 
@@ -98,7 +98,7 @@ def _decode_chunk(job):
 
     paths, ours = job
     if ours:
-        from ingest.image import _draft_request
+        from shards.image import _draft_request
     height, width = SIZE
     for path in paths:
         with Image.open(path) as im:
@@ -191,7 +191,7 @@ def report(rows, floor_default, floor_ours, small, full, tutorial, workers):
         "Ours is timed as the whole subprocess (interpreter start, planning, hashing, decoding, writing,",
         "sha256 of the shards, manifest); the tutorial line times only its loop, in its own process.",
         f"Floors use {workers} processes (one per core); ours uses Dask's default worker count (every core).",
-        "Our loader asks libjpeg for a smaller draft scale than Pillow's default (ingest.image._draft_request:",
+        "Our loader asks libjpeg for a smaller draft scale than Pillow's default (shards.image._draft_request:",
         "1/4 instead of 1/2 for 500x374 -> 125x94), so the fair floor for us is the second floor line;",
         "the target is stated against the first.",
         "",

@@ -1,6 +1,8 @@
-"""Ingest: stream image files through Dask into shuffled HDF5 shards."""
-from ingest.image import BadImage, load_image, parse_size
+"""Ingest: stream image files through Dask into shuffled HDF5 shards.
+
+The decoder it calls for every file, `load_image`, is in shards.image.
+"""
 from ingest.plan import IngestSettings
 from ingest.run import ingest
 
-__all__ = ["BadImage", "IngestSettings", "ingest", "load_image", "parse_size"]
+__all__ = ["IngestSettings", "ingest"]

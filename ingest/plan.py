@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ingest.image import DEFAULT_MAX_PIXELS, FITS
 from ingest.sources import CAT, DOG, UNLABELED
 from shards.errors import UserError
 from shards.format import COMPRESSIONS, SCHEMA_VERSION
+from shards.image import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, FITS
 
 LABELLED_SPLITS = ("train", "val", "test")
 LABEL_CONFLICTS = ("drop", "first")
@@ -45,8 +45,8 @@ def zip_member_limit(max_pixels):
 class IngestSettings:
     """Everything that decides the shards' contents; saved in the manifest."""
 
-    # (height, width) of every stored image; the tutorial's 375x500 / 4.
-    size: tuple = (94, 125)
+    # (height, width) of every stored image.
+    size: tuple = DEFAULT_SIZE
     # How an image is brought to `size`: stretch | crop | pad.
     fit: str = "stretch"
     # Seed of the permutation that assigns files to splits and shards.
@@ -72,29 +72,29 @@ class IngestSettings:
     label_conflicts: str = "drop"
 
     def validate(self):
-        """Raise ValueError naming the first bad field."""
+        """Raise UserError naming the first bad field and its value."""
         if (not isinstance(self.size, (tuple, list)) or len(self.size) != 2
                 or not all(_is_int(side) and 8 <= side <= 4096 for side in self.size)):
-            raise ValueError(f"size must be (height, width), each 8 to 4096 pixels. Received: size={self.size!r}")
+            raise UserError(f"size must be (height, width), each 8 to 4096 pixels. Received: size={self.size!r}")
         if self.fit not in FITS:
-            raise ValueError(f"fit must be one of {FITS}. Received: fit={self.fit!r}")
+            raise UserError(f"fit must be one of {FITS}. Received: fit={self.fit!r}")
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}. Received: seed={self.seed!r}")
+            raise UserError(f"seed must be a whole number from 0 to {MAX_SEED}. Received: seed={self.seed!r}")
         for name in ("val", "test"):
             problem = share_problem(getattr(self, name))
             if problem:
-                raise ValueError(f"{name} {problem}. Received: {name}={getattr(self, name)!r}")
+                raise UserError(f"{name} {problem}. Received: {name}={getattr(self, name)!r}")
         if self.val < 1 and self.test < 1 and self.val + self.test >= 1:
-            raise ValueError(f"val + test must leave images for training. Received: val={self.val}, test={self.test}")
+            raise UserError(f"val + test must leave images for training. Received: val={self.val}, test={self.test}")
         if not _is_int(self.shard_size) or self.shard_size < 1:
-            raise ValueError(f"shard_size must be at least 1. Received: {self.shard_size!r}")
+            raise UserError(f"shard_size must be at least 1. Received: shard_size={self.shard_size!r}")
         if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: {self.compression!r}")
+            raise UserError(f"compression must be one of {COMPRESSIONS}. Received: compression={self.compression!r}")
         if not _is_int(self.max_pixels) or self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive. Received: {self.max_pixels!r}")
+            raise UserError(f"max_pixels must be positive. Received: max_pixels={self.max_pixels!r}")
         if self.label_conflicts not in LABEL_CONFLICTS:
-            raise ValueError(f"label_conflicts must be one of {LABEL_CONFLICTS}. "
-                             f"Received: label_conflicts={self.label_conflicts!r}")
+            raise UserError(f"label_conflicts must be one of {LABEL_CONFLICTS}. "
+                            f"Received: label_conflicts={self.label_conflicts!r}")
 
     def to_json(self):
         data = asdict(self)

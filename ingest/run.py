@@ -194,10 +194,7 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     ingest is writing, too small a disk or a write the disk refuses; no
     temporary file is left behind then.
     """
-    try:
-        settings.validate()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    settings.validate()
     started = time.monotonic()
     source = discover(input_path)
     items, excluded = apply_exclusions(source.items, read_exclusions(exclude))

@@ -15,8 +15,8 @@ import stat
 import zipfile
 from dataclasses import dataclass, field
 
-from ingest.image import file_kind, is_image_name
 from shards.errors import UserError
+from shards.image import file_kind, is_image_name
 
 CAT, DOG, UNLABELED = 1, 0, -1
 _KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.[A-Za-z]+$", re.IGNORECASE)

@@ -10,11 +10,11 @@ import re
 import zipfile
 from collections import Counter
 
-from ingest.image import BadImage, load_image
 from ingest.plan import zip_member_limit
-from shards.format import ShardReader, sha256_file, write_shard
 from shards.errors import ShardError
+from shards.format import ShardReader, sha256_file, write_shard
 from shards.fsio import DISK_ERRORS
+from shards.image import BadImage, load_image
 
 # Test-only hook for the commit-sequence tests: KIBBLE_CRASH_AT=<step> or
 # <step>:<n> ends the process at once (as kill -9 would: no cleanup, no

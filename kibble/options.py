@@ -8,12 +8,11 @@ import os
 
 import click
 
-from ingest.image import parse_size
+from shards.image import DEFAULT_SIZE, parse_size
 from ingest.plan import share_problem
 
 DEFAULT_SHARDS = os.path.join("data", "shards")
 DEFAULT_RUNS = "runs"
-DEFAULT_SIZE = (94, 125)  # TODO lead: shards.image.DEFAULT_SIZE
 
 
 # -- callbacks: turn a bad value into click's "Invalid value for '--x'" --------------------------

@@ -1,6 +1,6 @@
 """`predict`: score image files with a trained run, one result per file.
 
-Each file is decoded by `ingest.image.load_image` with the run's own image
+Each file is decoded by `shards.image.load_image` with the run's own image
 size and fit, exactly as ingest prepared the training images, and fed to the
 run's best.keras in batches. Files are found lazily and only one batch of
 decoded images is held at a time, so a folder of any size streams through.
@@ -20,8 +20,8 @@ import stat
 import numpy as np
 
 from evaluate.run import DEFAULT_THRESHOLD, _load_model
-from ingest.image import BadImage, is_image_name, load_image
 from shards.errors import UserError
+from shards.image import BadImage, is_image_name, load_image
 from train.rundir import METRICS, RunDir
 
 LABELS = {1: "cat", 0: "dog"}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingest.image import BadImage, load_image, parse_size
+from shards.image import BadImage, load_image, parse_size
 from tests.conftest import make_image
 
 
@@ -33,15 +33,76 @@ def test_draft_decode_matches_full_decode_closely(tmp_path):
     assert np.abs(fast - full).mean() < 4
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    image = Image.new("RGB", (80, 40), (255, 0, 0))
-    image.paste((0, 0, 255), (0, 0, 40, 40))  # left half blue
+# What a viewer must do to a picture stored with each EXIF orientation to
+# show it upright (the standard's wording, as exiftool prints it), in NumPy.
+UPRIGHT = {
+    1: lambda a: a,                              # normal
+    2: lambda a: a[:, ::-1],                     # mirror horizontal
+    3: lambda a: a[::-1, ::-1],                  # rotate 180
+    4: lambda a: a[::-1],                        # mirror vertical
+    5: lambda a: np.rot90(a[:, ::-1], 1),        # mirror horizontal, rotate 270 CW
+    6: lambda a: np.rot90(a, -1),                # rotate 90 CW
+    7: lambda a: np.rot90(a[:, ::-1], -1),       # mirror horizontal, rotate 90 CW
+    8: lambda a: np.rot90(a, 1),                 # rotate 270 CW
+}
+STORED = (400, 200)  # width, height of the JPEG as stored
+TARGET = (100, 50)   # height, width: portrait, like the rotated orientations
+# The JPEG scale the draft decode must use, by fit and by whether the picture
+# turns on its side (orientations 5-8): it is chosen for the upright picture,
+# so a decoder that ignored the rotation would pick another one.
+DRAFT_SCALE = {("stretch", False): 2, ("stretch", True): 4, ("crop", False): 2, ("crop", True): 4,
+               ("pad", False): 8, ("pad", True): 4}
+
+
+def _encode(image, fmt, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stored_picture():
+    """(JPEG without EXIF, Image) of smooth random blocks, different in every direction."""
+    rng = np.random.default_rng(2)
+    blocks = np.kron(rng.integers(0, 256, (5, 10, 3)), np.ones((40, 40, 1))).astype(np.uint8)
+    image = Image.fromarray(blocks)
+    return _encode(image, "JPEG", quality=95), image
+
+
+@pytest.mark.parametrize("draft", [False, True])
+@pytest.mark.parametrize("fit", ["stretch", "crop", "pad"])
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_exif_orientation_gives_the_hand_transposed_pixels(stored_picture, orientation, fit, draft):
+    plain, image = stored_picture
     exif = Image.Exif()
-    exif[0x0112] = 6  # stored rotated: display needs a 90 degree turn clockwise
-    image.save(tmp_path / "rot.jpg", exif=exif, quality=95)
-    out = load_image(str(tmp_path / "rot.jpg"), (80, 40), "stretch")
-    # After rotation the picture is 40 wide and 80 tall; blue is on top.
-    assert out[5, 20, 2] > 200 and out[75, 20, 0] > 200
+    exif[0x0112] = orientation
+    # The same encoder on the same pixels: only the EXIF block differs.
+    tagged = _encode(image, "JPEG", quality=95, exif=exif)
+    decoded = load_image(tagged, TARGET, fit, draft=draft)
+
+    with Image.open(io.BytesIO(plain)) as reference:
+        if draft:
+            scale = DRAFT_SCALE[(fit, orientation >= 5)]
+            reference.draft("RGB", (STORED[0] // scale, STORED[1] // scale))
+            assert reference.size == (STORED[0] // scale, STORED[1] // scale)
+        upright = np.ascontiguousarray(UPRIGHT[orientation](np.asarray(reference.convert("RGB"))))
+    # Lossless and without EXIF: load_image only resizes it, as it does the JPEG after turning it.
+    expected = load_image(_encode(Image.fromarray(upright), "PNG"), TARGET, fit)
+    assert np.array_equal(decoded, expected)
+
+
+def test_the_default_size_is_written_once():
+    from cli import cli
+    from ingest import IngestSettings
+    from shards.image import DEFAULT_SIZE, format_size
+
+    image = Image.new("RGB", (300, 200), (10, 20, 30))
+    assert load_image(_encode(image, "PNG")).shape == (*DEFAULT_SIZE, 3)
+    assert IngestSettings().size == DEFAULT_SIZE
+    [size_option] = [p for p in cli.commands["ingest"].params if p.name == "size"]
+    assert parse_size(size_option.default) == DEFAULT_SIZE
+    with pytest.raises(ValueError, match=f"e.g. {format_size(DEFAULT_SIZE)}."):
+        parse_size("square")
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA"])

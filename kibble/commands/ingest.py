@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from ingest.image import DEFAULT_MAX_PIXELS, FITS
+from shards.image import DEFAULT_MAX_PIXELS, FITS
 from ingest.plan import LABEL_CONFLICTS, MAX_SEED
 from kibble.group import say
 from kibble.options import DEFAULT_SHARDS, seed_option, share_option, size_option

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingest.image import BadImage, load_image
+from shards.image import BadImage, load_image
 
 SIZE = (16, 20)
 # Generous per-file guard: a tiny image decodes in milliseconds.

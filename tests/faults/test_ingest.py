@@ -351,6 +351,8 @@ def test_nonsense_options_exit_2_naming_the_option(tmp_path, kaggle_dir, option,
 ])
 def test_nonsense_settings_are_a_user_error(kaggle_dir, tmp_path, field, value, message):
     with pytest.raises(UserError, match=message):
+        IngestSettings(**{field: value}).validate()  # as TrainSettings.validate does
+    with pytest.raises(UserError, match=message):
         run(kaggle_dir, tmp_path / "out", IngestSettings(**{field: value}))
     assert not (tmp_path / "out").exists()
 

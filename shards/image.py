@@ -1,8 +1,9 @@
-"""Decode one image file into a fixed-size RGB array.
+"""Decode one image file into a fixed-size RGB array: the pixels a shard holds.
 
 This is the only place in the project that turns an image file into pixels:
 ingest calls it for every file it shards, and predict calls it on the user's
 files, so a model always sees images prepared exactly as it was trained on.
+It lives with the shard format because it defines what a shard's images are.
 """
 import io
 import os
@@ -10,35 +11,43 @@ import stat
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+# (height, width) of a stored image unless the user asks otherwise: the
+# tutorial's 375x500 photos at a quarter of their side. The one place the
+# default size is written.
+DEFAULT_SIZE = (94, 125)
 FITS = ("stretch", "crop", "pad")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Pillow's own default limit (about 89 million pixels, a 9459x9459 image).
 DEFAULT_MAX_PIXELS = 89_478_485
 DRAFT_SLACK = 0.95
-_EXIF_ORIENTATION = 0x0112
-_ROTATED = {5, 6, 7, 8}  # orientations that swap width and height
-_TRANSPOSE = {
-    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
-    3: (Image.Transpose.ROTATE_180,),
-    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
-    5: (Image.Transpose.TRANSPOSE,),
-    6: (Image.Transpose.ROTATE_270,),
-    7: (Image.Transpose.TRANSVERSE,),
-    8: (Image.Transpose.ROTATE_90,),
-}
+# EXIF orientations that swap width and height. ImageOps.exif_transpose
+# applies every orientation, but only after decoding; the draft request is
+# made before, so it must know which way the picture will stand.
+_ROTATED = {5, 6, 7, 8}
 
 
 class BadImage(Exception):
     """An image that cannot be used; the message is the reason, for reports."""
 
 
+def format_size(size):
+    """(94, 125) -> '94x125', the form `parse_size` reads."""
+    return f"{size[0]}x{size[1]}"
+
+
 def parse_size(text):
-    """'94x125' -> (94, 125): height first, as everywhere in this project."""
+    """'64x80' -> (64, 80): height first, as everywhere in this project.
+
+    Raises ValueError (the text is not a size), like int() does for a
+    number: the caller knows whether it came from a user.
+    """
     try:
         height, width = (int(part) for part in str(text).lower().split("x"))
     except ValueError:
-        raise ValueError(f"size must look like HEIGHTxWIDTH, e.g. 94x125. Received: {text!r}") from None
+        raise ValueError(f"size must look like HEIGHTxWIDTH, e.g. {format_size(DEFAULT_SIZE)}. "
+                         f"Received: {text!r}") from None
     if not (8 <= height <= 4096 and 8 <= width <= 4096):
         raise ValueError(f"size must be between 8 and 4096 pixels per side. Received: {text!r}")
     return height, width
@@ -165,7 +174,7 @@ def file_kind(mode):
     return "not a file"
 
 
-def load_image(source, size=(94, 125), fit="stretch", max_pixels=DEFAULT_MAX_PIXELS, draft=True):
+def load_image(source, size=DEFAULT_SIZE, fit="stretch", max_pixels=DEFAULT_MAX_PIXELS, draft=True):
     """Decode `source` and return a uint8 array of shape (height, width, 3).
 
     Args:
@@ -215,8 +224,6 @@ def load_image(source, size=(94, 125), fit="stretch", max_pixels=DEFAULT_MAX_PIX
     finally:
         if opened is not source:
             opened.close()
-    if array.shape != (size[0], size[1], 3):  # defensive: every path above yields this
-        raise BadImage(f"decoded to shape {array.shape}, expected {(size[0], size[1], 3)}")
     return array
 
 
@@ -228,18 +235,14 @@ def _decode(opened, size, fit, max_pixels, draft):
             if pixels > max_pixels:
                 raise BadImage(f"image too large: {image.size[0]}x{image.size[1]} "
                                f"is over the limit of {max_pixels:,} pixels")
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             if draft and image.format == "JPEG":
-                image.draft("RGB", _draft_request(image.size, size, fit, orientation in _ROTATED))
-            image.load()
-            for step in _TRANSPOSE.get(orientation, ()):
-                image = image.transpose(step)
-            image = _fit(_to_rgb(image), size, fit)
-            return np.asarray(image, dtype=np.uint8)
+                rotated = image.getexif().get(ExifTags.Base.Orientation, 1) in _ROTATED
+                image.draft("RGB", _draft_request(image.size, size, fit, rotated))
+            # Decodes, then turns the picture upright; in place, so an upright
+            # picture (nearly all of them) costs no copy.
+            ImageOps.exif_transpose(image, in_place=True)
+            return np.asarray(_fit(_to_rgb(image), size, fit), dtype=np.uint8)
 
 
 def is_image_name(name):
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
