@@ -9,8 +9,8 @@ machine and the same files:
 * our ingest (`python cli.py -q ingest INPUT --out TMP --force`, a
   subprocess) on a 5,000-image subset (symlinks to the first 2,500 cats and
   2,500 dogs) and on the whole folder: wall time, images/s, the peak of the
-  summed RSS of the whole process tree (driver plus Dask workers, sampled from
-  /proc every 50 ms) and the largest single process's ru_maxrss;
+  summed RSS of the whole process tree (driver plus worker processes, sampled
+  with psutil every 50 ms) and the largest single process's ru_maxrss;
 * the decode floor: Pillow draft decode + bilinear resize to 125x94, one
   process per core, nothing kept; once with Pillow's default draft scale and
   once with the scale our loader asks for (shards.image._draft_request);
@@ -34,9 +34,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks.measure import SAMPLE_SECONDS, OtherLoad, run_measured  # noqa: E402
+from shards.image import DEFAULT_SIZE  # noqa: E402
 
 MAKE_TOOL = os.path.normpath(os.path.join(REPO, "..", "shared", "tools", "make_kaggle_like.py"))
-SIZE = (94, 125)  # (height, width), as everywhere in kibble
+SIZE = DEFAULT_SIZE  # (height, width): what `ingest` stores unless told otherwise
 SUBSET_PER_CLASS = 2500
 MB = 1e6
 _NAME = re.compile(r"^(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
@@ -190,7 +191,7 @@ def report(rows, floor_default, floor_ours, small, full, tutorial, workers):
         f"  above {NOISY_CORES} the line competed with another job: run again on a quiet machine.",
         "Ours is timed as the whole subprocess (interpreter start, planning, hashing, decoding, writing,",
         "sha256 of the shards, manifest); the tutorial line times only its loop, in its own process.",
-        f"Floors use {workers} processes (one per core); ours uses Dask's default worker count (every core).",
+        f"Floors use {workers} processes (one per core); ours starts one worker per core (dask.system.CPU_COUNT).",
         "Our loader asks libjpeg for a smaller draft scale than Pillow's default (shards.image._draft_request:",
         "1/4 instead of 1/2 for 500x374 -> 125x94), so the fair floor for us is the second floor line;",
         "the target is stated against the first.",

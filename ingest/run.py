@@ -1,14 +1,13 @@
 """`ingest`: a folder or zip of images in, verified HDF5 shards and a manifest out."""
 import contextlib
+import functools
+import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
-import signal
-import sys
-import threading
 import time
+from dataclasses import dataclass
 
 from ingest.plan import (
     IngestSettings,
@@ -20,134 +19,105 @@ from ingest.plan import (
     split_items,
     zip_member_limit,
 )
-from ingest.sources import discover
+from ingest.sources import Source, discover
+from ingest.tasks import LOCAL_SCHEDULERS, run_tasks
 from ingest.worker import build_shard_or_disk_error, crash_point
 from shards.errors import UserError
-from shards.fsio import DISK_ERRORS, FolderLock, atomic_path, disk_error_message, remove_temp_files
+from shards.format import CHUNK_ROWS, SCHEMA_VERSION
+from shards.fsio import DISK_ERRORS, TEMP_FILE, FolderLock, atomic_path, disk_error_message, remove_temp_files
 from shards.manifest import MANIFEST_NAME, SPLITS, load_manifest, verify_shards
 from shards.progress import Progress
 
 _SHARD_FILE = re.compile(r"^(train|val|test|unlabeled)-\d{5}\.h5$")
-_TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")
-LOCAL_SCHEDULERS = ("processes", "threads", "sync")
 # Beyond its pixels, what one image costs in a shard (its name, its label,
 # HDF5's bookkeeping), and what one shard file costs (about 16 KB measured);
 # generous on purpose.
 _IMAGE_OVERHEAD_BYTES = 256
 _SHARD_OVERHEAD_BYTES = 64 << 10
-_PR_SET_PDEATHSIG = 1
-_PARENT_POLL_SECONDS = 0.5
 
 
-def _run_tasks(specs, run_one, scheduler, workers, on_done):
-    """Run `run_one(spec)` for every spec through Dask; call on_done(summary).
+@dataclass(frozen=True)
+class _Plan:
+    """Everything `ingest` decides before it writes a byte."""
 
-    The graph is a bag over the (small) list of shard specs, one per
-    partition. `scheduler` is "processes", "threads", "sync" or the address
-    of a dask.distributed scheduler.
+    source: Source
+    settings: IngestSettings
+    # One ShardSpec per shard file, in split order.
+    specs: list
+    # Of the settings and every shard's digest: names this very ingest.
+    digest: str
+    # Files found but unusable before any decoding: [{"name", "reason"}].
+    skipped: list
+    # Names the exclude list left out.
+    excluded: list
+    # Extra copies of a file: [{"name", "same_as"}].
+    duplicates: list
+    # Identical files under different labels: [{"names", "labels", "kept"}].
+    conflicts: list
+
+
+def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes", workers=None,
+           exclude=None, strict=False, force=False, progress=True):
+    """Stream every image of `input_path` into shuffled shards in `out`.
+
+    Returns the summary dict that is also written as the manifest, with an
+    extra key "unchanged" (True when `out` already held this exact ingest).
+    Raises UserError for input or settings the user must fix, for an `out`
+    that another ingest is writing, too small a disk or a write the disk
+    refuses; no temporary file is left behind then.
     """
-    import dask
-    import dask.bag as db
+    started = time.monotonic()
+    settings.validate()
+    plan = _plan(input_path, settings, exclude, strict)
+    _check_free_space(out, plan.specs, settings)
+    with _disk_errors_as_user_errors(out, scheduler), FolderLock(out, "shard folder"):
+        remove_temp_files(out)  # left by a killed ingest: the lock proves nobody is writing them
+        existing = _prepare_out(out, plan.digest, force)
+        if existing is not None:
+            return {**existing.data, "unchanged": True}
+        summaries = _build_shards(plan, out, scheduler, workers, progress)
+        decode_skipped = _decode_skips(summaries, strict)
+        manifest = _manifest(plan, summaries, decode_skipped)
+        _write_manifest(os.path.join(out, MANIFEST_NAME), manifest)
+    reused = sum(1 for summary in summaries if summary["reused"])
+    return {**manifest, "unchanged": False, "reused_shards": reused,
+            "seconds": round(time.monotonic() - started, 2)}
 
-    if not specs:
-        return
-    bag = db.from_sequence(specs, npartitions=len(specs)).map(run_one)
-    parts = bag.to_delayed()
-    if scheduler in LOCAL_SCHEDULERS:
-        from dask.callbacks import Callback
 
-        class _Report(Callback):
-            def _posttask(self, key, result, dsk, state, worker_id):
-                if isinstance(result, list) and result and isinstance(result[0], dict) and "sha256" in result[0]:
-                    for summary in result:
-                        on_done(summary)
+def _plan(input_path, settings, exclude, strict):
+    """Find the images, leave out exclusions and copies, split them and cut the splits into shards."""
+    source = discover(input_path)
+    items, excluded = apply_exclusions(source.items, read_exclusions(exclude))
+    hashes, unreadable = hash_items(source, items, zip_member_limit(settings.max_pixels))
+    items, duplicates, conflicts = drop_duplicates(items, hashes, settings.label_conflicts)
+    skipped = source.skipped + unreadable
+    if strict and skipped:
+        raise UserError(f"--strict: {len(skipped)} file(s) cannot be used, first: "
+                        f"{skipped[0]['name']}: {skipped[0]['reason']}")
+    specs = shard_specs(split_items(items, settings), settings)
+    return _Plan(source, settings, specs, _plan_digest(specs, settings), skipped, excluded, duplicates,
+                 conflicts)
 
-        with _Report(), _local_pool(scheduler, workers, len(specs)) as pool:
-            options = {"pool": pool} if pool is not None else {}
-            # chunksize=1: hand out one shard at a time, so both the progress bar
-            # and the load balance across workers stay even.
-            dask.compute(*parts, scheduler=scheduler, chunksize=1, **options)
-        return
-    from distributed import Client, as_completed
 
-    try:
-        client = Client(scheduler, timeout="10s")
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise UserError(f"cannot reach Dask scheduler at {scheduler!r}: {exc}") from None
-    try:
-        futures = client.compute(parts)
-        for future in as_completed(futures):
-            for summary in future.result():
-                on_done(summary)
-    finally:
-        client.close()
+def _plan_digest(specs, settings):
+    blob = json.dumps([settings.to_json(), [spec.digest for spec in specs]], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 @contextlib.contextmanager
-def _local_pool(scheduler, workers, tasks):
-    """The pool running the tasks of a local scheduler (None for "sync").
-
-    Ours rather than Dask's, so that no more workers start than there are
-    shards, so that every task has stopped (none still writing a shard) when
-    `ingest` returns or raises, and so that worker processes end with this
-    process even when it is killed with SIGKILL (see `_end_with_parent`).
-    Forked workers start with the driver's modules already imported;
-    spawned ones spend about a second importing NumPy, h5py and Pillow.
-    """
-    if scheduler == "sync":
-        yield None
-        return
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-
-    from dask.system import CPU_COUNT
-
-    count = max(1, min(workers or CPU_COUNT, tasks))
-    if scheduler == "threads":
-        pool = ThreadPoolExecutor(count, thread_name_prefix="ingest")
-    else:
-        context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-        pool = ProcessPoolExecutor(count, mp_context=context, initializer=_end_with_parent,
-                                   initargs=(os.getpid(),))
+def _disk_errors_as_user_errors(out, scheduler):
+    """Turn a write the disk refused (full, read-only, too large) into a one-line UserError."""
     try:
-        # Start every worker process now, from this thread: the kernel's
-        # parent-death signal fires when the thread that forked a worker
-        # ends, and this one outlives the pool.
-        pool.submit(int).result()
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _end_with_parent(parent_pid):
-    """Pool initializer: end this worker as soon as the ingest that started it ends.
-
-    On Linux the kernel does it (PR_SET_PDEATHSIG: SIGKILL when the parent
-    dies, however it dies). Elsewhere a daemon thread polls the parent's
-    pid. Either way a worker never outlives a killed ingest, asleep on a
-    queue nobody will ever write to.
-    """
-    if not _parent_death_signal(signal.SIGKILL):
-        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-parent").start()
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-
-
-def _parent_death_signal(signum):
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _watch_parent(parent_pid):
-    while os.getppid() == parent_pid:
-        time.sleep(_PARENT_POLL_SECONDS)
-    os._exit(1)
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        error = UserError(disk_error_message(exc if exc.filename else OSError(exc.errno, exc.strerror, out)))
+        # When HDF5 failed in this very process (sync and threads schedulers;
+        # a worker process's failure stays in that process), the command line
+        # must end without HDF5's clean-up at exit, which would crash.
+        error.hdf5_unusable = scheduler in ("sync", "threads") and getattr(exc, "hdf5_unusable", False)
+        raise error from None
 
 
 def _prepare_out(out, plan_digest, force):
@@ -179,90 +149,85 @@ def _prepare_out(out, plan_digest, force):
     if os.path.exists(manifest_path):
         os.remove(manifest_path)  # the folder is incomplete until a new one is written
     for name in os.listdir(out):
-        if _TEMP_FILE.match(name) or (force and _SHARD_FILE.match(name)):
+        if TEMP_FILE.match(name) or (force and _SHARD_FILE.match(name)):
             os.remove(os.path.join(out, name))
     return None
 
 
-def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes", workers=None,
-           exclude=None, strict=False, force=False, progress=True):
-    """Stream every image of `input_path` into shuffled shards in `out`.
+def _build_shards(plan, out, scheduler, workers, progress):
+    """Write every planned shard (keeping identical ones); their summaries in manifest order."""
+    bar = Progress(sum(len(spec.items) for spec in plan.specs), "ingest", enabled=progress)
+    planned = {spec.file: len(spec.items) for spec in plan.specs}
+    summaries = []
 
-    Returns the summary dict that is also written as the manifest, with an
-    extra key "unchanged" (True when `out` already held this exact ingest).
-    Raises UserError for input the user must fix, for an `out` that another
-    ingest is writing, too small a disk or a write the disk refuses; no
-    temporary file is left behind then.
-    """
-    settings.validate()
-    started = time.monotonic()
-    source = discover(input_path)
-    items, excluded = apply_exclusions(source.items, read_exclusions(exclude))
-    hashes, unreadable = hash_items(source, items, zip_member_limit(settings.max_pixels))
-    items, duplicates, conflicts = drop_duplicates(items, hashes, settings.label_conflicts)
-    skipped = source.skipped + unreadable
-    if strict and skipped:
-        raise UserError(f"--strict: {len(skipped)} file(s) cannot be used, first: "
-                        f"{skipped[0]['name']}: {skipped[0]['reason']}")
-    splits = split_items(items, settings)
-    specs = shard_specs(splits, settings)
-    plan = _plan_digest(specs, settings)
-    _check_free_space(out, specs, settings)
+    def done(summary):
+        summaries.append(summary)
+        bar.update(planned[summary["file"]])
+
+    # A partial of a module-level function pickles, so the same job runs in
+    # a thread, a forked worker or on a distributed worker.
+    job = functools.partial(build_shard_or_disk_error, source_path=plan.source.path,
+                            source_kind=plan.source.kind, settings=plan.settings, out=os.path.abspath(out))
     try:
-        with FolderLock(out, "shard folder"):
-            return _ingest_locked(source, out, settings, plan, specs, scheduler, workers, strict, force,
-                                  progress, started, skipped, excluded, duplicates, conflicts)
-    except OSError as exc:
-        if exc.errno not in DISK_ERRORS:
-            raise
-        error = UserError(disk_error_message(exc if exc.filename else OSError(exc.errno, exc.strerror, out)))
-        # When HDF5 failed in this very process (sync and threads schedulers;
-        # a worker process's failure stays in that process): see cli.py.
-        error.hdf5_unusable = scheduler in ("sync", "threads") and getattr(exc, "hdf5_unusable", False)
-        raise error from None
-
-
-def _ingest_locked(source, out, settings, plan, specs, scheduler, workers, strict, force, progress, started,
-                   skipped, excluded, duplicates, conflicts):
-    """The part of `ingest` that writes `out`, run while holding its lock."""
-    remove_temp_files(out)  # left by a killed ingest: the lock proves nobody is writing them
-    existing = _prepare_out(out, plan, force)
-    if existing is not None:
-        return {**existing.data, "unchanged": True}
-
-    total = sum(len(spec.items) for spec in specs)
-    bar = Progress(total, "ingest", enabled=progress)
-    planned = {spec.file: len(spec.items) for spec in specs}
-    finished = {}
-
-    def done(summary):  # a local scheduler may report one result twice
-        if summary["file"] not in finished:
-            finished[summary["file"]] = summary
-            bar.update(planned[summary["file"]])
-
-    run_one = _ShardJob(source.path, source.kind, settings, os.path.abspath(out))
-    try:
-        _run_tasks(specs, run_one, scheduler, workers, done)
+        run_tasks(plan.specs, job, scheduler, workers, done)
     except BaseException:
-        # Every local task has stopped by now (see `_local_pool`); a shard temp
-        # file of one that failed or was killed would otherwise stay until the
-        # next run.
+        # Every local task has stopped by now (see `ingest.tasks._local_pool`);
+        # a shard temp file of one that failed or was killed would otherwise
+        # stay until the next run.
         if scheduler in LOCAL_SCHEDULERS:
             remove_temp_files(out)
         raise
     bar.close()
+    return sorted(summaries, key=lambda s: (SPLITS.index(s["split"]), s["index"]))
 
-    summaries = sorted(finished.values(), key=lambda s: (SPLITS.index(s["split"]), s["index"]))
-    decode_skipped = [entry for s in summaries for entry in s.pop("skipped")]
-    if strict and decode_skipped:
-        raise UserError(f"--strict: {len(decode_skipped)} image(s) could not be decoded, first: "
-                        f"{decode_skipped[0]['name']}: {decode_skipped[0]['reason']}")
-    manifest = _manifest(source, settings, plan, summaries, skipped + decode_skipped,
-                         excluded, duplicates, conflicts)
-    _write_manifest(os.path.join(out, MANIFEST_NAME), manifest)
-    reused = sum(1 for s in summaries if s["reused"])
-    return {**manifest, "unchanged": False, "reused_shards": reused,
-            "seconds": round(time.monotonic() - started, 2)}
+
+def _decode_skips(summaries, strict):
+    """Take the images each shard could not decode out of its summary; with `strict`, refuse them."""
+    skipped = [entry for summary in summaries for entry in summary.pop("skipped")]
+    if strict and skipped:
+        raise UserError(f"--strict: {len(skipped)} image(s) could not be decoded, first: "
+                        f"{skipped[0]['name']}: {skipped[0]['reason']}")
+    return skipped
+
+
+def _manifest(plan, summaries, decode_skipped):
+    splits = {}
+    for split in SPLITS:
+        mine = [s for s in summaries if s["split"] == split]
+        if mine:
+            splits[split] = {
+                "count": sum(s["count"] for s in mine),
+                "cats": sum(s["cats"] for s in mine),
+                "dogs": sum(s["dogs"] for s in mine),
+                "shards": [s["file"] for s in mine],
+            }
+    shards = [{k: s[k] for k in ("file", "split", "index", "count", "cats", "dogs", "sha256", "bytes")}
+              for s in summaries]
+    skipped = plan.skipped + decode_skipped
+    source = plan.source
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "plan": plan.digest,
+        "settings": plan.settings.to_json(),
+        "source": {"path": source.path, "kind": source.kind, "layout": source.layout,
+                   "files_found": len(source.items) + len(source.skipped)},
+        "splits": splits,
+        "shards": shards,
+        "skipped": sorted(skipped, key=lambda s: s["name"]),
+        "excluded": sorted(plan.excluded),
+        "duplicates": plan.duplicates,
+        # Identical files under different labels: {"names", "labels", "kept"}.
+        "label_conflicts": plan.conflicts,
+        "totals": {
+            "images": sum(s["count"] for s in summaries),
+            "shards": len(summaries),
+            "bytes": sum(s["bytes"] for s in summaries),
+            "skipped": len(skipped),
+            "excluded": len(plan.excluded),
+            "duplicates": len(plan.duplicates),
+            "label_conflicts": len(plan.conflicts),
+        },
+    }
 
 
 def _write_manifest(path, manifest):
@@ -281,8 +246,6 @@ def estimated_bytes(specs, settings):
     HDF5 allocates whole chunks of CHUNK_ROWS images, so a shard's last,
     partly filled chunk takes its full size on disk.
     """
-    from shards.format import CHUNK_ROWS
-
     height, width = settings.size
     total = 0
     for spec in specs:
@@ -325,62 +288,3 @@ def _check_free_space(out, specs, settings):
 
 def _gigabytes(n):
     return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
-
-
-class _ShardJob:
-    """Picklable callable for Dask: build one shard with fixed settings."""
-
-    def __init__(self, source_path, source_kind, settings, out):
-        self.args = (source_path, source_kind, settings, out)
-
-    def __call__(self, spec):
-        return build_shard_or_disk_error(spec, *self.args)
-
-
-def _plan_digest(specs, settings):
-    import hashlib
-    import json
-
-    blob = json.dumps([settings.to_json(), [spec.digest for spec in specs]], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _manifest(source, settings, plan, summaries, skipped, excluded, duplicates, conflicts):
-    from shards.format import SCHEMA_VERSION
-
-    splits = {}
-    for split in SPLITS:
-        mine = [s for s in summaries if s["split"] == split]
-        if mine:
-            splits[split] = {
-                "count": sum(s["count"] for s in mine),
-                "cats": sum(s["cats"] for s in mine),
-                "dogs": sum(s["dogs"] for s in mine),
-                "shards": [s["file"] for s in mine],
-            }
-    shards = [{k: s[k] for k in ("file", "split", "index", "count", "cats", "dogs", "sha256", "bytes")}
-              for s in summaries]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "plan": plan,
-        "settings": settings.to_json(),
-        "source": {"path": source.path, "kind": source.kind, "layout": source.layout,
-                   "files_found": len(source.items) + len(source.skipped)},
-        "splits": splits,
-        "shards": shards,
-        "skipped": sorted(skipped, key=lambda s: s["name"]),
-        "excluded": sorted(excluded),
-        "duplicates": duplicates,
-        # Identical files under different labels: {"names", "labels", "kept"}.
-        "label_conflicts": conflicts,
-        "totals": {
-            "images": sum(s["count"] for s in summaries),
-            "shards": len(summaries),
-            "bytes": sum(s["bytes"] for s in summaries),
-            "skipped": len(skipped),
-            "excluded": len(excluded),
-            "duplicates": len(duplicates),
-            "label_conflicts": len(conflicts),
-        },
-    }
-

@@ -1,4 +1,4 @@
-"""The work of one Dask task: decode a shard's files and write the shard.
+"""The work of one shard task: decode a shard's files and write the shard.
 
 A plain function of plain arguments, so it runs the same in a thread, in a
 local process or on a distributed worker, and can be tested without Dask.

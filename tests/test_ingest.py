@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -191,19 +192,36 @@ def test_killed_ingest_resumes_to_the_same_result(tmp_path):
     assert resumed["shards"] == clean["shards"]  # same files, counts and sha256
 
 
-def test_process_scheduler_matches_sync(kaggle_dir, tmp_path):
-    a = run(kaggle_dir, tmp_path / "a", scheduler="processes", workers=2)
-    b = run(kaggle_dir, tmp_path / "b")
-    assert a["shards"] == b["shards"]
+def _progress_counts(stderr):
+    """(done, total) of the last progress line written."""
+    *_, last = re.finditer(r"(\d+)/(\d+) img", stderr)
+    return int(last.group(1)), int(last.group(2))
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_each_scheduler_gives_the_sync_shards_skips_and_progress(kaggle_dir, tmp_path, capsys, scheduler):
+    _bad_files(kaggle_dir)
+    settings = IngestSettings(size=(16, 20), shard_size=8, val=0.2, test=0.2, max_pixels=50_000)
+    parallel = run(kaggle_dir, tmp_path / "a", settings, scheduler=scheduler, workers=2, progress=True)
+    on_parallel = capsys.readouterr().err
+    serial = run(kaggle_dir, tmp_path / "b", settings, progress=True)
+    assert parallel["shards"] == serial["shards"] and parallel["skipped"] == serial["skipped"]
+    assert len(parallel["skipped"]) == 6
+    # Every shard counted once: the bar ends at its total, the 40 images plus the 4 files that
+    # fail to decode (the empty file and the broken link are left out before decoding).
+    assert _progress_counts(on_parallel) == _progress_counts(capsys.readouterr().err) == (44, 44)
 
 
 def test_local_cluster_run_equals_local_run(kaggle_dir, tmp_path):
     distributed = pytest.importorskip("distributed")
+    _bad_files(kaggle_dir)
+    settings = IngestSettings(size=(16, 20), shard_size=8, val=0.2, test=0.2, max_pixels=50_000)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
-        on_cluster = run(kaggle_dir, tmp_path / "cluster", scheduler=cluster.scheduler_address)
-    local = run(kaggle_dir, tmp_path / "local")
-    assert on_cluster["shards"] == local["shards"]
+        on_cluster = run(kaggle_dir, tmp_path / "cluster", settings, scheduler=cluster.scheduler_address)
+    local = run(kaggle_dir, tmp_path / "local", settings)
+    assert on_cluster["shards"] == local["shards"] and on_cluster["skipped"] == local["skipped"]
+    assert len(on_cluster["skipped"]) == 6
 
 
 def test_unreachable_scheduler_is_a_user_error(kaggle_dir, tmp_path):

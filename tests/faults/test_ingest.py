@@ -269,7 +269,7 @@ def _jpeg(label, number):
 PEAK_RSS = (
     "import json, resource, sys; sys.path.insert(0, sys.argv[1])\n"
     "from ingest import IngestSettings, ingest\n"
-    "import dask.bag, h5py, PIL.Image  # everything ingest imports, before the baseline\n"
+    "import h5py, numpy, PIL.Image  # everything ingest imports, before the baseline\n"
     "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
     "result = ingest(sys.argv[2], sys.argv[3], IngestSettings(size=(16, 20)), scheduler='sync', progress=False)\n"
     "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
