@@ -24,7 +24,7 @@ setup(
         "numpy>=1.26,<3",
         "pillow>=10.0,<14",
         "h5py>=3.10,<4",
-        "dask[bag]>=2024.1",
+        "dask>=2024.1",
         "distributed>=2024.1",
         "click>=8.1,<9",
         "matplotlib>=3.8,<4",
