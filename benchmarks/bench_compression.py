@@ -34,10 +34,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench_ingest import NOISY_CORES, OtherLoad  # noqa: E402  (the script's folder is on sys.path)
+from benchmarks.measure import missing_input  # noqa: E402
 from shards import ShardReader, load_manifest  # noqa: E402
 
 SAMPLE = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "kaggle-sample"))
-MAKE_TOOL = os.path.normpath(os.path.join(REPO, "..", "shared", "tools", "make_kaggle_like.py"))
 COMPRESSIONS = ("none", "lzf", "gzip")
 BLOCK = 256
 MB = 1e6
@@ -121,8 +121,7 @@ def main(argv=None):
                         help="Use only the first N/2 cats and N/2 dogs (default: every image).")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.input):
-        say(f"No folder at {args.input}. Pass an image folder, e.g. {SAMPLE}, or build one with:\n"
-            f"    python3 {MAKE_TOOL} {args.input} --per-class 12500")
+        say(missing_input(args.input, f"Pass an image folder, e.g. {SAMPLE}, or: "))
         return 2
 
     tmp = tempfile.mkdtemp(prefix="kibble-bench-compression-", dir="/tmp")

@@ -33,10 +33,9 @@ from concurrent.futures import ProcessPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks.measure import SAMPLE_SECONDS, OtherLoad, run_measured  # noqa: E402
+from benchmarks.measure import MAKE_TOOL, SAMPLE_SECONDS, OtherLoad, missing_input, run_measured  # noqa: E402
 from shards.image import DEFAULT_SIZE  # noqa: E402
 
-MAKE_TOOL = os.path.normpath(os.path.join(REPO, "..", "shared", "tools", "make_kaggle_like.py"))
 SIZE = DEFAULT_SIZE  # (height, width): what `ingest` stores unless told otherwise
 SUBSET_PER_CLASS = 2500
 MB = 1e6
@@ -220,8 +219,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if not os.path.isdir(args.input):
-        say(f"No folder at {args.input}. Build the 25,000-image benchmark input (about 20 s) with:\n"
-            f"    python3 {MAKE_TOOL} {args.input} --per-class 12500")
+        say(missing_input(args.input))
         return 2
     files = kaggle_files(image_folder(args.input))
     if min(len(files["cat"]), len(files["dog"])) < SUBSET_PER_CLASS:

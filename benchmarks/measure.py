@@ -12,6 +12,14 @@ import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_SECONDS = 0.05
+MAKE_TOOL = os.path.normpath(os.path.join(REPO, "..", "shared", "tools", "make_kaggle_like.py"))
+
+
+def missing_input(path, other_choice=""):
+    """What to tell the user when a benchmark's input folder does not exist."""
+    build = "build" if other_choice else "Build"
+    return (f"No folder at {path}. {other_choice}{build} the 25,000-image benchmark input (about 20 s) with:\n"
+            f"    python3 {MAKE_TOOL} {path} --per-class 12500")
 
 
 # --- memory of a process tree -------------------------------------------------
