@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks.measure import OtherLoad, TreeSampler, run_measured  # noqa: E402
+from shards.image import DEFAULT_SIZE  # noqa: E402
 
 MB = 1e6
 PY = sys.executable
@@ -93,7 +94,7 @@ def probe_feed(kind, shards, source, limit):
             target = os.path.join(folder, "cat" if label == 1 else "dog")
             os.makedirs(target, exist_ok=True)
             os.symlink(os.path.join(source, name), os.path.join(target, os.path.basename(name)))
-        dataset = keras.utils.image_dataset_from_directory(folder, image_size=(94, 125), batch_size=32,
+        dataset = keras.utils.image_dataset_from_directory(folder, image_size=DEFAULT_SIZE, batch_size=32,
                                                            label_mode="binary", verbose=False)
         dataset = dataset.prefetch(2)
 
