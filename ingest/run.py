@@ -13,8 +13,10 @@ import time
 from ingest.plan import (
     IngestSettings,
     apply_exclusions,
+    class_order,
     drop_duplicates,
     hash_items,
+    index_classes,
     read_exclusions,
     shard_specs,
     split_items,
@@ -197,21 +199,24 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     settings.validate()
     started = time.monotonic()
     source = discover(input_path)
-    items, excluded = apply_exclusions(source.items, read_exclusions(exclude))
+    classes, items, class_excluded = index_classes(source.items, source.class_names, settings.classes)
+    items, excluded = apply_exclusions(items, read_exclusions(exclude))
+    excluded += class_excluded
     hashes, unreadable = hash_items(source, items, zip_member_limit(settings.max_pixels))
     items, duplicates, conflicts = drop_duplicates(items, hashes, settings.label_conflicts)
     skipped = source.skipped + unreadable
     if strict and skipped:
         raise UserError(f"--strict: {len(skipped)} file(s) cannot be used, first: "
                         f"{skipped[0]['name']}: {skipped[0]['reason']}")
-    splits = split_items(items, settings)
-    specs = shard_specs(splits, settings)
+    splits, warnings = split_items(items, settings, classes)
+    specs = shard_specs(splits, settings, classes)
     plan = _plan_digest(specs, settings)
+    facts = {"classes": classes, "warnings": warnings}
     _check_free_space(out, specs, settings)
     try:
         with FolderLock(out, "shard folder"):
             return _ingest_locked(source, out, settings, plan, specs, scheduler, workers, strict, force,
-                                  progress, started, skipped, excluded, duplicates, conflicts)
+                                  progress, started, skipped, excluded, duplicates, conflicts, facts)
     except OSError as exc:
         if exc.errno not in DISK_ERRORS:
             raise
@@ -223,7 +228,7 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
 
 
 def _ingest_locked(source, out, settings, plan, specs, scheduler, workers, strict, force, progress, started,
-                   skipped, excluded, duplicates, conflicts):
+                   skipped, excluded, duplicates, conflicts, facts):
     """The part of `ingest` that writes `out`, run while holding its lock."""
     remove_temp_files(out)  # left by a killed ingest: the lock proves nobody is writing them
     existing = _prepare_out(out, plan, force)
@@ -258,7 +263,7 @@ def _ingest_locked(source, out, settings, plan, specs, scheduler, workers, stric
         raise UserError(f"--strict: {len(decode_skipped)} image(s) could not be decoded, first: "
                         f"{decode_skipped[0]['name']}: {decode_skipped[0]['reason']}")
     manifest = _manifest(source, settings, plan, summaries, skipped + decode_skipped,
-                         excluded, duplicates, conflicts)
+                         excluded, duplicates, conflicts, facts)
     _write_manifest(os.path.join(out, MANIFEST_NAME), manifest)
     reused = sum(1 for s in summaries if s["reused"])
     return {**manifest, "unchanged": False, "reused_shards": reused,
@@ -345,20 +350,20 @@ def _plan_digest(specs, settings):
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _manifest(source, settings, plan, summaries, skipped, excluded, duplicates, conflicts):
+def _manifest(source, settings, plan, summaries, skipped, excluded, duplicates, conflicts, facts):
     from shards.format import SCHEMA_VERSION
 
+    classes = facts["classes"]
     splits = {}
     for split in SPLITS:
         mine = [s for s in summaries if s["split"] == split]
         if mine:
             splits[split] = {
                 "count": sum(s["count"] for s in mine),
-                "cats": sum(s["cats"] for s in mine),
-                "dogs": sum(s["dogs"] for s in mine),
+                "class_counts": [sum(counts) for counts in zip(*(s["class_counts"] for s in mine))],
                 "shards": [s["file"] for s in mine],
             }
-    shards = [{k: s[k] for k in ("file", "split", "index", "count", "cats", "dogs", "sha256", "bytes")}
+    shards = [{k: s[k] for k in ("file", "split", "index", "count", "class_counts", "sha256", "bytes")}
               for s in summaries]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -366,10 +371,16 @@ def _manifest(source, settings, plan, summaries, skipped, excluded, duplicates, 
         "settings": settings.to_json(),
         "source": {"path": source.path, "kind": source.kind, "layout": source.layout,
                    "files_found": len(source.items) + len(source.skipped)},
+        # Class names in index order: label i in every shard is classes[i].
+        "classes": classes,
+        # Classes of the input left out by --classes (their images are in "excluded").
+        "excluded_classes": sorted(name for name in class_order(source.class_names)[1] if name not in classes),
+        # Classes too small for their share of validation or test, with their counts.
+        "warnings": facts["warnings"],
         "splits": splits,
         "shards": shards,
         "skipped": sorted(skipped, key=lambda s: s["name"]),
-        "excluded": sorted(excluded),
+        "excluded": sorted(excluded, key=lambda s: s["name"]),
         "duplicates": duplicates,
         # Identical files under different labels: {"names", "labels", "kept"}.
         "label_conflicts": conflicts,
