@@ -26,7 +26,7 @@ from evaluate.report import write_report
 from shards import stream
 from shards.errors import UserError
 from shards.format import sha256_file
-from shards.manifest import load_manifest, verify_shards, write_json_atomic
+from shards.manifest import load_manifest, require_two_classes, verify_shards, write_json_atomic
 from shards.progress import Progress
 from train.rundir import BEST, CONFIG, LAST, RunDir
 from train.tf_env import quiet_logs
@@ -119,6 +119,8 @@ def _load_data(data, run_dir, splits):
     if not data:
         raise UserError(f"{os.path.join(run_dir, CONFIG)} names no shard folder (\"data\"); name the shard folder to score")
     manifest = load_manifest(data)
+    # Two classes: index 1 is the positive class, scored by the model's sigmoid.
+    require_two_classes(manifest.classes, manifest.folder, "evaluating")
     for split in splits:
         if not manifest.shards(split):
             present = ", ".join(s for s in manifest.data["splits"] if manifest.shards(s)) or "none"

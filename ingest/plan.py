@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ingest.sources import CAT, DOG, UNLABELED
+from ingest.sources import UNLABELED, Item
 from shards.errors import UserError
 from shards.format import COMPRESSIONS, SCHEMA_VERSION
 from shards.image import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, FITS
@@ -70,6 +70,12 @@ class IngestSettings:
     # "first" keeps the first labelled copy by name. Listed in the manifest
     # under "label_conflicts" either way.
     label_conflicts: str = "drop"
+    # The classes to keep, in index order (--classes a,b,c); None keeps every
+    # class found, sorted by name (dog, cat for Dogs vs. Cats).
+    classes: tuple = None
+    # Ignore the splits a pre-split input's folders give; split every
+    # labelled image by `seed`, `val` and `test` instead.
+    resplit: bool = False
 
     def validate(self):
         """Raise UserError naming the first bad field and its value."""
@@ -95,10 +101,17 @@ class IngestSettings:
         if self.label_conflicts not in LABEL_CONFLICTS:
             raise UserError(f"label_conflicts must be one of {LABEL_CONFLICTS}. "
                             f"Received: label_conflicts={self.label_conflicts!r}")
+        if self.classes is not None:
+            names = list(self.classes)
+            if (not names or not all(isinstance(n, str) and n.strip() == n and n for n in names)
+                    or len(set(names)) != len(names)):
+                raise UserError("classes must be distinct, non-empty class names (--classes a,b,c). "
+                                f"Received: classes={self.classes!r}")
 
     def to_json(self):
         data = asdict(self)
         data["size"] = list(self.size)
+        data["classes"] = None if self.classes is None else list(self.classes)
         return data
 
 
@@ -130,6 +143,7 @@ class ShardSpec:
     index: int
     items: tuple
     digest: str
+    classes: tuple  # class names in index order, written into the shard
 
 
 def _digest(*parts):
@@ -252,68 +266,178 @@ def _largest_remainder(total, sizes, reverse_ties=False):
     return shares
 
 
-def held_out_counts(settings, sizes):
-    """([val per class], [test per class]) for classes of `sizes` (cats, dogs).
+def held_out_counts(settings, sizes, val=None, test=None):
+    """([val per class], [test per class]) for classes of `sizes`.
 
     A fraction is taken of each class and rounded half up (0.1 of 25 cats is
     3, not Python's round-half-even 2). A count is an exact total, split
-    across the classes by largest remainder; an exact tie goes to cats for
-    val and to dogs for test, so `--val 1 --test 1` on balanced classes
-    holds one of each.
+    across the classes by largest remainder; an exact tie goes to the
+    earlier class for val and to the later one for test, so `--val 1
+    --test 1` on two balanced classes holds one of each. `val`/`test`
+    override the settings' shares (0 when a pre-split set gives that split).
     """
+    val = settings.val if val is None else val
+    test = settings.test if test is None else test
+
     def share(value, reverse_ties):
         if value >= 1:
             return _largest_remainder(int(value), sizes, reverse_ties)
         return [_round_half_up(value * size) for size in sizes]
 
-    return share(settings.val, False), share(settings.test, True)
+    return share(val, False), share(test, True)
 
 
-def split_items(items, settings):
+# Class names that mean Dogs vs. Cats, whatever their case or number.
+_CAT_DOG = {"cat": "cat", "cats": "cat", "dog": "dog", "dogs": "dog"}
+MAX_CLASSES = 32767  # labels are int16 at most (see shards.format.label_dtype)
+
+
+def class_order(found):
+    """({found name: class name}, [class names in index order]) for the names found.
+
+    Sorted by name, Keras's convention, except Dogs vs. Cats (exactly a cat
+    and a dog class, any case, "cats"/"dogs" too): ["dog", "cat"], so cat
+    is 1 and dog 0 as the tutorial's figures need.
+    """
+    found = sorted(found)
+    if found and {name.lower() for name in found} <= set(_CAT_DOG) \
+            and {_CAT_DOG[name.lower()] for name in found} == {"cat", "dog"}:
+        return {name: _CAT_DOG[name.lower()] for name in found}, ["dog", "cat"]
+    return {name: name for name in found}, found
+
+
+def index_classes(items, class_names, requested=None):
+    """Class names to indices: returns (classes, items, excluded).
+
+    `items` carry class names (None = unlabelled), `class_names` every class
+    met (an empty class folder's too). `requested` (--classes) chooses and
+    orders the classes; images of the others are returned in `excluded`
+    ({"name", "reason"}) instead of `items`.
+    """
+    rename, classes = class_order(class_names | {item.label for item in items if item.label is not None})
+    if requested is not None:
+        missing = [name for name in requested if name not in classes]
+        if missing:
+            raise UserError(f"--classes names {', '.join(map(repr, missing))}, not a class of this input; "
+                            f"its classes are: {', '.join(classes)}. Received: --classes {','.join(requested)}")
+        classes = list(requested)
+    if len(classes) > MAX_CLASSES:
+        raise UserError(f"{len(classes):,} classes found; at most {MAX_CLASSES:,} are supported")
+    index = {name: i for i, name in enumerate(classes)}
+    kept, excluded = [], []
+    for item in items:
+        if item.label is None:
+            kept.append(Item(item.name, UNLABELED, item.split))
+            continue
+        name = rename[item.label]
+        if name in index:
+            kept.append(Item(item.name, index[name], item.split))
+        else:
+            excluded.append({"name": item.name, "reason": f"class {name!r} is not in --classes"})
+    return classes, kept, excluded
+
+
+def split_items(items, settings, classes):
     """Stratified, seeded assignment of labelled items to train/val/test.
 
-    Returns {split: [items in shuffled order]}. Unlabelled items go to
-    "unlabeled" in name order.
+    Returns ({split: [items in shuffled order]}, [warnings]). Unlabelled
+    items go to "unlabeled" in name order. Items carrying a split (a
+    pre-split input) keep it unless `settings.resplit`; a held-out split the
+    input does not give is taken from its train folder by the settings'
+    share.
     """
     rng = np.random.default_rng(settings.seed)
     labelled = [item for item in items if item.label != UNLABELED]
-    classes = [[item for item in labelled if item.label == label] for label in (CAT, DOG)]
-    wanted = sum(int(share) for share in (settings.val, settings.test) if share >= 1)
-    if wanted > len(labelled):
-        raise UserError(f"val={settings.val:g} and test={settings.test:g} ask for {wanted} images "
-                        f"but only {len(labelled)} labelled images are left to split")
-    n_vals, n_tests = held_out_counts(settings, [len(members) for members in classes])
+    given = not settings.resplit and any(item.split for item in labelled)
     splits = {name: [] for name in LABELLED_SPLITS}
-    for label, members, n_val, n_test in zip((CAT, DOG), classes, n_vals, n_tests):
-        order = rng.permutation(len(members))
-        if n_val + n_test > len(members):
+    if given:
+        present = {item.split for item in labelled}
+        val, test = (0 if "val" in present else settings.val), (0 if "test" in present else settings.test)
+        pool = [item for item in labelled if item.split in ("train", None)]
+        for item in labelled:
+            if item.split in ("val", "test"):
+                splits[item.split].append(item)
+    else:
+        val, test, pool = settings.val, settings.test, labelled
+    wanted = sum(int(share) for share in (val, test) if share >= 1)
+    if wanted > len(pool):
+        raise UserError(f"val={val:g} and test={test:g} ask for {wanted} images "
+                        f"but only {len(pool)} labelled images are left to split")
+    members = [[item for item in pool if item.label == label] for label in range(len(classes))]
+    # Highest index first: the order kibble always drew Dogs vs. Cats in
+    # (cat, then dog), so the same seed still gives the same splits, and
+    # exact-count ties still go to cats for val, to dogs for test.
+    drawn = list(reversed(range(len(classes))))
+    n_vals, n_tests = held_out_counts(settings, [len(members[label]) for label in drawn], val, test)
+    for label, n_val, n_test in zip(drawn, n_vals, n_tests):
+        mine = members[label]
+        order = rng.permutation(len(mine))
+        if n_val + n_test > len(mine):
             raise UserError(
-                f"val={settings.val:g} and test={settings.test:g} ask for {n_val + n_test} "
-                f"{'cat' if label == CAT else 'dog'} images but only {len(members)} exist")
-        shuffled = [members[i] for i in order]
+                f"val={val:g} and test={test:g} ask for {n_val + n_test} "
+                f"{classes[label]} images but only {len(mine)} exist")
+        shuffled = [mine[i] for i in order]
         splits["val"] += shuffled[:n_val]
         splits["test"] += shuffled[n_val:n_val + n_test]
         splits["train"] += shuffled[n_val + n_test:]
-    for name in LABELLED_SPLITS:  # mix the two classes within each split
+    for name in LABELLED_SPLITS:  # mix the classes within each split
         order = rng.permutation(len(splits[name]))
         splits[name] = [splits[name][i] for i in order]
     splits["unlabeled"] = [item for item in items if item.label == UNLABELED]
-    return splits
+    return splits, _small_class_warnings(splits, classes, settings, given, val, test)
 
 
-def shard_specs(splits, settings):
+def _small_class_warnings(splits, classes, settings, given, val, test):
+    """One line per class too small for its share of validation or test (or left no training image)."""
+    counts = {split: class_counts(splits[split], len(classes)) for split in LABELLED_SPLITS}
+    shares = {"val": val, "test": test}
+    warnings = []
+    for label, name in enumerate(classes):
+        mine = {split: counts[split][label] for split in LABELLED_SPLITS}
+        total = sum(mine.values())
+        owed = []
+        for split, share in shares.items():
+            if mine[split]:
+                continue
+            if given and share == 0:  # the input's own folder: owed if that folder holds other classes
+                if sum(counts[split]):
+                    owed.append(split)
+            # An exact count smaller than the number of classes leaves some
+            # class out by design; a fraction, or a count that could reach
+            # every class, is owed to each.
+            elif share > 0 and (share < 1 or share >= len(classes)):
+                owed.append(split)
+        if total and (owed or not mine["train"]):
+            where = "as its folders give" if given else f"val={settings.val:g}, test={settings.test:g}"
+            short = " and ".join({"val": "validation", "test": "test"}[s] for s in owed) or "training"
+            warnings.append(f"class {name!r} has {total} image(s): {mine['train']} train, {mine['val']} val, "
+                            f"{mine['test']} test ({where}); too few for its share of {short}")
+    return warnings
+
+
+def class_counts(items, num_classes):
+    """Images per class index of `items` (unlabelled ones not counted)."""
+    counts = [0] * num_classes
+    for item in items:
+        if item.label != UNLABELED:
+            counts[item.label] += 1
+    return counts
+
+
+def shard_specs(splits, settings, classes):
     """Cut each split into shards of `settings.shard_size` files."""
-    # Only what changes a shard's pixels goes into its digest, so a shard
+    # Only what changes a shard's contents goes into its digest, so a shard
     # stays reusable when, say, the conflict policy changes other shards.
     pixel_settings = {k: v for k, v in settings.to_json().items()
-                      if k not in ("seed", "val", "test", "shard_size", "label_conflicts")}
+                      if k not in ("seed", "val", "test", "shard_size", "label_conflicts", "classes", "resplit")}
     specs = []
     for split, items in splits.items():
         for index, start in enumerate(range(0, len(items), settings.shard_size)):
             chunk = tuple((item.name, item.label) for item in items[start:start + settings.shard_size])
             specs.append(ShardSpec(
                 file=f"{split}-{index:05d}.h5", split=split, index=index, items=chunk,
-                digest=_digest(SCHEMA_VERSION, pixel_settings, split, chunk)))
+                digest=_digest(SCHEMA_VERSION, pixel_settings, list(classes), split, chunk),
+                classes=tuple(classes)))
     return specs
 
 
@@ -330,9 +454,12 @@ def read_exclusions(path):
 
 
 def apply_exclusions(items, excluded):
-    """Drop items whose relative name or base name is listed in `excluded`."""
+    """Drop items whose relative name or base name is listed in `excluded`.
+
+    Returns (kept items, [{"name", "reason"}] of the dropped ones).
+    """
     kept, dropped = [], []
     for item in items:
         base = os.path.basename(item.name)
         (dropped if item.name in excluded or base in excluded else kept).append(item)
-    return kept, [item.name for item in dropped]
+    return kept, [{"name": item.name, "reason": "listed in --exclude"} for item in dropped]

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from ingest.plan import (
     IngestSettings,
     apply_exclusions,
+    class_order,
     drop_duplicates,
     hash_items,
+    index_classes,
     read_exclusions,
     shard_specs,
     split_items,
@@ -48,12 +50,16 @@ class _Plan:
     digest: str
     # Files found but unusable before any decoding: [{"name", "reason"}].
     skipped: list
-    # Names the exclude list left out.
+    # Files left out by the exclude list or --classes: [{"name", "reason"}].
     excluded: list
     # Extra copies of a file: [{"name", "same_as"}].
     duplicates: list
     # Identical files under different labels: [{"names", "labels", "kept"}].
     conflicts: list
+    # Class names in index order: label i in every shard is classes[i].
+    classes: list
+    # Classes too small for their share of validation or test, with their counts.
+    warnings: list
 
 
 def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes", workers=None,
@@ -87,16 +93,19 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
 def _plan(input_path, settings, exclude, strict):
     """Find the images, leave out exclusions and copies, split them and cut the splits into shards."""
     source = discover(input_path)
-    items, excluded = apply_exclusions(source.items, read_exclusions(exclude))
+    classes, items, class_excluded = index_classes(source.items, source.class_names, settings.classes)
+    items, excluded = apply_exclusions(items, read_exclusions(exclude))
+    excluded += class_excluded
     hashes, unreadable = hash_items(source, items, zip_member_limit(settings.max_pixels))
     items, duplicates, conflicts = drop_duplicates(items, hashes, settings.label_conflicts)
     skipped = source.skipped + unreadable
     if strict and skipped:
         raise UserError(f"--strict: {len(skipped)} file(s) cannot be used, first: "
                         f"{skipped[0]['name']}: {skipped[0]['reason']}")
-    specs = shard_specs(split_items(items, settings), settings)
+    splits, warnings = split_items(items, settings, classes)
+    specs = shard_specs(splits, settings, classes)
     return _Plan(source, settings, specs, _plan_digest(specs, settings), skipped, excluded, duplicates,
-                 conflicts)
+                 conflicts, classes, warnings)
 
 
 def _plan_digest(specs, settings):
@@ -197,11 +206,10 @@ def _manifest(plan, summaries, decode_skipped):
         if mine:
             splits[split] = {
                 "count": sum(s["count"] for s in mine),
-                "cats": sum(s["cats"] for s in mine),
-                "dogs": sum(s["dogs"] for s in mine),
+                "class_counts": [sum(counts) for counts in zip(*(s["class_counts"] for s in mine))],
                 "shards": [s["file"] for s in mine],
             }
-    shards = [{k: s[k] for k in ("file", "split", "index", "count", "cats", "dogs", "sha256", "bytes")}
+    shards = [{k: s[k] for k in ("file", "split", "index", "count", "class_counts", "sha256", "bytes")}
               for s in summaries]
     skipped = plan.skipped + decode_skipped
     source = plan.source
@@ -211,10 +219,17 @@ def _manifest(plan, summaries, decode_skipped):
         "settings": plan.settings.to_json(),
         "source": {"path": source.path, "kind": source.kind, "layout": source.layout,
                    "files_found": len(source.items) + len(source.skipped)},
+        # Class names in index order: label i in every shard is classes[i].
+        "classes": plan.classes,
+        # Classes of the input left out by --classes (their images are in "excluded").
+        "excluded_classes": sorted(name for name in class_order(source.class_names)[1]
+                                   if name not in plan.classes),
+        # Classes too small for their share of validation or test, with their counts.
+        "warnings": plan.warnings,
         "splits": splits,
         "shards": shards,
         "skipped": sorted(skipped, key=lambda s: s["name"]),
-        "excluded": sorted(plan.excluded),
+        "excluded": sorted(plan.excluded, key=lambda s: s["name"]),
         "duplicates": plan.duplicates,
         # Identical files under different labels: {"names", "labels", "kept"}.
         "label_conflicts": plan.conflicts,

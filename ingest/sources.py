@@ -1,33 +1,53 @@
-"""Find the labelled and unlabelled images in a user's input.
+"""Find the labelled and unlabelled images in a user's input, and their classes.
 
-Three layouts are understood:
+A folder and a zip are read the same way: first as a tree of relative file
+and folder names (hidden ones, starting with ".", and a zip's `__MACOSX/`
+left out), then one function decides the layout from that tree:
 
-* Kaggle's folder: `cat.N.jpg` / `dog.N.jpg` files, given as the `train/`
-  folder itself or as its parent (whose `test1/` then holds unlabelled images);
-* Kaggle's `train.zip` (or any zip with those names inside), read in place;
-* one folder per class, such as Microsoft's `PetImages/Cat`, `PetImages/Dog`.
+* class folders with any names, images at any depth inside them
+  (`ROOT/<class>/**/<image>`, as Keras's `image_dataset_from_directory`);
+* pre-split folders, `ROOT/{train, validation|val|valid, test}/<class>/...`:
+  each image keeps the split of its folder (unless ingest is told to
+  `resplit`);
+* names that carry the class, `<class>.<n>.<ext>` (Kaggle's `cat.0.jpg`):
+  any class word when every image of the flat folder follows that pattern;
+  otherwise `cat`/`dog` names are still read and the rest skipped, as
+  Kaggle's folder always was. Given as the folder itself or as its parent,
+  whose `test1/` (or `test/`) then holds unlabelled images.
 
-Labels follow the tutorial: cat = 1, dog = 0; unlabelled images get -1.
+A single wrapper folder (Microsoft's `PetImages/`, a zip's top folder) is
+looked through. Here a label is the class *name* (None = unlabelled); the
+plan turns names into indices once the class order is known.
 """
 import os
+import posixpath
 import re
 import stat
 import zipfile
 from dataclasses import dataclass, field
 
 from shards.errors import UserError
-from shards.image import file_kind, is_image_name
+from shards.image import IMAGE_EXTENSIONS, file_kind, is_image_name
 
-CAT, DOG, UNLABELED = 1, 0, -1
-_KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.[A-Za-z]+$", re.IGNORECASE)
-_CLASS_DIRS = {"cat": CAT, "cats": CAT, "dog": DOG, "dogs": DOG}
+UNLABELED = -1
+# <class>.<n>.<ext>: Kaggle's cat.0.jpg, generalised to any class word.
+_NAMED = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)\.(\d+)\.([A-Za-z0-9]+)$")
+_KAGGLE_WORDS = ("cat", "dog")
+# Folder names of pre-split sets and the split each one means.
+SPLIT_DIRS = {"train": "train", "validation": "val", "val": "val", "valid": "val", "test": "test"}
 _UNLABELED_DIRS = ("test1", "test")
+_NOT_IMAGE = f"not an image file name ({', '.join(IMAGE_EXTENSIONS)}, any case)"
+_NO_CLASS = "no class in its name (<class>.<n>.<ext>) or folder"
 
 
 @dataclass(frozen=True)
 class Item:
     name: str  # path relative to the input (member name inside a zip)
-    label: int
+    # From discovery: the class name (str) or None (unlabelled). After
+    # ingest.plan.index_classes: the class index, UNLABELED (-1) unlabelled.
+    label: object
+    # The split its folder gives (train, val, test) in a pre-split set, else None.
+    split: str = None
 
 
 @dataclass
@@ -39,6 +59,8 @@ class Source:
     layout: str
     items: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # [{"name", "reason"}]
+    # Class names met while scanning, an empty class folder's too.
+    class_names: set = field(default_factory=set)
 
     def open(self, name, archive=None):
         """A binary file object of one item; pass an open ZipFile as `archive` for zips."""
@@ -70,25 +92,64 @@ class Source:
         return found.st_size, None
 
 
-def kaggle_label(basename):
-    if not _KAGGLE_NAME.match(basename):
-        return None
-    return CAT if basename.lower().startswith("cat.") else DOG
+class _Tree:
+    """Relative file and folder names ("a/b.jpg"), asked by folder."""
+
+    def __init__(self, files, dirs):
+        self.files = sorted(files)
+        self.dirs = set(dirs)
+        self._files_in, self._dirs_in = {}, {}
+        for name in self.files:
+            self._files_in.setdefault(posixpath.dirname(name), []).append(name)
+        for name in sorted(self.dirs):
+            self._dirs_in.setdefault(posixpath.dirname(name), []).append(posixpath.basename(name))
+
+    def files_in(self, folder):
+        return self._files_in.get(folder, [])
+
+    def dirs_in(self, folder):
+        return self._dirs_in.get(folder, [])
+
+    def files_under(self, folder):
+        start = folder + "/"
+        return [name for name in self.files if name.startswith(start)]
 
 
-def _list_files(folder, source, rel):
-    """Non-directory entries of `folder`, sorted (broken links and loops included).
+def _join(folder, name):
+    return f"{folder}/{name}" if folder else name
 
-    An entry whose type cannot be read (a symbolic link to itself) is kept:
-    the stat before hashing skips it with its reason. A folder that cannot
-    be listed is recorded in `source.skipped` under `rel` and yields nothing.
+
+def _walk_folder(path, source):
+    """The _Tree of a folder. A folder that cannot be listed is skipped with its reason.
+
+    Entries whose type cannot be read (a symbolic link to itself) count as
+    files: the stat before hashing skips them with their reason. A folder
+    reached a second time through a symbolic link is not walked again.
     """
-    try:
-        with os.scandir(folder) as entries:
-            return sorted(e.name for e in entries if not _is_dir(e))
-    except OSError as exc:
-        source.skipped.append({"name": rel or ".", "reason": f"cannot list folder: {exc.strerror or exc}"})
-        return []
+    files, dirs, seen = [], [], set()
+
+    def visit(folder, rel):
+        real = os.path.realpath(folder)
+        if real in seen:
+            source.skipped.append({"name": rel, "reason": "a folder already listed (symbolic link loop?)"})
+            return
+        seen.add(real)
+        try:
+            with os.scandir(folder) as entries:
+                found = sorted(((e.name, _is_dir(e)) for e in entries if not e.name.startswith(".")))
+        except OSError as exc:
+            source.skipped.append({"name": rel or ".", "reason": f"cannot list folder: {exc.strerror or exc}"})
+            return
+        for name, is_dir in found:
+            child = _join(rel, name)
+            if is_dir:
+                dirs.append(child)
+                visit(os.path.join(folder, name), child)
+            else:
+                files.append(child)
+
+    visit(path, "")
+    return _Tree(files, dirs)
 
 
 def _is_dir(entry):
@@ -98,87 +159,134 @@ def _is_dir(entry):
         return False
 
 
-def _classify(names, label_of, source):
+def _zip_tree(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"cannot read zip archive {path}: {exc}") from None
+    files, dirs = [], set()
+    for info in infos:
+        name = info.filename.rstrip("/")
+        parts = name.split("/")
+        if not name or parts[0] == "__MACOSX" or any(p.startswith(".") or p == "" for p in parts):
+            continue
+        if info.is_dir():
+            dirs.add(name)
+        else:
+            files.append(name)
+        for depth in range(1, len(parts)):
+            dirs.add("/".join(parts[:depth]))
+    return _Tree(files, dirs)
+
+
+def named_class(basename):
+    """The class word of a `<class>.<n>.<ext>` name (lower case), else None."""
+    match = _NAMED.match(basename)
+    return match.group(1).lower() if match else None
+
+
+def _flat_labels(names):
+    """{image name: class or None} of a flat folder's images if their names carry classes, else None.
+
+    Every image named `<class>.<n>.<ext>`: those classes. Otherwise, if
+    some are Kaggle's cat/dog names, those are read and the others get None
+    (skipped). Otherwise the names carry no labels: None.
+    """
+    images = [n for n in names if is_image_name(n)]
+    words = {n: named_class(posixpath.basename(n)) for n in images}
+    if not images:
+        return None
+    if all(words.values()):
+        return words
+    if any(word in _KAGGLE_WORDS for word in words.values()):
+        return {n: (w if w in _KAGGLE_WORDS else None) for n, w in words.items()}
+    return None
+
+
+def _add(source, names, label_of, split=None):
     for name in names:
-        base = name.rsplit("/", 1)[-1]
-        if not is_image_name(base):
-            source.skipped.append({"name": name, "reason": "not an image file name (.jpg, .jpeg, .png)"})
+        if not is_image_name(name):
+            source.skipped.append({"name": name, "reason": _NOT_IMAGE})
             continue
         label = label_of(name)
         if label is None:
-            source.skipped.append({"name": name, "reason": "no cat/dog label in its name or folder"})
+            source.skipped.append({"name": name, "reason": _NO_CLASS})
         else:
-            source.items.append(Item(name, label))
+            source.class_names.add(label)
+            source.items.append(Item(name, label, split))
 
 
-def _kaggle_folder(path, prefix, source):
-    names = [f"{prefix}{n}" for n in _list_files(os.path.join(path, prefix) if prefix else path, source,
-                                                  prefix.rstrip("/"))]
-    _classify(names, lambda n: kaggle_label(n.rsplit("/", 1)[-1]), source)
+def _add_unlabeled(source, names):
+    source.items += [Item(name, None) for name in names if is_image_name(name)]
 
 
-def _unlabeled_folder(path, sub, source):
-    for name in _list_files(os.path.join(path, sub), source, sub):
+def _class_folders(tree, folder, source, split=None):
+    """Each sub-folder of `folder` a class, its images at any depth."""
+    for name in tree.dirs_in(folder):
+        source.class_names.add(name)
+        _add(source, tree.files_under(_join(folder, name)), lambda _, name=name: name, split)
+    for name in tree.files_in(folder):
         if is_image_name(name):
-            source.items.append(Item(f"{sub}/{name}", UNLABELED))
+            source.skipped.append({"name": name, "reason": "not inside a class folder"})
 
 
-def _class_dirs(folder):
-    try:
-        with os.scandir(folder) as entries:
-            return {e.name: _CLASS_DIRS[e.name.lower()] for e in entries
-                    if e.name.lower() in _CLASS_DIRS and _is_dir(e)}
-    except OSError:
-        return {}
+def _split_folder(tree, folder, split, source):
+    """One split folder of a pre-split set: class folders, class names, or unlabelled images."""
+    if tree.dirs_in(folder):
+        _class_folders(tree, folder, source, split)
+        return
+    files = tree.files_in(folder)
+    labels = _flat_labels(files)
+    if labels is None:
+        _add_unlabeled(source, files)
+    else:
+        _add(source, files, labels.get, split)
 
 
-def _scan_folder(path):
-    source = Source(path=path, kind="folder", layout="")
-    top = _list_files(path, source, "")
-    if any(kaggle_label(n) is not None for n in top):
+def _unwrap(tree):
+    """The folder holding the data: through single wrapper folders (PetImages/, a zip's top folder)."""
+    folder = ""
+    while True:
+        dirs = tree.dirs_in(folder)
+        if (len(dirs) != 1 or any(is_image_name(n) for n in tree.files_in(folder))
+                or dirs[0].lower() in SPLIT_DIRS or dirs[0].lower() in _UNLABELED_DIRS):
+            return folder
+        folder = _join(folder, dirs[0])
+
+
+def _read_layout(tree, source):
+    """Fill `source` from `tree`; set its layout ("" when nothing is recognised)."""
+    root = _unwrap(tree)
+    files = tree.files_in(root)
+    labels = _flat_labels(files)
+    if labels is not None:
         source.layout = "kaggle"
-        _kaggle_folder(path, "", source)
-        return source
-    if os.path.isdir(os.path.join(path, "train")):
-        source.layout = "kaggle"
-        _kaggle_folder(path, "train/", source)
-        for sub in _UNLABELED_DIRS:
-            if os.path.isdir(os.path.join(path, sub)):
-                _unlabeled_folder(path, sub, source)
-                break
-        return source
-    for prefix in ("", "PetImages/"):
-        dirs = _class_dirs(os.path.join(path, prefix) if prefix else path)
-        if len(set(dirs.values())) == 2:
-            source.layout = "class-folders"
-            for name, label in sorted(dirs.items()):
-                rel = f"{prefix}{name}"
-                files = [f"{rel}/{n}" for n in _list_files(os.path.join(path, rel), source, rel)]
-                _classify(files, lambda n, label=label: label, source)
-            return source
-    return source
-
-
-def _zip_label(member):
-    parts = member.split("/")
-    label = kaggle_label(parts[-1])
-    if label is None and len(parts) >= 2:
-        label = _CLASS_DIRS.get(parts[-2].lower())
-    if label is None and len(parts) >= 2 and parts[-2].lower() in _UNLABELED_DIRS:
-        label = UNLABELED
-    return label
-
-
-def _scan_zip(path):
-    source = Source(path=path, kind="zip", layout="zip")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = sorted(m.filename for m in archive.infolist() if not m.is_dir())
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"cannot read zip archive {path}: {exc}") from None
-    members = [m for m in members if not m.startswith("__MACOSX/")]
-    _classify(members, _zip_label, source)
-    return source
+        _add(source, files, labels.get)
+        return
+    dirs = {name.lower(): _join(root, name) for name in tree.dirs_in(root)}
+    if "train" in dirs:
+        train = dirs["train"]
+        train_labels = _flat_labels(tree.files_in(train))
+        if train_labels is not None:  # Kaggle's parent folder: train/ and test1/
+            source.layout = "kaggle"
+            _add(source, tree.files_in(train), train_labels.get)
+            for sub in _UNLABELED_DIRS:
+                if sub in dirs:
+                    _add_unlabeled(source, tree.files_in(dirs[sub]))
+                    break
+            return
+        if tree.dirs_in(train):
+            source.layout = "pre-split"
+            for name, folder in sorted(dirs.items()):
+                if name in SPLIT_DIRS:
+                    _split_folder(tree, folder, SPLIT_DIRS[name], source)
+                elif name in _UNLABELED_DIRS:
+                    _add_unlabeled(source, tree.files_in(folder))
+            return
+    if dirs:
+        source.layout = "class-folders"
+        _class_folders(tree, root, source)
 
 
 def discover(path):
@@ -193,7 +301,8 @@ def discover(path):
     if os.path.isfile(path):
         if not zipfile.is_zipfile(path):
             raise UserError(f"input {path} is a file but not a zip archive; give a folder or a .zip")
-        source = _scan_zip(path)
+        source = Source(path=path, kind="zip", layout="")
+        tree = _zip_tree(path)
     else:
         try:
             empty = not os.listdir(path)
@@ -201,10 +310,15 @@ def discover(path):
             raise UserError(f"cannot list folder {path}: {exc.strerror}") from None
         if empty:
             raise UserError(f"input folder {path} is empty")
-        source = _scan_folder(path)
+        source = Source(path=path, kind="folder", layout="")
+        tree = _walk_folder(path, source)
+    _read_layout(tree, source)
+    if source.kind == "zip":
+        source.layout = f"zip:{source.layout}" if source.layout else "zip"
     source.items.sort(key=lambda item: item.name)
-    if not any(item.label != UNLABELED for item in source.items):
+    if not any(item.label is not None for item in source.items):
         raise UserError(
-            f"no labelled images in {path}: expected cat.N.jpg/dog.N.jpg files, a train/ folder "
-            "of them, a zip of them, or Cat/ and Dog/ class folders")
+            f"no labelled images in {path}: expected one folder per class (ROOT/<class>/...), "
+            "pre-split folders (ROOT/train/<class>/..., ROOT/test/<class>/...), files named "
+            "<class>.<n>.jpg, or a zip of any of these")
     return source

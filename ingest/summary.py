@@ -4,25 +4,53 @@ import os
 from shards.manifest import MANIFEST_NAME
 
 
+def class_table(classes, splits, indent=""):
+    """Lines of a table: one row per class, one column per split, then images and shards.
+
+    `splits` is {split: {"count", "class_counts", "shards" (a list or a number)}}.
+    Classes go down the rows so that ten or a hundred of them still fit.
+    """
+    names = list(splits)
+    width = max([5, *(len(name) for name in classes)])
+    columns = [max(7, len(name)) for name in names]
+
+    def row(label, cells):
+        return indent + f"{label:<{width}}" + "".join(f" {cell:>{w}}" for cell, w in zip(cells, columns))
+
+    lines = [row("class", names)]
+    for i, name in enumerate(classes):
+        lines.append(row(name, [splits[s]["class_counts"][i] for s in names]))
+    lines.append(row("images", [splits[s]["count"] for s in names]))
+    lines.append(row("shards", [s if isinstance(s, int) else len(s)
+                                for s in (splits[n]["shards"] for n in names)]))
+    return lines
+
+
 def format_summary(result, out):
     """The text for `ingest`'s result dict (see ingest.run.ingest) written to the folder `out`."""
     totals = result["totals"]
     if result["unchanged"]:
         return f"{out} already holds this ingest ({totals['images']} images); nothing to do (--force rebuilds it)."
     manifest = os.path.join(out, MANIFEST_NAME)
-    lines = [f"{'split':<10} {'images':>7} {'cats':>7} {'dogs':>7} {'shards':>7}"]
-    for split, info in result["splits"].items():
-        lines.append(f"{split:<10} {info['count']:>7} {info['cats']:>7} {info['dogs']:>7} {len(info['shards']):>7}")
+    lines = class_table(result["classes"], result["splits"])
     rate = totals["images"] / result["seconds"] if result["seconds"] else 0
     lines.append(
-        f"{totals['images']} images in {totals['shards']} shards ({totals['bytes'] / 1e6:,.1f} MB) in {out}; "
-        f"{totals['duplicates']} duplicates, {totals.get('label_conflicts', 0)} label conflicts, "
+        f"{totals['images']} images of {len(result['classes'])} classes in {totals['shards']} shards "
+        f"({totals['bytes'] / 1e6:,.1f} MB) in {out}; "
+        f"{totals['duplicates']} duplicates, {totals['label_conflicts']} label conflicts, "
         f"{totals['skipped']} skipped, {totals['excluded']} excluded; "
         f"{result['seconds']:.1f} s ({rate:,.0f} img/s)"
         + (f"; {result['reused_shards']} shards kept from an earlier run" if result["reused_shards"] else ""))
     if totals["skipped"]:
         lines.append(f"skipped files and reasons: {manifest} ('skipped')")
-    if totals.get("label_conflicts"):
+    if totals["excluded"]:
+        lines.append(f"excluded files and reasons: {manifest} ('excluded')")
+    if totals["label_conflicts"]:
         lines.append(f"identical files under different labels: {manifest} "
                      "('label_conflicts'; --label-conflicts first keeps the first copy)")
     return "\n".join(lines)
+
+
+def format_warnings(result):
+    """The manifest's warnings (classes too small for their share), one `Warning:` line each."""
+    return [f"Warning: {warning}" for warning in result.get("warnings", [])]

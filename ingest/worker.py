@@ -53,8 +53,7 @@ def _existing(path, digest):
         with ShardReader(path) as shard:
             if shard.attrs.get("plan") == digest:
                 shard.verify_content()
-                return {"count": shard.count, "cats": shard.attrs["cats"],
-                        "dogs": shard.attrs["dogs"], "skipped": shard.skipped}
+                return {"count": shard.count, "class_counts": shard.class_counts, "skipped": shard.skipped}
     except (ShardError, ValueError, TypeError):
         pass  # damaged, foreign or from an older kibble: rebuilt below
     return None
@@ -63,7 +62,7 @@ def _existing(path, digest):
 def build_shard(spec, source_path, source_kind, settings, out):
     """Write `out/spec.file` unless an identical one exists; return its summary.
 
-    The summary is a small dict (file, split, count, cats, dogs, sha256,
+    The summary is a small dict (file, split, count, class_counts, sha256,
     bytes, skipped, reused): no pixels travel back to the scheduler. A file
     that cannot be read or decoded is skipped with its reason.
     """
@@ -71,13 +70,14 @@ def build_shard(spec, source_path, source_kind, settings, out):
     summary = _existing(path, spec.digest)
     reused = summary is not None
     if not reused:
-        skipped, written = [], {1: 0, 0: 0, -1: 0}
+        skipped, written = [], [0] * len(spec.classes)
+        count = 0
         limit = zip_member_limit(settings.max_pixels)
         with contextlib.ExitStack() as stack:
             archive = stack.enter_context(zipfile.ZipFile(source_path)) if source_kind == "zip" else None
             writer = stack.enter_context(write_shard(
                 path, height=settings.size[0], width=settings.size[1], capacity=len(spec.items),
-                compression=settings.compression,
+                compression=settings.compression, classes=spec.classes,
                 attrs={"split": spec.split, "index": spec.index, "fit": settings.fit,
                        "plan": spec.digest, "skipped": "[]"}))
             for name, label in spec.items:
@@ -88,12 +88,14 @@ def build_shard(spec, source_path, source_kind, settings, out):
                     skipped.append({"name": name, "reason": str(exc)})
                     continue
                 writer.append(image, label, name)
-                written[label] += 1
+                count += 1
+                if label >= 0:
+                    written[label] += 1
             # Recorded inside the shard, so a resumed ingest still reports them.
             writer.attrs["skipped"] = json.dumps(skipped)
             crash_point("shard-writing")
         crash_point("shard-renamed")
-        summary = {"count": sum(written.values()), "cats": written[1], "dogs": written[0], "skipped": skipped}
+        summary = {"count": count, "class_counts": written, "skipped": skipped}
     return {"file": spec.file, "split": spec.split, "index": spec.index, **summary,
             "sha256": sha256_file(path), "bytes": os.path.getsize(path), "reused": reused}
 

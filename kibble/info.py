@@ -8,6 +8,7 @@ nothing at all to show.
 """
 import os
 
+from ingest.summary import class_table
 from shards.errors import UserError
 from shards.manifest import MANIFEST_NAME, SPLITS, load_manifest
 from train.rundir import Runs
@@ -19,7 +20,8 @@ def info(data_dir, runs_root):
     Returns:
         {"data": {...} or None, "data_problem": str or None,
          "runs_root": str, "runs": [{...}, ...] (oldest first)}.
-        "data" holds folder, splits ({split: {count, cats, dogs, shards}}),
+        "data" holds folder, classes (names in index order), splits
+        ({split: {count, class_counts, shards}}),
         image_size [h, w], fit, shards, bytes, images, skipped, excluded,
         duplicates and source. Each run holds run, model, epochs_done, epochs,
         train_size, val_size, best_val_accuracy (None before the first
@@ -43,10 +45,11 @@ def _data(data_dir):
         manifest = load_manifest(data_dir)
         data = manifest.data
         totals, settings = data["totals"], data["settings"]
-        splits = {split: {"count": s["count"], "cats": s["cats"], "dogs": s["dogs"], "shards": len(s["shards"])}
+        splits = {split: {"count": s["count"], "class_counts": s["class_counts"], "shards": len(s["shards"])}
                   for split, s in data["splits"].items()}
         return {
             "folder": str(data_dir),
+            "classes": manifest.classes,
             "splits": {split: splits[split] for split in SPLITS if split in splits},
             "image_size": list(settings["size"]),
             "fit": settings["fit"],
@@ -106,10 +109,8 @@ def info_text(facts, data_dir):
         lines = [f"shards: {data['folder']}: {data['images']} images of {data['image_size'][0]}x"
                  f"{data['image_size'][1]} ({data['fit']}) in {data['shards']} shards, "
                  f"{data['bytes'] / 1e6:,.1f} MB; {data['skipped']} skipped, {data['excluded']} excluded, "
-                 f"{data['duplicates']} duplicates",
-                 f"  {'split':<10} {'images':>7} {'cats':>7} {'dogs':>7} {'shards':>7}"]
-        for split, s in data["splits"].items():
-            lines.append(f"  {split:<10} {s['count']:>7} {s['cats']:>7} {s['dogs']:>7} {s['shards']:>7}")
+                 f"{data['duplicates']} duplicates; {len(data['classes'])} classes",
+                 *class_table(data["classes"], data["splits"], indent="  ")]
     if not facts["runs"]:
         lines.append(f"runs: none in {facts['runs_root']}/")
     else:

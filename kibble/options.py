@@ -34,6 +34,17 @@ def share(ctx, param, value):
     return value
 
 
+def class_list(ctx, param, value):
+    """--classes a,b,c -> ("a", "b", "c"); None when not given."""
+    if value is None:
+        return None
+    names = tuple(name.strip() for name in value.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise click.BadParameter(f"must be distinct class names separated by commas, e.g. dog,cat. "
+                                 f"Received: {value!r}")
+    return names
+
+
 def finite(ctx, param, value):
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"must be a finite number. Received: {value}")

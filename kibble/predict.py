@@ -22,9 +22,11 @@ import numpy as np
 from evaluate.run import DEFAULT_THRESHOLD, _load_model
 from shards.errors import UserError
 from shards.image import BadImage, is_image_name, load_image
+from shards.manifest import require_two_classes
 from train.rundir import METRICS, RunDir
 
-LABELS = {1: "cat", 0: "dog"}
+# Class names of a run whose config.json names none (trained before classes were recorded).
+DOGS_VS_CATS = ["dog", "cat"]
 # The fields of one result, in the order CSV output gives them.
 FIELDS = ("file", "p_cat", "label", "error")
 
@@ -129,6 +131,8 @@ def predict(paths, run_dir, batch_size=64, threshold=None):
     run = RunDir(run_dir)
     config = run.config()
     size, fit = tuple(config["image_size"]), config["fit"]
+    classes = config.get("classes") or DOGS_VS_CATS
+    require_two_classes(classes, f"the run {run_dir}", "predicting")
     if threshold is None:
         threshold, _ = run_threshold(run_dir)
     model_path = run.checkpoint("best")
@@ -137,10 +141,10 @@ def predict(paths, run_dir, batch_size=64, threshold=None):
     if found != (*size, 3):
         raise UserError(f"the model {model_path} takes inputs of shape {found}, but {run_dir}/config.json "
                         f"says images are {size[0]}x{size[1]}; the run directory is inconsistent: train it again")
-    return _results(model, expand_paths(paths), size, fit, int(batch_size), threshold)
+    return _results(model, expand_paths(paths), size, fit, int(batch_size), threshold, classes)
 
 
-def _results(model, found, size, fit, batch_size, threshold):
+def _results(model, found, size, fit, batch_size, threshold, classes):
     batch = np.empty((batch_size, *size, 3), dtype=np.uint8)
     pending = []  # (result, row of `batch` or None) for this batch's files, in input order
     filled = 0
@@ -153,10 +157,10 @@ def _results(model, found, size, fit, batch_size, threshold):
         pending.append(({"file": path, "p_cat": None, "label": None, "error": None}, filled))
         filled += 1
         if filled == len(batch):
-            yield from _scored(model, batch, pending, threshold)
+            yield from _scored(model, batch, pending, threshold, classes)
             pending, filled = [], 0
     if pending:
-        yield from _scored(model, batch[:filled], pending, threshold)
+        yield from _scored(model, batch[:filled], pending, threshold, classes)
 
 
 def _decoded(path, size, fit):
@@ -196,7 +200,7 @@ def _not_a_regular_file(path):
     return f"not read: {kind}, not a regular file"
 
 
-def _scored(model, images, pending, threshold):
+def _scored(model, images, pending, threshold, classes):
     scores = np.asarray(model.predict_on_batch(images)).reshape(-1) if len(images) else np.empty(0)
     if len(scores) != len(images):
         raise UserError(f"the model outputs {len(scores)} values for {len(images)} images; predict needs "
@@ -204,7 +208,8 @@ def _scored(model, images, pending, threshold):
     for result, row in pending:
         if row is not None:
             p_cat = float(scores[row])
-            result.update(p_cat=p_cat, label=LABELS[int(p_cat > threshold)])
+            # The sigmoid scores class index 1 (cat for Dogs vs. Cats).
+            result.update(p_cat=p_cat, label=classes[int(p_cat > threshold)])
         yield result
 
 

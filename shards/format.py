@@ -1,11 +1,14 @@
 """Reading and writing one shard: an HDF5 file holding images of one split.
 
-Layout of a shard (schema version 1):
+Layout of a shard (schema version 2):
 
     images  uint8  (N, H, W, 3)  RGB, chunked (CHUNK_ROWS, H, W, 3)
-    labels  int8   (N,)          1 = cat, 0 = dog, -1 = unlabelled
+    labels  int8   (N,)          class index, -1 = unlabelled (int16 beyond
+                                 127 classes: the smallest type that fits)
     names   str    (N,)          source file name of each image
-    attrs   schema_version, split, height, width, fit, count, cats, dogs,
+    attrs   schema_version, split, height, width, fit, count,
+            classes (JSON list of class names in index order),
+            class_counts (JSON list: images per class index),
             plan (digest of the settings and file list that made the shard),
             skipped (JSON list of files that could not be decoded),
             content_checksum (CRC-32 of images, labels and names; see below)
@@ -31,7 +34,7 @@ import numpy as np
 from shards.errors import ShardError
 from shards.fsio import atomic_path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Images per HDF5 chunk. Readers fetch whole multiples of this; 64 images of
 # 94x125 are 2.2 MB, large enough for sequential reads and small enough that
 # a partial read wastes little.
@@ -68,6 +71,18 @@ def sha256_file(path, block=1 << 20):
     return digest.hexdigest()
 
 
+def label_dtype(num_classes):
+    """The smallest signed integer type holding every class index and -1."""
+    return np.int8 if num_classes <= np.iinfo(np.int8).max else np.int16
+
+
+def count_classes(labels, num_classes):
+    """Images per class index in `labels` (-1, unlabelled, not counted), as plain ints."""
+    labels = np.asarray(labels)
+    known = labels[(labels >= 0) & (labels < num_classes)]
+    return [int(n) for n in np.bincount(known.astype(np.int64), minlength=num_classes)]
+
+
 class ContentChecksum:
     """CRC-32 of a shard's images, labels and names, fed in row order.
 
@@ -86,7 +101,10 @@ class ContentChecksum:
         self.images = zlib.crc32(memoryview(np.ascontiguousarray(block)).cast("B"), self.images)
 
     def update_labels(self, labels):
-        self.labels = zlib.crc32(np.ascontiguousarray(labels, dtype=np.int8).tobytes(), self.labels)
+        # The stored type's bytes: int8 labels hash as they always did.
+        labels = np.asarray(labels)
+        self.labels = zlib.crc32(np.ascontiguousarray(labels, dtype=labels.dtype.newbyteorder("<")).tobytes(),
+                                 self.labels)
 
     def update_names(self, names):
         encoded = [n.encode("utf-8") if isinstance(n, str) else bytes(n) for n in names]
@@ -98,7 +116,7 @@ class ContentChecksum:
 
 
 class _ShardWriter:
-    def __init__(self, h5, height, width, capacity, compression):
+    def __init__(self, h5, height, width, capacity, compression, classes):
         kwargs = {}
         if compression != "none":
             kwargs["compression"] = compression
@@ -106,7 +124,8 @@ class _ShardWriter:
         self.images = h5.create_dataset(
             "images", shape=(capacity, height, width, 3), dtype="uint8",
             maxshape=(None, height, width, 3), chunks=(rows, height, width, 3), **kwargs)
-        self.labels = h5.create_dataset("labels", shape=(capacity,), dtype="int8", maxshape=(None,))
+        self.label_dtype = label_dtype(len(classes))
+        self.labels = h5.create_dataset("labels", shape=(capacity,), dtype=self.label_dtype, maxshape=(None,))
         self.names = h5.create_dataset(
             "names", shape=(capacity,), dtype=h5py.string_dtype(), maxshape=(None,))
         self.buffer = np.empty((rows, height, width, 3), dtype=np.uint8)
@@ -129,7 +148,7 @@ class _ShardWriter:
         if end > self.images.shape[0]:
             for ds in (self.images, self.labels, self.names):
                 ds.resize(end, axis=0)
-        labels = np.asarray(self.pending_labels, dtype=np.int8)
+        labels = np.asarray(self.pending_labels, dtype=self.label_dtype)
         self.images[self.count:end] = self.buffer[:n]
         self.labels[self.count:end] = labels
         self.names[self.count:end] = self.pending_names
@@ -142,18 +161,20 @@ class _ShardWriter:
 
 
 @contextlib.contextmanager
-def write_shard(path, *, height, width, capacity, attrs, compression="none"):
+def write_shard(path, *, height, width, capacity, attrs, classes, compression="none"):
     """Write a shard atomically; yields a writer with `append(image, label, name)`.
 
-    `capacity` is the expected number of images (the datasets shrink if fewer
-    are appended). On leaving the block the file is completed, flushed to
+    `classes` are the class names in index order (a label is an index into
+    them, -1 unlabelled). `capacity` is the expected number of images (the
+    datasets shrink if fewer are appended). On leaving the block the file is completed, flushed to
     disk and renamed to `path`; on an exception the partial file is removed.
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}. Received: compression={compression!r}")
     with atomic_path(path) as tmp:  # flushed and renamed into place only when whole
         with open_h5(tmp, "w") as h5:
-            writer = _ShardWriter(h5, height, width, capacity, compression)
+            classes = [str(name) for name in classes]
+            writer = _ShardWriter(h5, height, width, capacity, compression, classes)
             writer.attrs = dict(attrs)  # the caller may add to it while writing
             yield writer
             writer.flush()
@@ -165,8 +186,8 @@ def write_shard(path, *, height, width, capacity, attrs, compression="none"):
                 "height": height,
                 "width": width,
                 "count": writer.count,
-                "cats": int(np.sum(labels == 1)),
-                "dogs": int(np.sum(labels == 0)),
+                "classes": json.dumps(classes),
+                "class_counts": json.dumps(count_classes(labels, len(classes))),
                 **writer.attrs,
                 CONTENT_ATTR: writer.checksum.value(),
             })
@@ -176,8 +197,8 @@ class ShardReader:
     """Read access to one shard; use as a context manager.
 
     `read(start, stop)` returns uint8 images of shape (stop - start, H, W, 3)
-    in one HDF5 call. `labels` (int8) and `names` (str) are loaded whole:
-    they are small.
+    in one HDF5 call. `labels` (class indices, int8 or int16) and `names`
+    (str) are loaded whole: they are small.
     """
 
     def __init__(self, path):
@@ -198,7 +219,26 @@ class ShardReader:
         version = self.attrs.get("schema_version")
         if version != SCHEMA_VERSION:
             self._h5.close()
-            raise ShardError(self.path, f"schema version {version}, expected {SCHEMA_VERSION}")
+            raise ShardError(self.path, f"schema version {version}, expected {SCHEMA_VERSION} "
+                                        "(made by another kibble version): run `ingest --force` again")
+
+    @property
+    def classes(self):
+        """Class names in index order, as the shard records them."""
+        return self._json_list("classes")
+
+    @property
+    def class_counts(self):
+        return self._json_list("class_counts")
+
+    def _json_list(self, key):
+        try:
+            value = json.loads(self.attrs[key])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ShardError(self.path, f"attribute {key!r} is missing or not JSON ({exc})") from None
+        if not isinstance(value, list):
+            raise ShardError(self.path, f"attribute {key!r} is not a list")
+        return value
 
     @property
     def labels(self):
@@ -244,10 +284,13 @@ class ShardReader:
             names = self._h5["names"].shape[0]
         except (OSError, KeyError) as exc:
             raise ShardError(self.path, f"labels or names cannot be read ({exc})") from None
+        classes = self.classes
+        if np.any((labels < -1) | (labels >= len(classes))):
+            raise ShardError(self.path, f"holds labels outside -1..{len(classes) - 1} for its {len(classes)} classes")
         found = {"count": self.count, "labels": len(labels), "names": names,
-                 "cats": int(np.sum(labels == 1)), "dogs": int(np.sum(labels == 0))}
+                 "class_counts": count_classes(labels, len(classes))}
         expected = {"count": self.attrs.get("count"), "labels": self.count, "names": self.count,
-                    "cats": self.attrs.get("cats"), "dogs": self.attrs.get("dogs")}
+                    "class_counts": self.class_counts}
         if found != expected:
             raise ShardError(self.path, f"datasets hold {found}, its attributes say {expected}")
         if self.content_checksum() != stored:

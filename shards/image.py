@@ -18,7 +18,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 # default size is written.
 DEFAULT_SIZE = (94, 125)
 FITS = ("stretch", "crop", "pad")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Read by content (Pillow identifies the format), so a name only has to say
+# "image": any case, .JPG as .jpg. GIF: its first frame; TIFF: its first page.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Pillow's own default limit (about 89 million pixels, a 9459x9459 image).
 DEFAULT_MAX_PIXELS = 89_478_485
 DRAFT_SLACK = 0.95

@@ -47,6 +47,20 @@ class Manifest:
     def split_count(self, split):
         return self.data["splits"].get(split, {}).get("count", 0)
 
+    @property
+    def classes(self):
+        """Class names in index order: label i is classes[i]."""
+        return list(self.data["classes"])
+
+    @property
+    def num_classes(self):
+        return len(self.data["classes"])
+
+    def class_counts(self, split):
+        """Images per class index in `split` (zeros for a split the folder lacks)."""
+        info = self.data["splits"].get(split)
+        return list(info["class_counts"]) if info else [0] * self.num_classes
+
     def shards(self, split=None):
         """Shard entries (dicts) in their fixed order, optionally of one split."""
         return [s for s in self.data["shards"] if split is None or s["split"] == split]
@@ -54,6 +68,21 @@ class Manifest:
     def shard_path(self, entry):
         # Checked again at each use: a symlink may have been planted since loading.
         return inside(self.folder, entry["file"], f"{self.path}: shard file")
+
+
+def require_two_classes(classes, where, stage):
+    """UserError unless `classes` are two: the models of this version score one class against another.
+
+    `where` names what holds the classes (a shard folder, a run), `stage`
+    what cannot be done ("training", "evaluating", "predicting").
+    """
+    if len(classes) == 2:
+        return
+    names = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+    if len(classes) > 2:
+        raise UserError(f"{where} holds {len(classes)} classes ({names}): {stage} more than two classes comes "
+                        "in a later version of kibble; ingest two of them with --classes a,b")
+    raise UserError(f"{where} holds {len(classes)} class ({names}): {stage} needs two classes")
 
 
 def load_manifest(folder):
@@ -123,15 +152,19 @@ MAX_SIDE = 4096  # ingest's --size limit
 _KINDS = {"object": "a JSON object", "list": "a list", "text": "a string",
           "count": "a whole number >= 0", "side": f"a whole number of pixels in 1..{MAX_SIDE}",
           "sha256": "64 lowercase hex digits"}
-_COUNTS = ("count", "cats", "dogs")
-_TOTALS = ("images", "shards", "bytes", "skipped", "excluded", "duplicates")
-_OPTIONAL_LISTS = ("label_conflicts",)
+_COUNTS = ("count",)
+_TOTALS = ("images", "shards", "bytes", "skipped", "excluded", "duplicates", "label_conflicts")
+_LISTS = ("skipped", "excluded", "duplicates", "label_conflicts")
 
 
 def _validate(data, folder, path):
     schema = _Schema(path)
     schema.check(data, "the document", "object")
     version = data.get("schema_version")
+    if type(version) is int and 0 < version < SCHEMA_VERSION:
+        raise UserError(f"{path} was written by an earlier kibble (shard schema version {version}, this tool "
+                        f"reads {SCHEMA_VERSION}, which records class names); ingest the images again with "
+                        "`ingest --force`")
     if type(version) is not int or version != SCHEMA_VERSION:  # not 1.0, not true
         raise UserError(f"{path} has schema version {_short(json.dumps(version), 40)}, this tool reads "
                         f"{SCHEMA_VERSION}; run `ingest --force` to rebuild")
@@ -144,27 +177,44 @@ def _validate(data, folder, path):
         schema.check(side, f"settings.size[{i}]", "side")
     schema.get(settings, "fit", "settings.fit", "text")
     schema.get(data, "source", "source", "object")
-    for key in ("skipped", "excluded", "duplicates"):
+    for key in _LISTS:
         schema.get(data, key, key, "list")
-    # Written since label conflicts are reported; older manifests lack it.
-    optional = [key for key in _OPTIONAL_LISTS if key in data]
-    for key in optional:
-        schema.check(data[key], key, "list")
-    shards = _validate_shards(schema, schema.get(data, "shards", "shards", "list"), folder)
-    _validate_splits(schema, schema.get(data, "splits", "splits", "object"), shards)
+    classes = _validate_classes(schema, schema.get(data, "classes", "classes", "list"))
+    shards = _validate_shards(schema, schema.get(data, "shards", "shards", "list"), folder, len(classes))
+    _validate_splits(schema, schema.get(data, "splits", "splits", "object"), shards, len(classes))
     totals = schema.get(data, "totals", "totals", "object")
-    for key in _TOTALS + tuple(optional):
+    for key in _TOTALS:
         schema.get(totals, key, f"totals.{key}", "count")
     expected = {"images": sum(e["count"] for e in shards), "shards": len(shards),
-                "bytes": sum(e["bytes"] for e in shards), "skipped": len(data["skipped"]),
-                "excluded": len(data["excluded"]), "duplicates": len(data["duplicates"]),
-                **{key: len(data[key]) for key in optional}}
+                "bytes": sum(e["bytes"] for e in shards), **{key: len(data[key]) for key in _LISTS}}
     for key, value in expected.items():
         if totals[key] != value:
             schema.fail(f"totals.{key}", f"is {totals[key]} but the manifest lists {value}")
 
 
-def _validate_shards(schema, shards, folder):
+def _validate_classes(schema, classes):
+    if not classes:
+        schema.fail("classes", "must name at least one class, found []")
+    for i, name in enumerate(classes):
+        schema.check(name, f"classes[{i}]", "text")
+    if len(set(classes)) != len(classes):
+        schema.fail("classes", f"names a class twice: {_short(json.dumps(classes), 60)}")
+    return classes
+
+
+def _class_counts(schema, obj, field, num_classes, bounded=True):
+    """obj["class_counts"]: one count per class, summing to at most obj["count"] if `bounded`."""
+    counts = schema.get(obj, "class_counts", f"{field}.class_counts", "list")
+    if len(counts) != num_classes:
+        schema.fail(f"{field}.class_counts", f"must hold one count per class ({num_classes}), found {len(counts)}")
+    for i, value in enumerate(counts):
+        schema.check(value, f"{field}.class_counts[{i}]", "count")
+    if bounded and sum(counts) > obj["count"]:
+        schema.fail(field, f"has class_counts summing to {sum(counts)}, above its count ({obj['count']})")
+    return counts
+
+
+def _validate_shards(schema, shards, folder, num_classes):
     seen = set()
     for i, entry in enumerate(shards):
         field = f"shards[{i}]"
@@ -185,14 +235,12 @@ def _validate_shards(schema, shards, folder):
         seen.add(name)
         for key in (*_COUNTS, "bytes"):
             schema.get(entry, key, f"{field}.{key}", "count")
-        if entry["cats"] + entry["dogs"] > entry["count"]:
-            schema.fail(f"{field}", f"has cats + dogs ({entry['cats']} + {entry['dogs']}) above its count "
-                                    f"({entry['count']})")
+        _class_counts(schema, entry, field, num_classes)
         schema.get(entry, "sha256", f"{field}.sha256", "sha256")
     return shards
 
 
-def _validate_splits(schema, splits, shards):
+def _validate_splits(schema, splits, shards, num_classes):
     for split, info in splits.items():
         field = f"splits.{split}"
         if split not in SPLITS:
@@ -200,6 +248,9 @@ def _validate_splits(schema, splits, shards):
         schema.check(info, field, "object")
         for key in _COUNTS:
             schema.get(info, key, f"{field}.{key}", "count")
+        # Not bounded here: the split's count and class counts are each compared
+        # with its shards' below, which names the field that is off.
+        _class_counts(schema, info, field, num_classes, bounded=False)
         files = schema.get(info, "shards", f"{field}.shards", "list")
         mine = [e for e in shards if e["split"] == split]
         if files != [e["file"] for e in mine]:
@@ -208,6 +259,9 @@ def _validate_splits(schema, splits, shards):
             total = sum(e[key] for e in mine)
             if info[key] != total:
                 schema.fail(f"{field}.{key}", f"is {info[key]} but its shards hold {total}")
+        total = [sum(counts) for counts in zip(*(e["class_counts"] for e in mine))] or [0] * num_classes
+        if info["class_counts"] != total:
+            schema.fail(f"{field}.class_counts", f"is {info['class_counts']} but its shards hold {total}")
     for entry in shards:
         if entry["split"] not in splits:
             schema.fail("splits", f"lacks the split {entry['split']!r} of shard {entry['file']}")
@@ -238,12 +292,16 @@ def check_shard(manifest, entry, checksum=True):
     with ShardReader(path) as shard:
         found = {k: shard.attrs.get(k) for k in ("split", "height", "width", "count")}
         shape = tuple(shard.images.shape)
+        classes, counts = shard.classes, shard.class_counts
     if found["split"] != entry["split"]:
         raise ShardError(path, f"is a shard of the {found['split']!r} split, the manifest lists it as "
                                f"{entry['split']!r} (a shard copied from elsewhere?); run `ingest` again")
     expected = {"split": entry["split"], "height": height, "width": width, "count": entry["count"]}
     if found != expected or shape != (entry["count"], height, width, 3):
         raise ShardError(path, f"attributes {found} / shape {shape} do not match the manifest {expected}")
+    if classes != manifest.classes or counts != entry["class_counts"]:
+        raise ShardError(path, f"classes {classes} / class_counts {counts} do not match the manifest "
+                               f"({manifest.classes} / {entry['class_counts']}); run `ingest` again")
 
 
 def verify_shards(manifest, splits=None, checksum=True):

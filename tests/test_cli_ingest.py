@@ -31,19 +31,16 @@ def test_ingest_summary_gives_the_manifests_counts(kaggle_dir, tmp_path):
 
     manifest = load_manifest(out).data
     lines = result.stderr.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["split", "images"])
-    table = {}
-    for line in lines[header + 1:]:
-        if line.split()[0] not in manifest["splits"]:
-            break
-        split, *numbers = line.split()
-        table[split] = [int(n) for n in numbers]
-    assert table == {split: [info["count"], info["cats"], info["dogs"], len(info["shards"])]
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["class"])
+    splits = lines[header].split()[1:]
+    rows = {line.split()[0]: [int(n) for n in line.split()[1:]] for line in lines[header + 1:header + 5]}
+    table = {split: [rows[name][i] for name in ("images", "dog", "cat", "shards")] for i, split in enumerate(splits)}
+    assert table == {split: [info["count"], *info["class_counts"], len(info["shards"])]
                      for split, info in manifest["splits"].items()}
     assert sum(row[0] for row in table.values()) == 40 and table["train"][:3] == [32, 16, 16]
-    totals = lines[header + 1 + len(table)]
-    assert totals.startswith(f"{sum(s['count'] for s in manifest['shards'])} images in {len(manifest['shards'])} "
-                             f"shards ({sum(s['bytes'] for s in manifest['shards']) / 1e6:,.1f} MB) in {out}; ")
+    totals = lines[header + 5]
+    assert totals.startswith(f"{sum(s['count'] for s in manifest['shards'])} images of 2 classes in "
+                             f"{len(manifest['shards'])} shards ({sum(s['bytes'] for s in manifest['shards']) / 1e6:,.1f} MB) in {out}; ")
     for name in ("duplicates", "skipped", "excluded"):
         assert re.search(rf"\b{len(manifest[name])} {name}\b", totals), (name, totals)
     assert (len(manifest["duplicates"]), len(manifest["skipped"])) == (1, 1)

@@ -78,9 +78,10 @@ def test_info_shows_splits_and_runs(shards_dir, tmp_path):
     _fake_run(runs, "conv2-b", shards_dir, 1, [0.55])
     facts = info(shards_dir, runs)
     data = facts["data"]
-    assert data["splits"] == {"train": {"count": 24, "cats": 12, "dogs": 12, "shards": 3},
-                              "val": {"count": 8, "cats": 4, "dogs": 4, "shards": 1},
-                              "test": {"count": 8, "cats": 4, "dogs": 4, "shards": 1}}
+    assert data["classes"] == ["dog", "cat"]
+    assert data["splits"] == {"train": {"count": 24, "class_counts": [12, 12], "shards": 3},
+                              "val": {"count": 8, "class_counts": [4, 4], "shards": 1},
+                              "test": {"count": 8, "class_counts": [4, 4], "shards": 1}}
     assert (data["image_size"], data["fit"], data["shards"], data["images"]) == ([16, 20], "stretch", 5, 40)
     assert (data["skipped"], data["excluded"], data["duplicates"]) == (0, 0, 0) and data["bytes"] > 0
     by_name = {os.path.basename(r["run"]): r for r in facts["runs"]}
@@ -91,7 +92,10 @@ def test_info_shows_splits_and_runs(shards_dir, tmp_path):
     result = CliRunner().invoke(cli, ["info", "--data", shards_dir, "--runs", runs])
     assert result.exit_code == 0
     text = result.stdout
-    assert re.search(r"^\s+train\s+24\s+12\s+12\s+3$", text, re.M)
+    assert re.search(r"^\s+class\s+train\s+val\s+test$", text, re.M)
+    assert re.search(r"^\s+dog\s+12\s+4\s+4$", text, re.M) and re.search(r"^\s+cat\s+12\s+4\s+4$", text, re.M)
+    assert re.search(r"^\s+images\s+24\s+8\s+8$", text, re.M)
+    assert re.search(r"^\s+shards\s+3\s+1\s+1$", text, re.M)
     assert re.search(r"^\s+conv2-a\s+conv2\s+3/3\s+0\.750\s+0\.720$", text, re.M)
     assert re.search(r"^\s+conv2-b\s+conv2\s+1/3\s+0\.550\s+-$", text, re.M)
     as_json = CliRunner().invoke(cli, ["info", "--data", shards_dir, "--runs", runs, "--json"])

@@ -42,7 +42,7 @@ def read_all(out):
 def test_counts_add_up_and_splits_are_stratified_and_disjoint(kaggle_dir, tmp_path):
     result = run(kaggle_dir, tmp_path / "out")
     splits = result["splits"]
-    assert {k: (v["cats"], v["dogs"]) for k, v in splits.items()} == {
+    assert {k: (v["class_counts"][1], v["class_counts"][0]) for k, v in splits.items()} == {
         "train": (12, 12), "val": (4, 4), "test": (4, 4)}
     assert result["totals"]["images"] == 40
     data = read_all(tmp_path / "out")
@@ -54,7 +54,7 @@ def test_counts_add_up_and_splits_are_stratified_and_disjoint(kaggle_dir, tmp_pa
         assert [decoded_label(im) for im in images] == labels.tolist()
         assert labels.tolist() == [1 if n.startswith("cat.") else 0 for n in names]
     for entry in load_manifest(str(tmp_path / "out")).shards("train"):
-        assert entry["cats"] > 0 and entry["dogs"] > 0  # every shard mixes classes
+        assert entry["class_counts"][1] > 0 and entry["class_counts"][0] > 0  # every shard mixes classes
 
 
 def test_same_seed_same_manifest_and_pixels_other_seed_other_order(kaggle_dir, tmp_path):
@@ -117,7 +117,7 @@ def test_exclude_list_leaves_files_out_and_counts_them(kaggle_dir, tmp_path):
     listing = tmp_path / "exclude.txt"
     listing.write_text("# known bad pictures\ndog.5.jpg\ncat.7.jpg  # a cat\n")
     result = run(kaggle_dir, tmp_path / "out", exclude=str(listing))
-    assert result["excluded"] == ["cat.7.jpg", "dog.5.jpg"] and result["totals"]["images"] == 38
+    assert [e["name"] for e in result["excluded"]] == ["cat.7.jpg", "dog.5.jpg"] and result["totals"]["images"] == 38
     names = [n for names, _, _ in read_all(tmp_path / "out").values() for n in names]
     assert "dog.5.jpg" not in names and "cat.7.jpg" not in names
 
@@ -286,7 +286,7 @@ def test_real_kaggle_sample(sample_dir, tmp_path):
     result = run(sample_dir, tmp_path / "out", IngestSettings(shard_size=500), scheduler="processes")
     splits = result["splits"]
     assert splits["train"]["count"] + splits["val"]["count"] + splits["test"]["count"] == 2002 - result["totals"]["duplicates"] - result["totals"]["skipped"]
-    assert splits["val"]["cats"] == splits["val"]["dogs"] == 100
+    assert splits["val"]["class_counts"][1] == splits["val"]["class_counts"][0] == 100
     with ShardReader(os.path.join(tmp_path, "out", "train-00000.h5")) as shard:
         images = shard.read(0, 64)
         assert images.shape == (64, 94, 125, 3) and images.std() > 20  # real photos, not blank

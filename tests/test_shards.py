@@ -10,7 +10,8 @@ from shards.errors import UserError
 
 
 def _write(path, n=10, attrs=None):
-    with write_shard(str(path), height=4, width=5, capacity=n, attrs=attrs or {"split": "train"}) as w:
+    with write_shard(str(path), height=4, width=5, capacity=n, attrs=attrs or {"split": "train"},
+                     classes=["dog", "cat"]) as w:
         for i in range(n):
             w.append(np.full((4, 5, 3), i, np.uint8), i % 2, f"img{i}.jpg")
 
@@ -18,7 +19,7 @@ def _write(path, n=10, attrs=None):
 def test_round_trip_shapes_dtypes_and_attributes(tmp_path):
     _write(tmp_path / "s.h5", n=70)
     with ShardReader(tmp_path / "s.h5") as shard:
-        assert shard.count == 70 and shard.attrs["cats"] == 35 and shard.attrs["dogs"] == 35
+        assert shard.count == 70 and shard.class_counts == [35, 35] and shard.classes == ["dog", "cat"]
         block = shard.read(60, 70)
         assert block.dtype == np.uint8 and block.shape == (10, 4, 5, 3)
         assert block[:, 0, 0, 0].tolist() == list(range(60, 70))
@@ -28,7 +29,7 @@ def test_round_trip_shapes_dtypes_and_attributes(tmp_path):
 
 def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError):
-        with write_shard(str(tmp_path / "s.h5"), height=4, width=5, capacity=3, attrs={}) as w:
+        with write_shard(str(tmp_path / "s.h5"), height=4, width=5, capacity=3, attrs={}, classes=["a"]) as w:
             w.append(np.zeros((4, 5, 3), np.uint8), 1, "a")
             raise RuntimeError("boom")
     assert os.listdir(tmp_path) == []

@@ -108,7 +108,8 @@ def numbered(tmp_path_factory):
     blocks, first = [], 0
     for k, size in enumerate(SHARD_SIZES):
         path = str(folder / f"train-{k:05d}.h5")
-        with write_shard(path, height=1, width=1, capacity=size, attrs={"split": "train"}) as writer:
+        with write_shard(path, height=1, width=1, capacity=size, attrs={"split": "train"},
+                         classes=["dog", "cat"]) as writer:
             for i in range(first, first + size):
                 writer.append(np.full((1, 1, 3), i, np.uint8), i % 2, f"image-{i}")
         blocks += [Block(path, s, min(s + 8, size)) for s in range(0, size, 8)]

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 
 from shards.errors import UserError
-from shards.manifest import load_manifest, verify_shards
+from shards.manifest import load_manifest, require_two_classes, verify_shards
 from train.models import DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
@@ -155,7 +155,8 @@ def _kernel_peak():
 def _config(settings, manifest, params):
     height, width, _ = manifest.image_shape
     return {**asdict(settings), "data": os.path.abspath(settings.data), "manifest_sha256": manifest.checksum,
-            "image_size": [height, width], "fit": manifest.settings["fit"], "params": params}
+            "image_size": [height, width], "fit": manifest.settings["fit"], "classes": manifest.classes,
+            "params": params}
 
 
 _SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "seed",
@@ -252,6 +253,8 @@ def _extend(run, settings, epochs, done):
 
 
 def _check_shards(manifest, settings, verify):
+    # Two classes: index 1 is the positive class of the sigmoid (cat for Dogs vs. Cats).
+    require_two_classes(manifest.classes, manifest.folder, "training")
     if verify:
         problems = verify_shards(manifest, splits=("train", "val"))
         if problems:

@@ -7,7 +7,7 @@ import click
 from shards.image import DEFAULT_MAX_PIXELS, FITS
 from ingest.plan import LABEL_CONFLICTS, MAX_SEED
 from kibble.group import say
-from kibble.options import DEFAULT_SHARDS, seed_option, share_option, size_option
+from kibble.options import DEFAULT_SHARDS, class_list, seed_option, share_option, size_option
 from shards.format import COMPRESSIONS
 
 
@@ -37,27 +37,37 @@ from shards.format import COMPRESSIONS
               show_default=True,
               help="Identical files under different labels (cat.1.jpg = dog.9.jpg): drop keeps none, "
                    "first keeps the first by name. Listed in manifest.json either way.")
+@click.option("--classes", default=None, callback=class_list, metavar="A,B,...",
+              help="Classes to keep, in index order (default: every class, sorted by name; "
+                   "Dogs vs. Cats: dog,cat). Images of other classes are listed as excluded.")
+@click.option("--resplit", is_flag=True,
+              help="Ignore the train/validation/test folders of a pre-split input; split by --seed, --val, --test.")
 @click.option("--strict", is_flag=True, help="Fail instead of skipping files that cannot be used.")
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds a complete ingest.")
 @click.pass_context
 def ingest(ctx, input_path, out, size, fit, seed, val, test, shard_size, compression, scheduler,
-           workers, exclude, max_pixels, label_conflicts, strict, force):
+           workers, exclude, max_pixels, label_conflicts, classes, resplit, strict, force):
     """Decode, resize and shuffle every image of INPUT into HDF5 shards.
 
-    INPUT is Kaggle's train/ folder (or its parent holding train/ and test1/),
-    Kaggle's train.zip, or a folder with Cat/ and Dog/ sub-folders.
-    Labels: cat = 1, dog = 0. Running it again finishes an interrupted ingest.
+    INPUT is a folder (or zip) of one sub-folder per class, images at any
+    depth inside (INPUT/<class>/**/<image>); pre-split folders
+    INPUT/{train,validation|val|valid,test}/<class>/..., whose splits are kept
+    unless --resplit; or files named <class>.<n>.<ext> like Kaggle's train/
+    folder (or its parent holding train/ and test1/, unlabelled). JPEG, PNG,
+    WebP, BMP, GIF and TIFF are read. Classes are sorted by name (Dogs vs.
+    Cats: dog = 0, cat = 1). Running it again finishes an interrupted ingest.
 
     \b
     Example:
       python cli.py ingest ~/kaggle/train --out data/shards --size 94x125
     """
     from ingest import IngestSettings, ingest as run_ingest
-    from ingest.summary import format_summary
+    from ingest.summary import format_summary, format_warnings
     from shards.errors import UserError
 
     settings = IngestSettings(size=size, fit=fit, seed=seed, val=val, test=test, shard_size=shard_size,
-                              compression=compression, max_pixels=max_pixels, label_conflicts=label_conflicts)
+                              compression=compression, max_pixels=max_pixels, label_conflicts=label_conflicts,
+                              classes=classes, resplit=resplit)
     try:
         result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
                             strict=strict, force=force, progress=not ctx.obj["quiet"])
@@ -66,6 +76,8 @@ def ingest(ctx, input_path, out, size, fit, seed, val, test, shard_size, compres
             _exit_now(exc)
         raise
     say(ctx, format_summary(result, out))
+    for line in format_warnings(result):  # shown even with --quiet: the data set may not be what was meant
+        click.echo(line, err=True)
 
 
 def _exit_now(exc):

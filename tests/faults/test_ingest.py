@@ -106,7 +106,7 @@ def test_a_count_gives_exactly_that_many_images(kaggle_dir, tmp_path, option, co
     settings = IngestSettings(size=(8, 8), shard_size=64, **{option: float(count), other: 0.1})
     splits = run(kaggle_dir, tmp_path / "out", settings)["splits"]
     assert splits[option]["count"] == count
-    assert abs(splits[option]["cats"] - splits[option]["dogs"]) <= 1  # 20 cats, 20 dogs: balanced
+    assert abs(splits[option]["class_counts"][1] - splits[option]["class_counts"][0]) <= 1  # 20 cats, 20 dogs: balanced
     assert splits[other]["count"] == 4  # 0.1 of each class of 20
     assert sum(s["count"] for s in splits.values()) == 40
 
@@ -121,12 +121,12 @@ def test_a_count_gives_exactly_that_many_images(kaggle_dir, tmp_path, option, co
 def test_counts_follow_class_sizes_by_largest_remainder(tmp_path, val, test, expected):
     src = make_kaggle_folder(str(tmp_path / "train"), cats=30, dogs=10)
     splits = run(src, tmp_path / "out", IngestSettings(size=(8, 8), shard_size=64, val=val, test=test))["splits"]
-    assert {name: (splits[name]["cats"], splits[name]["dogs"]) for name in expected} == expected
+    assert {name: (splits[name]["class_counts"][1], splits[name]["class_counts"][0]) for name in expected} == expected
 
 
 def test_one_val_and_one_test_image_come_from_different_classes_when_balanced(kaggle_dir, tmp_path):
     splits = run(kaggle_dir, tmp_path / "out", IngestSettings(size=(8, 8), val=1.0, test=1.0))["splits"]
-    assert (splits["val"]["cats"], splits["test"]["dogs"]) == (1, 1)
+    assert (splits["val"]["class_counts"][1], splits["test"]["class_counts"][0]) == (1, 1)
 
 
 # --- item 8: identical bytes under two labels ---------------------------------
@@ -427,7 +427,8 @@ def test_the_estimate_behind_the_free_space_check_matches_the_issue_example():
 
     items = [Item(f"{kind}.{i}.jpg", label) for kind, label in (("cat", 1), ("dog", 0)) for i in range(1001)]
     settings = IngestSettings(size=(4096, 4096))
-    estimate = estimated_bytes(shard_specs(split_items(items, settings), settings), settings)
+    classes = ["dog", "cat"]
+    estimate = estimated_bytes(shard_specs(split_items(items, settings, classes)[0], settings, classes), settings)
     assert 2002 * 4096 * 4096 * 3 < estimate < 1.1 * 2002 * 4096 * 4096 * 3 + 64 * 4096 * 4096 * 3 * 4
 
 

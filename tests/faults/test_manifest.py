@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 
 import pytest
@@ -167,7 +168,9 @@ _DELETE = object()
 
 @pytest.mark.parametrize("mutate, message", [
     (_doc("[1, 2, 3]"), "the document must be a JSON object, found list"),
-    (_doc('{"schema_version": 1}'), "plan is missing"),
+    (_doc('{"schema_version": 2}'), "plan is missing"),
+    (_doc('{"schema_version": 1}'), "written by an earlier kibble (shard schema version 1"),
+    (_edit(("schema_version",), 1), "ingest the images again with `ingest --force`"),
     (_doc('{"schema_version": 1, "shards": "x"'), "is not readable JSON"),
     (_doc("not json"), "is not readable JSON"),
     (_doc(""), "is not readable JSON"),
@@ -181,7 +184,14 @@ _DELETE = object()
     (_edit(("settings", "size"), [16, 1e9]), "settings.size[1] must be a whole number of pixels"),
     (_edit(("shards", 1, "count"), "8"), "shards[1].count must be a whole number >= 0, found str"),
     (_edit(("shards", 1, "count"), -1), "shards[1].count must be a whole number >= 0, found int -1"),
-    (_edit(("shards", 1, "cats"), True), "shards[1].cats must be a whole number >= 0, found bool"),
+    (_edit(("shards", 1, "class_counts", 1), True), "shards[1].class_counts[1] must be a whole number >= 0, found bool"),
+    (_edit(("shards", 1, "class_counts"), [4, 4, 0]), "shards[1].class_counts must hold one count per class (2), found 3"),
+    (_edit(("shards", 1, "class_counts"), [8, 8]), "shards[1] has class_counts summing to 16, above its count (8)"),
+    (_edit(("splits", "val", "class_counts"), [5, 3]), "splits.val.class_counts is [5, 3] but its shards hold [4, 4]"),
+    (_edit(("classes",), _DELETE), "classes is missing"),
+    (_edit(("classes",), []), "classes must name at least one class, found []"),
+    (_edit(("classes",), ["dog", "dog"]), "classes names a class twice"),
+    (_edit(("classes", 1), 1), "classes[1] must be a string, found int 1"),
     (_edit(("shards", 3, "sha256"), 0), "shards[3].sha256 must be 64 lowercase hex digits"),
     (_edit(("shards", 3, "split"), "holdout"), "shards[3].split must be one of"),
     (_edit(("splits", "train", "count"), 23), "splits.train.count is 23 but its shards hold 24"),
@@ -200,7 +210,7 @@ def test_malformed_manifest_is_one_error_line_naming_the_field(scene, mutate, me
     assert _one_error_line(result), result.output
     assert message in result.stderr
     # train reads the manifest through the same door (its CLI maps UserError to the same line)
-    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+    with pytest.raises(UserError, match=re.escape(message)):
         train(TrainSettings(data=scene.out), runs_root=os.path.join(scene.root, "runs"), progress=False)
 
 
@@ -246,11 +256,14 @@ def _paths(value, path=()):
 def _must_fail(original, path, op):
     """A mutant that load_manifest must refuse: the wrong type, or a missing or impossible value.
 
-    Not checked: the items of the skipped/excluded/duplicates lists (only
-    their number, which totals repeats), settings other than size and fit,
-    and what is inside "source": no stage relies on them.
+    Not checked: the items of the skipped/excluded/duplicates/label_conflicts
+    lists (only their number, which totals repeats), settings other than
+    size and fit, what is inside "source", and the informational
+    "excluded_classes" and "warnings": no stage relies on them.
     """
-    if path[0] in ("skipped", "excluded", "duplicates") and len(path) > 1:
+    if path[0] in ("excluded_classes", "warnings"):
+        return False
+    if path[0] in ("skipped", "excluded", "duplicates", "label_conflicts") and len(path) > 1:
         return len(path) == 2 and op == "delete"
     if path[0] in ("settings", "source") and len(path) > 1 and path[1] not in ("size", "fit"):
         return False

@@ -67,7 +67,8 @@ def _drop_checksum(h5):  # a shard from before the checksum existed
 
 
 def _wrong_cats(h5):
-    h5.attrs["cats"] = int(h5.attrs["cats"]) + 1
+    counts = json.loads(h5.attrs["class_counts"])
+    h5.attrs["class_counts"] = json.dumps([counts[0], counts[1] + 1])
 
 
 def _nothing(h5):
@@ -108,7 +109,8 @@ def test_checksum_does_not_depend_on_how_rows_were_written(tmp_path):
     images = rng.integers(0, 256, (150, 4, 5, 3), dtype=np.uint8)
     labels = rng.integers(-1, 2, 150).astype(np.int8)
     names = [f"dir/é{i}.jpg" for i in range(150)]
-    with write_shard(str(tmp_path / "s.h5"), height=4, width=5, capacity=200, attrs={"split": "train"}) as w:
+    with write_shard(str(tmp_path / "s.h5"), height=4, width=5, capacity=200, attrs={"split": "train"},
+                     classes=["dog", "cat"]) as w:
         for row in range(150):
             w.append(images[row], int(labels[row]), names[row])
     whole = ContentChecksum()
