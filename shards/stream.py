@@ -34,6 +34,10 @@ class Block:
         return self.stop - self.start
 
 
+# Labels are int8 up to 127 classes and int16 beyond (shards/format.py);
+# reading every shard's labels into int16 never wraps a class index.
+LABEL_DTYPE = np.int16
+
 def plan_blocks(manifest, split, limit=None, block=BLOCK):
     """Blocks covering the first `limit` images of `split` in shard order.
 
@@ -118,7 +122,8 @@ def read_blocks(groups, names=False, spare=0):
     images: uint8 (n + spare, H, W, 3), the n images of the group followed by
     `spare` rows left unset for the caller to fill (`shuffle_windows` puts the
     rows it carries over there instead of copying the whole window);
-    labels: int8 (n,); names: list of n str, or None unless `names` is asked
+    labels: int16 (n,) class indices (-1 unlabelled; int16 holds any label
+    dtype a shard may use); names: list of n str, or None unless `names` is asked
     for (reading them costs a third HDF5 call per block).
     Each shard is opened once for the whole pass and closed when it ends.
     """
@@ -135,7 +140,7 @@ def _read_group(shards, group, with_names, spare):
     rows = sum(len(block) for block in group)
     image_shape = _open(shards, group[0]).images.shape[1:]
     images = np.empty((rows + spare, *image_shape), np.uint8)
-    labels = np.empty(rows, np.int8)
+    labels = np.empty(rows, LABEL_DTYPE)
     names = [] if with_names else None
     filled = 0
     for block in group:
@@ -169,7 +174,7 @@ def shuffle_windows(windows, batch_size, rng=None):
     and only the epoch's last batch can be short. The carried rows go into
     the window's spare rows when it has them (read_blocks(spare=batch_size - 1)).
     """
-    carry_images, carry_labels = None, np.empty(0, np.int8)
+    carry_images, carry_labels = None, np.empty(0, LABEL_DTYPE)
     for images, labels, *_ in windows:
         own, carried = len(labels), len(carry_labels)
         images, labels = _with_rows(images, own, carry_images), np.concatenate([labels, carry_labels])

@@ -164,7 +164,7 @@ def test_read_blocks_reads_a_group_into_one_array_with_names_when_asked(numbered
     [(images, labels, names)] = read_blocks([group], names=True, spare=3)
     assert images.shape == (5 + 8 + 3, 1, 1, 3) and images.dtype == np.uint8
     assert images[:13, 0, 0, 0].tolist() == list(range(16, 29))
-    assert labels.dtype == np.int8 and labels.tolist() == [i % 2 for i in range(16, 29)]
+    assert labels.dtype == np.int16 and labels.tolist() == [i % 2 for i in range(16, 29)]
     assert names == [f"image-{i}" for i in range(16, 29)]
     [(_, _, names)] = read_blocks([group])
     assert names is None
