@@ -254,3 +254,15 @@ def test_tf_dataset_each_epoch_complete_differently_ordered_and_resumable(shards
     assert [d for images, _ in resumed for d in _digests(images.numpy())] == epochs[1]
     images, labels = next(iter(dataset))
     assert images.dtype.name == "uint8" and labels.dtype.name == "float32" and labels.shape == (8, 1)
+
+
+def test_labels_beyond_int8_come_back_whole(tmp_path):
+    """A shard of 300 classes stores int16 labels; the stream must not wrap them."""
+    path = str(tmp_path / "train-00000.h5")
+    classes = [f"c{i:03d}" for i in range(300)]
+    with write_shard(path, height=1, width=1, capacity=3, attrs={"split": "train"}, classes=classes) as writer:
+        for label in (5, 200, 299):
+            writer.append(np.zeros((1, 1, 3), np.uint8), label, f"image-{label}")
+    [(_, labels, _)] = read_blocks([[Block(path, 0, 3)]])
+    [(_, shuffled_labels, _)] = shuffle_windows(read_blocks([[Block(path, 0, 3)]]), batch_size=3)
+    assert labels.tolist() == [5, 200, 299] and shuffled_labels.tolist() == [5, 200, 299]
