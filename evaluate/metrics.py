@@ -251,3 +251,172 @@ def roc_curve(scores, labels):
     tps = np.cumsum(y)[last]
     fps = (last + 1) - tps
     return np.r_[0.0, fps / dogs], np.r_[0.0, tps / cats]
+
+
+# ---- more than two classes ---------------------------------------------------------------------
+# Equal-width bins of the top probability for the expected calibration error.
+CALIBRATION_BINS = 15
+# top-k accuracies given, each only when there are more than k classes.
+TOP_K = (3, 5)
+
+
+class MulticlassAccumulator:
+    """Streaming metrics of one split of N > 2 classes; `update` per batch, then `summary`.
+
+    A prediction is the class of highest probability (the first on ties, as
+    np.argmax); there is no threshold. Counted per batch: the N x N
+    confusion matrix, top-k hits, the clipped log loss, and per calibration
+    bin the images, their summed top probability and their correct
+    predictions. Kept: every probability (N float64 per image), which the
+    one-vs-rest ROC AUC of each class needs.
+    """
+
+    def __init__(self, classes):
+        self.classes = list(classes)
+        self.num_classes = len(self.classes)
+        if self.num_classes < 2:
+            raise ValueError(f"need at least two classes. Received: classes={self.classes!r}")
+        self.count = 0
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self._top_k_hits = {k: 0 for k in TOP_K if self.num_classes > k}
+        self._log_loss = 0.0
+        self._bin_count = np.zeros(CALIBRATION_BINS, dtype=np.int64)
+        self._bin_confidence = np.zeros(CALIBRATION_BINS)
+        self._bin_correct = np.zeros(CALIBRATION_BINS, dtype=np.int64)
+        self._probabilities, self._labels = [], []
+
+    def update(self, probabilities, labels):
+        """Add one batch: `probabilities` (n, N) floats, `labels` (n,) class indices 0..N-1."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        y = np.asarray(labels).reshape(-1)
+        if p.ndim != 2 or p.shape[1] != self.num_classes:
+            raise ValueError(f"probabilities must be of shape (n, {self.num_classes}). Received: shape {p.shape}")
+        if p.shape[0] != y.shape[0]:
+            raise ValueError(f"probabilities and labels differ in length. Received: {p.shape[0]} rows, "
+                             f"{y.shape[0]} labels")
+        if not np.all((y >= 0) & (y < self.num_classes)):
+            bad = sorted(set(y[(y < 0) | (y >= self.num_classes)].tolist()))
+            raise ValueError(f"labels must be class indices 0..{self.num_classes - 1}. Received: {bad}")
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"{int(np.sum(~np.all(np.isfinite(p), axis=1)))} of {len(p)} rows of "
+                             "probabilities hold NaN or infinite values")
+        if len(y) == 0:
+            return
+        y = y.astype(np.int64)
+        rows = np.arange(len(y))
+        predicted = np.argmax(p, axis=1)
+        np.add.at(self.confusion, (y, predicted), 1)
+        true_p = p[rows, y]
+        # rank of the true class: how many classes score strictly above it
+        above = np.sum(p > true_p[:, None], axis=1)
+        for k in self._top_k_hits:
+            self._top_k_hits[k] += int(np.sum(above < k))
+        self._log_loss -= float(np.sum(np.log(np.clip(true_p, EPSILON, 1.0))))
+        confidence = p[rows, predicted]
+        bins = calibration_bin(confidence)
+        self._bin_count += np.bincount(bins, minlength=CALIBRATION_BINS)
+        self._bin_confidence += np.bincount(bins, weights=confidence, minlength=CALIBRATION_BINS)
+        self._bin_correct += np.bincount(bins, weights=predicted == y, minlength=CALIBRATION_BINS).astype(np.int64)
+        self.count += len(y)
+        self._probabilities.append(p)
+        self._labels.append(y.astype(np.int16))
+
+    @property
+    def probabilities(self):
+        """Every row of probabilities seen, in order, float64 (n, N)."""
+        return np.concatenate(self._probabilities) if self._probabilities else np.empty((0, self.num_classes))
+
+    @property
+    def labels(self):
+        """Every label seen, in order, int16 (n,)."""
+        return np.concatenate(self._labels) if self._labels else np.empty(0, dtype=np.int16)
+
+    def calibration(self):
+        """The reliability bins: [{"lower", "upper", "count", "confidence", "accuracy"}] (None when empty)."""
+        result = []
+        for i in range(CALIBRATION_BINS):
+            n = int(self._bin_count[i])
+            result.append({"lower": i / CALIBRATION_BINS, "upper": (i + 1) / CALIBRATION_BINS, "count": n,
+                           "confidence": float(self._bin_confidence[i] / n) if n else None,
+                           "accuracy": float(self._bin_correct[i] / n) if n else None})
+        return result
+
+    def summary(self):
+        """Every metric of the split (see evaluate/README.md); None marks an undefined value, its
+        reason in result["undefined"]."""
+        if self.count == 0:
+            raise ValueError("no examples: nothing to summarise")
+        n, undefined = self.count, {}
+        confusion = self.confusion
+        support = confusion.sum(axis=1)
+        predicted = confusion.sum(axis=0)
+        tp = np.diag(confusion)
+        per_class = []
+        probabilities, labels = self.probabilities, self.labels
+        for k, name in enumerate(self.classes):
+            entry = {"class": name, "support": int(support[k]), "predicted": int(predicted[k])}
+            for metric, (value, reason) in _class_scores(int(tp[k]), int(predicted[k]), int(support[k]), name):
+                entry[metric] = value
+                if value is None:
+                    undefined[f"{metric}[{name}]"] = reason
+            auc, reason = roc_auc(probabilities[:, k], (labels == k).astype(np.int8))
+            entry["roc_auc"] = auc
+            if auc is None:
+                undefined[f"roc_auc[{name}]"] = (f"{name} against the rest needs images of both "
+                                                 f"({int(support[k])} {name}, {n - int(support[k])} others)")
+            per_class.append(entry)
+        result = {
+            "count": n,
+            "class_counts": [int(c) for c in support],
+            "accuracy": float(tp.sum() / n),
+        }
+        for k, hits in self._top_k_hits.items():
+            result[f"top_{k}_accuracy"] = hits / n
+        result["per_class"] = per_class
+        for average in ("macro", "weighted"):
+            result[average] = {metric: _average(per_class, metric, average, undefined)
+                               for metric in ("precision", "recall", "f1")}
+        result["macro_roc_auc"] = _average(per_class, "roc_auc", "macro", undefined)
+        result["log_loss"] = self._log_loss / n
+        bins = self.calibration()
+        result["ece"] = float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]))
+        result["calibration_bins"] = bins
+        rows = confusion.astype(np.float64)
+        result["confusion"] = {
+            "counts": confusion.tolist(),
+            "normalized": [[float(v) for v in row / s] if s else None for row, s in zip(rows, support)],
+        }
+        result["undefined"] = undefined
+        return result
+
+
+def _class_scores(tp, predicted, support, name):
+    """[(metric, (value or None, reason or None))] for precision, recall, F1 of one class against the rest."""
+    fp, fn = predicted - tp, support - tp
+    return [
+        ("precision", (tp / predicted, None) if predicted else (None, f"no image is predicted {name}")),
+        ("recall", (tp / support, None) if support else (None, f"no {name} in this split")),
+        ("f1", (2 * tp / (2 * tp + fp + fn), None) if tp + fp + fn else
+         (None, f"no {name} in this split and none predicted")),
+    ]
+
+
+def calibration_bin(confidence):
+    """The bin of each top probability: (i/15, (i+1)/15] is bin i, and 0 falls in bin 0."""
+    bins = np.ceil(np.asarray(confidence) * CALIBRATION_BINS).astype(np.int64) - 1
+    return np.clip(bins, 0, CALIBRATION_BINS - 1)
+
+
+def _average(per_class, metric, average, undefined):
+    """Macro (plain mean) or weighted (by support) mean of `metric` over the classes where it is defined.
+
+    The classes where it is undefined are left out (scikit-learn's
+    zero_division=np.nan); with none defined the average is None too.
+    """
+    rows = [c for c in per_class if c[metric] is not None]
+    weights = np.array([1.0 if average == "macro" else c["support"] for c in rows])
+    name = f"{average}_{metric}" if metric == "roc_auc" else f"{average}.{metric}"
+    if not rows or weights.sum() == 0:
+        undefined[name] = f"{metric} is undefined for every class" if not rows else "no image in this split"
+        return None
+    return float(np.dot(weights, [c[metric] for c in rows]) / weights.sum())

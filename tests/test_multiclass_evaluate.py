@@ -1,0 +1,174 @@
+"""Issue 10 item 11: evaluate with more than two classes (softmax of N outputs).
+
+The metrics of `MulticlassAccumulator` against a case worked out by hand and
+against scikit-learn (test extra only) on random data; then an end-to-end
+`evaluate` of a tiny hand-weighted Keras model on 3-class shards.
+"""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from evaluate.metrics import CALIBRATION_BINS, EPSILON, MulticlassAccumulator
+
+CLASSES = ["a", "b", "c"]
+# Worked on paper below: labels a, b, c, a.
+KNOWN_PROBABILITIES = [[0.7, 0.2, 0.1],    # a, predicted a (0.7)
+                       [0.5, 0.4, 0.1],    # b, predicted a (0.5)
+                       [0.2, 0.15, 0.65],  # c, predicted c (0.65)
+                       [0.1, 0.25, 0.65]]  # a, predicted c (0.65)
+KNOWN_LABELS = [0, 1, 2, 0]
+
+
+def fed(probabilities, labels, classes, batch=None):
+    acc = MulticlassAccumulator(classes)
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    step = batch or max(len(labels), 1)
+    for start in range(0, len(labels), step):
+        acc.update(probabilities[start:start + step], labels[start:start + step])
+    return acc
+
+
+def test_known_case_by_hand():
+    result = fed(KNOWN_PROBABILITIES, KNOWN_LABELS, CLASSES, batch=3).summary()
+    assert result["count"] == 4 and result["class_counts"] == [2, 1, 1]
+    assert result["confusion"]["counts"] == [[1, 0, 1], [1, 0, 0], [0, 0, 1]]
+    assert result["confusion"]["normalized"] == [[0.5, 0.0, 0.5], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    assert result["accuracy"] == 0.5
+    assert "top_3_accuracy" not in result and "top_5_accuracy" not in result  # 3 classes: top-3 is always right
+    a, b, c = result["per_class"]
+    assert (a["class"], a["support"], a["predicted"]) == ("a", 2, 2)
+    assert (a["precision"], a["recall"], a["f1"]) == (0.5, 0.5, 0.5)
+    assert b["precision"] is None and (b["recall"], b["f1"]) == (0.0, 0.0)  # b is never predicted
+    assert (c["precision"], c["recall"]) == (0.5, 1.0) and c["f1"] == pytest.approx(2 / 3)
+    assert result["undefined"] == {"precision[b]": "no image is predicted b"}
+    # macro: precision over a and c only (b's is undefined)
+    assert result["macro"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 7 / 18})
+    assert result["weighted"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 5 / 12})
+    # a against the rest: 0.7 and 0.1 against 0.5 and 0.2 -> 2 of 4 pairs; b: 0.4 above all;
+    # c: 0.65 above 0.1, 0.1 and tied with 0.65 -> 2.5 of 3
+    assert [x["roc_auc"] for x in result["per_class"]] == pytest.approx([0.5, 1.0, 2.5 / 3])
+    assert result["macro_roc_auc"] == pytest.approx(7 / 9)
+    assert result["log_loss"] == pytest.approx(-(math.log(0.7) + math.log(0.4) + math.log(0.65) + math.log(0.1)) / 4)
+    # top probabilities 0.7 (right, bin 10), 0.5 (wrong, bin 7), 0.65 (right) and 0.65 (wrong) (bin 9)
+    assert result["ece"] == pytest.approx(0.25 * 0.3 + 0.25 * 0.5 + 0.5 * 0.15)
+    bins = result["calibration_bins"]
+    assert len(bins) == CALIBRATION_BINS and [b["count"] for b in bins] == [0] * 7 + [1, 0, 2, 1] + [0] * 4
+    assert bins[9] == pytest.approx({"lower": 9 / 15, "upper": 10 / 15, "count": 2, "confidence": 0.65,
+                                     "accuracy": 0.5})
+    json.dumps(result, allow_nan=False)
+
+
+def test_top_k_given_only_where_there_are_more_classes_than_k():
+    labels = [0, 1, 2, 3, 4, 5]
+    # the true class ranks 1st, 2nd, 3rd, 4th, 5th, 6th
+    rows = []
+    for rank, label in enumerate(labels):
+        row = np.linspace(0.3, 0.05, 6)  # decreasing, all distinct
+        order = [c for c in range(6) if c != label]
+        order.insert(rank, label)
+        probs = np.empty(6)
+        probs[order] = row
+        rows.append(probs / probs.sum())
+    result = fed(rows, labels, list("uvwxyz")).summary()
+    assert result["accuracy"] == pytest.approx(1 / 6)
+    assert result["top_3_accuracy"] == pytest.approx(3 / 6) and result["top_5_accuracy"] == pytest.approx(5 / 6)
+    four = fed(np.array(rows)[:4, :4], labels[:4], list("uvwx")).summary()
+    assert "top_3_accuracy" in four and "top_5_accuracy" not in four
+
+
+def _random_case(seed, n, classes, absent=None, never_predicted=None):
+    """Softmax-like rows with the true class favoured; `absent` never a label, `never_predicted` never argmax."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    if absent is not None:
+        labels[labels == absent] = (absent + 1) % classes
+    logits = rng.normal(0, 1, (n, classes))
+    logits[np.arange(n), labels] += 1.2
+    if never_predicted is not None:
+        logits[:, never_predicted] -= 10
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True), labels
+
+
+SKLEARN_CASES = [
+    ("3-classes", *_random_case(0, 300, 3)),
+    ("4-classes-batches-of-7", *_random_case(1, 97, 4)),
+    ("7-classes", *_random_case(2, 500, 7)),
+    ("a-class-never-predicted", *_random_case(3, 200, 5, never_predicted=2)),
+    ("a-class-absent-from-the-labels", *_random_case(4, 200, 6, absent=4)),
+]
+
+
+@pytest.mark.parametrize("probs, labels", [case[1:] for case in SKLEARN_CASES], ids=[case[0] for case in SKLEARN_CASES])
+def test_every_figure_matches_scikit_learn(probs, labels):
+    metrics = pytest.importorskip("sklearn.metrics")
+    classes = [f"k{i}" for i in range(probs.shape[1])]
+    everything = list(range(len(classes)))
+    result = fed(probs, labels, classes, batch=7).summary()
+    predicted = probs.argmax(axis=1)
+    assert result["confusion"]["counts"] == metrics.confusion_matrix(labels, predicted, labels=everything).tolist()
+    assert result["accuracy"] == pytest.approx(metrics.accuracy_score(labels, predicted), abs=1e-12)
+    for k in (3, 5):
+        if len(classes) > k:
+            expected = metrics.top_k_accuracy_score(labels, probs, k=k, labels=everything)
+            assert result[f"top_{k}_accuracy"] == pytest.approx(expected, abs=1e-12)
+    p, r, f, s = metrics.precision_recall_fscore_support(labels, predicted, labels=everything,
+                                                         zero_division=np.nan)
+    for i, entry in enumerate(result["per_class"]):
+        for ours, theirs in ((entry["precision"], p[i]), (entry["recall"], r[i]), (entry["f1"], f[i])):
+            assert (ours is None) if np.isnan(theirs) else ours == pytest.approx(theirs, abs=1e-12)
+        assert entry["support"] == s[i]
+    for average in ("macro", "weighted"):
+        p, r, f, _ = metrics.precision_recall_fscore_support(labels, predicted, labels=everything,
+                                                             average=average, zero_division=np.nan)
+        assert result[average] == pytest.approx({"precision": p, "recall": r, "f1": f}, abs=1e-12)
+    present = sorted(set(labels.tolist()))
+    for i, entry in enumerate(result["per_class"]):
+        if i in present:
+            assert entry["roc_auc"] == pytest.approx(metrics.roc_auc_score(labels == i, probs[:, i]), abs=1e-12)
+        else:
+            assert entry["roc_auc"] is None and f"roc_auc[k{i}]" in result["undefined"]
+    if len(present) == len(classes):
+        expected = metrics.roc_auc_score(labels, probs, multi_class="ovr", average="macro")
+        assert result["macro_roc_auc"] == pytest.approx(expected, abs=1e-12)
+    assert result["log_loss"] == pytest.approx(
+        metrics.log_loss(labels, np.clip(probs, EPSILON, 1), labels=everything), abs=1e-12)
+    json.dumps(result, allow_nan=False)
+
+
+def test_streaming_equals_all_at_once():
+    probs, labels = _random_case(5, 250, 5)
+    whole = fed(probs, labels, list("vwxyz")).summary()
+    for batch in (1, 13, 250):
+        assert _close(fed(probs, labels, list("vwxyz"), batch=batch).summary(), whole)
+
+
+def _close(a, b):
+    """Recursive comparison of two summaries, floats to 1e-12."""
+    if isinstance(a, dict):
+        assert set(a) == set(b)
+        return all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        assert len(a) == len(b)
+        return all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        assert a == pytest.approx(b, abs=1e-12)
+        return True
+    assert a == b
+    return True
+
+
+def test_bad_batches_are_rejected():
+    acc = MulticlassAccumulator(CLASSES)
+    with pytest.raises(ValueError, match=r"shape \(n, 3\). Received: shape \(2, 2\)"):
+        acc.update([[0.5, 0.5], [0.5, 0.5]], [0, 1])
+    with pytest.raises(ValueError, match=r"class indices 0..2. Received: \[3\]"):
+        acc.update(np.full((2, 3), 1 / 3), [0, 3])
+    with pytest.raises(ValueError, match="NaN"):
+        acc.update([[np.nan, 0.5, 0.5]], [0])
+    assert acc.count == 0
+    with pytest.raises(ValueError, match="no examples"):
+        acc.summary()
