@@ -16,7 +16,8 @@ COLOURS = {"train": "tab:green", "val": "tab:blue", "test": "tab:orange"}
 # Section titles of report.md; each split's mistakes get "Most confident mistakes (<split>)".
 TITLES = {"roc": "ROC curve", "accuracy_vs_threshold": "Accuracy vs threshold",
           "score_histograms": "Scores by true class", "confusion": "Confusion matrices",
-          "training_curves": "Training curves (history.csv)"}
+          "training_curves": "Training curves (history.csv)", "reliability": "Reliability diagram",
+          "confusion_normalized": "Confusion matrices, each row divided by its class's images"}
 
 
 def write_report(out, metrics, accumulators, history, mistake_images):
@@ -36,6 +37,8 @@ def write_report(out, metrics, accumulators, history, mistake_images):
         fig.savefig(os.path.join(out, relative), dpi=100)
         figures[name] = relative
 
+    if "classes" in metrics:  # more than two classes
+        return _write_multiclass_report(out, metrics, history, mistake_images, figures, save)
     save("roc", _roc_figure(accumulators))
     save("accuracy_vs_threshold", _accuracy_figure(accumulators, threshold))
     save("score_histograms", _histogram_figure(accumulators, threshold))
@@ -236,4 +239,117 @@ def _missing_picture_lines(figures, results, threshold):
     for split, result in results.items():
         if not result["confident_mistakes"]:
             lines += [f"No mistakes on {split} at threshold {threshold:.2f}.", ""]
+    return lines
+
+
+# ---- more than two classes ---------------------------------------------------------------------
+
+def _write_multiclass_report(out, metrics, history, mistake_images, figures, save):
+    classes, results = metrics["classes"], metrics["splits"]
+    save("confusion", _class_confusion_figure(results, classes, "counts"))
+    save("confusion_normalized", _class_confusion_figure(results, classes, "normalized"))
+    save("reliability", _reliability_figure(results))
+    if history:
+        save("training_curves", _training_figure(history))
+    for split, result in results.items():
+        mistakes = result["confident_mistakes"]
+        if mistakes:
+            save(f"mistakes_{split}", _class_mistakes_figure(split, mistakes, mistake_images[split], classes))
+    lines = (_multiclass_summary_lines(metrics, history)
+             + ["", "## Metrics", ""] + _multiclass_table(results) + _undefined_lines(results)
+             + ["", "## Per class", ""] + _per_class_lines(results, classes)
+             + ["", "## Pictures", ""] + _picture_lines(figures)
+             + (["No training curves: history.csv is empty or missing.", ""] if not history else [])
+             + [f"No mistakes on {s}." for s, r in results.items() if not r["confident_mistakes"]])
+    write_text_atomic(os.path.join(out, REPORT_NAME), "\n".join(lines).rstrip() + "\n")
+    return figures
+
+
+def _class_confusion_figure(results, classes, kind):
+    n = len(classes)
+    side = max(3.6, 0.45 * n + 1.6)
+    fig, axes = _figure(side * len(results), side, ncols=len(results))
+    for ax, (split, result) in zip(axes, results.items()):
+        rows = result["confusion"][kind]
+        matrix = np.array([row if row is not None else [np.nan] * n for row in rows], dtype=np.float64)
+        top = np.nanmax(matrix) if np.any(np.isfinite(matrix)) else 1
+        ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(top, 1e-9))
+        if n <= 20:  # more cells than that would be unreadable numbers
+            for (i, j), value in np.ndenumerate(matrix):
+                text = "-" if np.isnan(value) else (f"{int(value)}" if kind == "counts" else f"{value:.2f}")
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if value > top / 2 else "black")
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), classes)
+        title = "images" if kind == "counts" else "share of the true class"
+        ax.set(xlabel="predicted", ylabel="true", title=f"{split}: {title}")
+    return fig
+
+
+def _reliability_figure(results):
+    fig, (ax,) = _figure(4.5, 4.5)
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", label="perfectly calibrated")
+    for split, result in results.items():
+        bins = [b for b in result["calibration_bins"] if b["count"]]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color=COLOURS[split],
+                label=f"{split} (ECE {result['ece']:.3f})")
+    ax.set(xlabel="top probability (mean of its bin)", ylabel="accuracy in the bin", xlim=(0, 1), ylim=(0, 1.01),
+           title="Reliability (15 equal bins)")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def _class_mistakes_figure(split, mistakes, images, classes):
+    cols = min(4, len(mistakes))
+    rows = -(-len(mistakes) // cols)
+    height, width = images.shape[1:3]
+    panel = 2.4
+    fig, axes = _figure(max(panel * cols, 4.5), panel * rows * height / width + 0.8 * rows + 0.4,
+                        ncols=cols, nrows=rows)
+    for ax in axes:
+        ax.axis("off")
+    for ax, mistake, image in zip(axes, mistakes, images):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(f"{mistake['name']}\ntrue {classes[mistake['label']]}, called "
+                     f"{classes[mistake['predicted']]} ({mistake['probability']:.3f})", fontsize=8)
+    fig.suptitle(f"{split}: most confident mistakes")
+    return fig
+
+
+def _multiclass_summary_lines(metrics, history):
+    height, width = metrics["image_size"]
+    other_data = "" if metrics["same_data_as_training"] else " (**not the data this run was trained on**)"
+    return [
+        f"# Evaluation of {os.path.basename(metrics['run'])}",
+        "",
+        f"- model: `{metrics['model']}` ({metrics['checkpoint']})",
+        f"- data: `{metrics['data']}`, images {height}x{width}{other_data}",
+        f"- {len(metrics['classes'])} classes: {', '.join(metrics['classes'])}",
+        f"- decision threshold: {metrics['threshold']['rule']}",
+        f"- epochs trained: {len(history)}",
+    ]
+
+
+def _multiclass_table(results):
+    first = next(iter(results.values()))
+    rows = [("images", lambda r: str(r["count"])), ("accuracy", lambda r: _fmt(r["accuracy"]))]
+    rows += [(f"top-{k} accuracy", lambda r, k=k: _fmt(r[f"top_{k}_accuracy"])) for k in (3, 5)
+             if f"top_{k}_accuracy" in first]
+    for average in ("macro", "weighted"):
+        rows += [(f"{average} {m}", lambda r, a=average, m=m: _fmt(r[a][m])) for m in ("precision", "recall", "f1")]
+    rows += [("macro ROC AUC (one-vs-rest)", lambda r: _fmt(r["macro_roc_auc"])),
+             ("log loss", lambda r: _fmt(r["log_loss"])),
+             ("expected calibration error", lambda r: _fmt(r["ece"]))]
+    return _table("metric", rows, results)
+
+
+def _per_class_lines(results, classes):
+    lines = []
+    for split, result in results.items():
+        lines += [f"### {split}", "", "| class | images | predicted | precision | recall | F1 | ROC AUC |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for c in result["per_class"]:
+            lines.append(f"| {c['class']} | {c['support']} | {c['predicted']} | {_fmt(c['precision'])} | "
+                         f"{_fmt(c['recall'])} | {_fmt(c['f1'])} | {_fmt(c['roc_auc'])} |")
+        lines.append("")
     return lines

@@ -9,9 +9,15 @@
 Each split is read once (shards.stream), in batches of `batch_size` images
 that run across shard boundaries. Held in memory: one batch, one float per
 image, and the few images that may be the split's most confident mistakes.
-The decision threshold is chosen on the validation split (best accuracy on
-a 0.00..1.00 grid) and applied unchanged to every other split, so the test
-figures never peek at test labels.
+Two classes: the model gives one sigmoid probability of class 1 (cat for
+Dogs vs. Cats). The decision threshold is chosen on the validation split
+(best accuracy on a 0.00..1.00 grid) and applied unchanged to every other
+split, so the test figures never peek at test labels.
+
+More than two classes: the model gives a softmax of N probabilities and the
+prediction is the most probable class. There is no threshold (choosing one
+on validation is a two-class idea); metrics.json says so. Held per image:
+N floats (the one-vs-rest ROC AUC of each class needs them all).
 """
 import datetime
 import heapq
@@ -21,12 +27,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from evaluate.metrics import COARSE_GRID, Accumulator
+from evaluate.metrics import COARSE_GRID, Accumulator, MulticlassAccumulator
 from evaluate.report import write_report
 from shards import stream
 from shards.errors import UserError
 from shards.format import sha256_file
-from shards.manifest import load_manifest, require_two_classes, verify_shards, write_json_atomic
+from shards.manifest import load_manifest, verify_shards, write_json_atomic
 from shards.progress import Progress
 from train.rundir import BEST, CONFIG, LAST, RunDir
 from train.tf_env import quiet_logs
@@ -80,15 +86,20 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
     model_path = run.checkpoint(checkpoint)
     model = _load_model(model_path)
     _check_input_size(model, model_path, manifest)
+    _check_outputs(model, model_path, manifest)
 
     accumulators, candidates = _score_splits(model, manifest, scored, int(batch_size), progress, tta)
-    threshold, chosen_on = _choose_threshold(accumulators)
-    results, pictures = _split_results(accumulators, candidates, threshold)
+    if manifest.num_classes == 2:
+        threshold, chosen_on = _choose_threshold(accumulators)
+        results, pictures = _split_results(accumulators, candidates, threshold)
+        threshold = {"value": threshold, "chosen_on": chosen_on}
+    else:
+        results, pictures = _multiclass_results(accumulators, candidates)
+        threshold = None
 
     out = out or run_dir
     os.makedirs(out, exist_ok=True)
-    metrics = _metrics_document(run_dir, config, model_path, tta, data, manifest,
-                                {"value": threshold, "chosen_on": chosen_on}, results)
+    metrics = _metrics_document(run_dir, config, model_path, tta, data, manifest, threshold, results)
     metrics["figures"] = write_report(out, metrics, accumulators, run.history(), pictures)
     metrics["seconds"] = round(time.monotonic() - started, 2)
     write_json_atomic(os.path.join(out, METRICS_NAME), metrics)
@@ -119,8 +130,9 @@ def _load_data(data, run_dir, splits):
     if not data:
         raise UserError(f"{os.path.join(run_dir, CONFIG)} names no shard folder (\"data\"); name the shard folder to score")
     manifest = load_manifest(data)
-    # Two classes: index 1 is the positive class, scored by the model's sigmoid.
-    require_two_classes(manifest.classes, manifest.folder, "evaluating")
+    if manifest.num_classes < 2:
+        raise UserError(f"{manifest.folder} holds {manifest.num_classes} class ({', '.join(manifest.classes)}): "
+                        "evaluating needs two classes or more; ingest images of other classes too")
     for split in splits:
         if not manifest.shards(split):
             present = ", ".join(s for s in manifest.data["splits"] if manifest.shards(s)) or "none"
@@ -145,10 +157,22 @@ def _split_results(accumulators, candidates, threshold):
     return results, pictures
 
 
+def _multiclass_results(accumulators, candidates):
+    """({split: its metrics}, {split: images of its most confident mistakes}) with N > 2 classes."""
+    results, pictures = {}, {}
+    for split, accumulator in accumulators.items():
+        mistakes, pictures[split] = candidates[split].worst()
+        results[split] = {**accumulator.summary(), "confident_mistakes": mistakes}
+    return results, pictures
+
+
 def _metrics_document(run_dir, config, model_path, tta, data, manifest, threshold, results):
-    """metrics.json without "figures" and "seconds", which come last."""
+    """metrics.json without "figures" and "seconds", which come last.
+
+    `threshold` is {"value", "chosen_on"} with two classes, None with more.
+    """
     manifest_sha256 = manifest.checksum
-    return {
+    document = {
         "schema_version": METRICS_SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run": os.path.abspath(run_dir),
@@ -160,14 +184,23 @@ def _metrics_document(run_dir, config, model_path, tta, data, manifest, threshol
         "manifest_sha256": manifest_sha256,
         "same_data_as_training": config.get("manifest_sha256") == manifest_sha256,
         "image_size": list(manifest.image_shape[:2]),
+        "classes": manifest.classes,
         "threshold": {
-            **threshold,
+            **(threshold or {}),
             "rule": "highest accuracy on thresholds 0.00, 0.01, ..., 1.00 (cat when score > threshold); "
                     "ties go to the threshold nearest 0.5",
         },
         "accuracy_thresholds": [float(t) for t in COARSE_GRID],
         "splits": results,
     }
+    if threshold is not None:
+        del document["classes"]  # the two-class document stays as it was before N classes
+        return document
+    document["threshold"] = {"value": None, "chosen_on": None,
+                             "rule": f"none with {manifest.num_classes} classes: the prediction is the class of "
+                                     "highest probability (a threshold chosen on val is a two-class idea)"}
+    del document["accuracy_thresholds"]
+    return document
 
 
 def _warnings(metrics, data):
@@ -222,7 +255,7 @@ def _check_input_size(model, path, manifest):
 
 
 def _score_splits(model, manifest, splits, batch_size, progress, tta):
-    """({split: Accumulator of its scores}, {split: _Candidates}): one pass over each split."""
+    """({split: its accumulator}, {split: its mistake candidates}): one pass over each split."""
     bar = Progress(sum(manifest.split_count(s) for s in splits), "evaluate", enabled=progress)
     accumulators, candidates = {}, {}
     try:
@@ -235,13 +268,16 @@ def _score_splits(model, manifest, splits, batch_size, progress, tta):
 
 def _score_split(model, manifest, split, batch_size, bar, tta):
     """Stream every image of `split` through the model once, in batches of `batch_size`."""
-    accumulator, candidates = Accumulator(), _Candidates()
+    if manifest.num_classes == 2:
+        accumulator, candidates = Accumulator(), _Candidates()
+    else:
+        accumulator, candidates = MulticlassAccumulator(manifest.classes), _MulticlassCandidates()
     batches = list(stream.exact_batches(stream.plan_blocks(manifest, split, block=batch_size), batch_size))
     for (images, labels, names), blocks in zip(stream.read_blocks(batches, names=True), batches):
         if np.any(labels < 0):
             path = _block_of(blocks, int(np.argmax(labels < 0))).path
             raise UserError(f"shard {path} holds unlabelled images; only labelled splits can be evaluated")
-        scores = _predict(model, images, tta)
+        scores = _predict(model, images, tta, manifest.num_classes)
         try:
             accumulator.update(scores, labels)
         except ValueError as exc:
@@ -258,11 +294,29 @@ def _block_of(blocks, row):
     return blocks[int(np.searchsorted(ends, row, side="right"))]
 
 
-def _predict(model, images, tta):
-    """float64 scores (n,) of a batch; UserError unless the model gives one per image."""
+def _check_outputs(model, path, manifest):
+    """UserError unless the model gives one probability per class (N > 2); two classes are checked per batch."""
+    if manifest.num_classes == 2:
+        return
+    found = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
+    if found != manifest.num_classes:
+        outputs = f"{found} output(s)" if found is not None else f"{len(model.outputs)} output tensors"
+        raise UserError(f"the model {path} gives {outputs} per image, but the shards in {manifest.folder} hold "
+                        f"{manifest.num_classes} classes ({', '.join(manifest.classes[:6])}"
+                        f"{', ...' if manifest.num_classes > 6 else ''}); evaluate it on the data it was "
+                        "trained on (--data)")
+
+
+def _predict(model, images, tta, num_classes=2):
+    """float64 scores (n,) of a batch (two classes) or probabilities (n, N); UserError when the shape is not that."""
     scores = np.asarray(model.predict_on_batch(images))
     if tta:  # average with the mirror image (width is axis 2)
         scores = (scores + np.asarray(model.predict_on_batch(images[:, :, ::-1]))) / 2
+    if num_classes > 2:
+        if scores.shape != (len(images), num_classes):
+            raise UserError(f"the model outputs shape {scores.shape[1:]} per image; evaluate needs "
+                            f"{num_classes} softmax probabilities per image")
+        return scores.astype(np.float64)
     if scores.shape not in ((len(images), 1), (len(images),)):
         raise UserError(f"the model outputs shape {scores.shape[1:]} per image; evaluate needs "
                         "one sigmoid probability of cat per image")
@@ -314,3 +368,34 @@ class _Candidates:
         wrong = sorted(wrong, key=lambda c: (-abs(c.score - c.label), c.index))[:self.keep]
         mistakes = [{"name": c.name, "label": c.label, "score": c.score, "index": c.index} for c in wrong]
         return mistakes, np.array([c.image for c in wrong], dtype=np.uint8)
+
+
+class _MulticlassCandidates:
+    """The most confident wrong predictions of a split (N > 2), kept during its one pass.
+
+    With no threshold, whether an image is a mistake is known as it is
+    scored, so only the `keep` mistakes of highest top probability so far
+    (and their images) are held; ties go to the first seen.
+    """
+
+    def __init__(self, keep=MISTAKES_KEPT):
+        self.keep = keep
+        self.pool = []  # (-top probability, index, label, predicted, probability of label, name, image)
+
+    def add(self, probabilities, labels, names, images, first):
+        predicted = np.argmax(probabilities, axis=1)
+        confidence = probabilities[np.arange(len(labels)), predicted]
+        rows = np.flatnonzero(predicted != labels)
+        if len(self.pool) == self.keep:  # a later image must be strictly more confident to get in
+            rows = rows[-confidence[rows] < self.pool[-1][0]]
+        rows = rows[np.argsort(-confidence[rows], kind="stable")][:self.keep]
+        offered = [(-float(confidence[i]), first + int(i), int(labels[i]), int(predicted[i]),
+                    float(probabilities[i, labels[i]]), names[i], images[i].copy()) for i in rows]
+        self.pool = heapq.nsmallest(self.keep, self.pool + offered, key=lambda c: c[:2])
+
+    def worst(self):
+        """(mistakes, images): most confident first; mistakes are the dicts metrics.json lists."""
+        mistakes = [{"name": name, "label": label, "predicted": predicted, "probability": -key,
+                     "label_probability": label_p, "index": index}
+                    for key, index, label, predicted, label_p, name, _ in self.pool]
+        return mistakes, np.array([c[-1] for c in self.pool], dtype=np.uint8)

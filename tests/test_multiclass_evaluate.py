@@ -146,16 +146,16 @@ def test_streaming_equals_all_at_once():
         assert _close(fed(probs, labels, list("vwxyz"), batch=batch).summary(), whole)
 
 
-def _close(a, b):
-    """Recursive comparison of two summaries, floats to 1e-12."""
+def _close(a, b, tolerance=1e-12):
+    """Recursive comparison of two summaries, floats to `tolerance`."""
     if isinstance(a, dict):
         assert set(a) == set(b)
-        return all(_close(a[k], b[k]) for k in a)
+        return all(_close(a[k], b[k], tolerance) for k in a)
     if isinstance(a, list):
         assert len(a) == len(b)
-        return all(_close(x, y) for x, y in zip(a, b))
+        return all(_close(x, y, tolerance) for x, y in zip(a, b))
     if isinstance(a, float):
-        assert a == pytest.approx(b, abs=1e-12)
+        assert a == pytest.approx(b, abs=tolerance)
         return True
     assert a == b
     return True
@@ -172,3 +172,152 @@ def test_bad_batches_are_rejected():
     assert acc.count == 0
     with pytest.raises(ValueError, match="no examples"):
         acc.summary()
+
+
+# ---- end to end: a hand-weighted softmax model on 3-class shards -------------------------------
+
+SIZE = (16, 16)
+# Class folders sorted by name: apple = 0 (red), kiwi = 1 (green), plum = 2 (blue). Every fourth
+# plum is purple, more red than blue, so the model calls it an apple, confidently.
+COLOURS = {"apple": (220, 20, 30), "kiwi": (20, 220, 30), "plum": (30, 20, 220)}
+PURPLE = (200, 20, 120)
+PER_CLASS = 16
+
+
+def _colour(cls, i):
+    base = PURPLE if cls == "plum" and i % 4 == 0 else COLOURS[cls]
+    return (base[0], base[1] + i, base[2])  # no two images alike: ingest drops duplicates
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory):
+    from PIL import Image
+
+    from ingest import IngestSettings, ingest
+
+    root = tmp_path_factory.mktemp("three")
+    for cls in COLOURS:
+        os.makedirs(root / "in" / cls)
+        for i in range(PER_CLASS):
+            Image.new("RGB", (20, 18), _colour(cls, i)).save(root / "in" / cls / f"{cls}{i}.png")
+    out = str(root / "shards")
+    ingest(str(root / "in"), out, IngestSettings(size=SIZE, shard_size=8, val=0.25, test=0.25),
+           scheduler="sync", progress=False)
+    return out
+
+
+def make_softmax_run(runs_root, shard_dir, name, classes=3):
+    """A run directory as `train` leaves it: mean colour -> Dense(classes, softmax), weights set by hand."""
+    import keras
+
+    from shards import load_manifest
+
+    inputs = keras.Input((*SIZE, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+    kernel = np.zeros((3, classes))
+    kernel[:, :3] = 6.0 * np.eye(3)  # class k gets six times channel k
+    model.layers[-1].set_weights([kernel, np.zeros(classes)])
+    run_dir = os.path.join(runs_root, name)
+    os.makedirs(run_dir)
+    model.save(os.path.join(run_dir, "best.keras"))
+    manifest = load_manifest(shard_dir)
+    config = {"model": "tiny", "data": os.path.abspath(shard_dir), "manifest_sha256": manifest.checksum,
+              "image_size": list(SIZE), "fit": "stretch", "classes": manifest.classes,
+              "train_size": manifest.split_count("train"), "val_size": manifest.split_count("val"),
+              "epochs": 1, "batch_size": 8, "lr": 1e-3, "loss": "sparse_categorical_crossentropy", "seed": 0,
+              "params": int(model.count_params())}
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(run_dir, "history.csv"), "w") as f:
+        f.write("epoch,loss,accuracy,val_loss,val_accuracy,seconds,lr\n1,0.9,0.6,0.8,0.7,1.5,0.001\n")
+    return run_dir
+
+
+def _split_arrays(shard_dir, split):
+    from shards import ShardReader, load_manifest
+
+    manifest = load_manifest(shard_dir)
+    images, labels, names = [], [], []
+    for entry in manifest.shards(split):
+        with ShardReader(manifest.shard_path(entry)) as shard:
+            images.append(shard.read(0, shard.count))
+            labels.append(shard.labels)
+            names += shard.names
+    return np.concatenate(images), np.concatenate(labels), names
+
+
+SPLIT_KEYS = {"count", "class_counts", "accuracy", "per_class", "macro", "weighted", "macro_roc_auc", "log_loss",
+              "ece", "calibration_bins", "confusion", "undefined", "confident_mistakes"}
+
+
+def test_evaluate_three_classes_end_to_end(three_classes, tmp_path):
+    import keras
+    from PIL import Image
+
+    from evaluate import evaluate_run
+
+    run_dir = make_softmax_run(str(tmp_path), three_classes, "soft-1")
+    result = evaluate_run(run_dir, batch_size=5, progress=False)
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert {k: v for k, v in result.items() if k not in ("out", "warnings")} == metrics
+    assert metrics["classes"] == ["apple", "kiwi", "plum"] and "accuracy_thresholds" not in metrics
+    assert metrics["threshold"]["value"] is None and "two-class idea" in metrics["threshold"]["rule"]
+    assert set(metrics["figures"]) >= {"confusion", "confusion_normalized", "reliability", "training_curves"}
+    for relative in metrics["figures"].values():
+        with Image.open(os.path.join(run_dir, relative)) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    with open(os.path.join(run_dir, "report.md")) as f:
+        report = f.read()
+    assert "| plum |" in report and "apple, kiwi, plum" in report and "expected calibration error" in report
+
+    model = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
+    purples = 0
+    for split in ("val", "test"):
+        part = metrics["splits"][split]
+        assert set(part) == SPLIT_KEYS
+        images, labels, names = _split_arrays(three_classes, split)
+        probs = model.predict(images, verbose=0).astype(np.float64)
+        expected = fed(probs, labels, metrics["classes"]).summary()
+        # float32 outputs of batches of 5 and of one batch differ in the last bits
+        assert _close({k: v for k, v in part.items() if k != "confident_mistakes"}, expected, 1e-6)
+        # the purple plums, and only they, are called apples
+        purple = [n for n in names if os.path.basename(n).startswith("plum")
+                  and int(os.path.basename(n)[4:].split(".")[0]) % 4 == 0]
+        purples += len(purple)
+        counts = part["confusion"]["counts"]
+        assert counts[2][0] == len(purple) and sum(map(sum, counts)) - np.trace(counts) == len(purple)
+        mistakes = part["confident_mistakes"]
+        assert sorted(m["name"] for m in mistakes) == sorted(purple)
+        assert all((m["label"], m["predicted"]) == (2, 0) for m in mistakes)
+        assert [m["probability"] for m in mistakes] == sorted((m["probability"] for m in mistakes), reverse=True)
+        assert all(names[m["index"]] == m["name"] for m in mistakes)
+        assert (f"mistakes_{split}" in metrics["figures"]) == bool(mistakes)
+    assert purples > 0  # the case has mistakes to find
+
+
+def test_cli_summary_of_three_classes(three_classes, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    run_dir = make_softmax_run(str(tmp_path), three_classes, "soft-1")
+    result = CliRunner().invoke(cli, ["evaluate", run_dir, "--split", "test", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[-5] == "3 classes: apple, kiwi, plum"
+    assert lines[-4].split() == ["split", "images", "acc", "macroF1", "logloss", "ECE"]
+    assert [line.split()[0] for line in lines[-3:-1]] == ["val", "test"]
+    assert lines[-1].startswith("no threshold")
+
+
+def test_a_model_with_the_wrong_number_of_outputs_is_refused(three_classes, tmp_path):
+    from evaluate import evaluate_run
+    from shards import UserError
+
+    run_dir = make_softmax_run(str(tmp_path), three_classes, "soft-4", classes=4)
+    with pytest.raises(UserError, match=r"gives 4 output\(s\) per image, but the shards in .* hold 3 classes "
+                                        r"\(apple, kiwi, plum\)"):
+        evaluate_run(run_dir, progress=False)
