@@ -2,8 +2,11 @@
 
 Each row comes from a run's own files: config.json (model, sizes, params),
 history.csv (epochs, seconds per epoch), the checkpoint's size on disk and
-metrics.json. A run without a current metrics.json (none yet, or written
-for another checkpoint file) is evaluated first, with the default settings.
+metrics.json. With more than two classes there is no threshold ("-"), "val
+AUC" is the one-vs-rest macro AUC and "test acc. at threshold" the accuracy
+of the most probable class. A run without a current metrics.json (none yet,
+or written for another checkpoint file) is evaluated first, with the
+default settings.
 """
 import os
 
@@ -29,6 +32,9 @@ COLUMNS = (
     ("val_roc_auc", "val AUC", "{:.3f}"),
     ("threshold", "threshold", "{:.2f}"),
     ("test_accuracy", "test acc. at threshold", "{:.3f}"),
+    ("val_macro_f1", "val macro-F1", "{:.3f}"),
+    ("classes", "classes", "{}"),
+    ("test_class_counts", "test images per class", "{}"),
 )
 
 
@@ -76,10 +82,31 @@ def _row(run, progress):
         "val_mse": val.get("mse"),
         "val_pearson_r": val.get("pearson_r"),
         "val_best_accuracy": val.get("best_accuracy"),
-        "val_roc_auc": val.get("roc_auc"),
-        "threshold": metrics["threshold"]["value"],
+        "val_roc_auc": val.get("roc_auc", val.get("macro_roc_auc")),  # N > 2: the one-vs-rest macro AUC
+        "threshold": (metrics.get("threshold") or {}).get("value"),
         "test_accuracy": test.get("accuracy"),
+        "val_macro_f1": (val.get("macro") or {}).get("f1"),
+        "classes": _names(metrics.get("classes") or config.get("classes")),
+        "test_class_counts": _counts(test),
     }
+
+
+def _names(classes, shown=8):
+    """"a, b, c" (the first `shown` and how many more), None when the run does not record them."""
+    if not classes:
+        return None
+    more = f", ... ({len(classes)} in all)" if len(classes) > shown else ""
+    return ", ".join(classes[:shown]) + more
+
+
+def _counts(split):
+    """Images per class index of a split's metrics, as "n0 / n1 / ...", None when unknown."""
+    counts = split.get("class_counts")
+    if counts is None and "cats" in split and "dogs" in split:
+        counts = [split["dogs"], split["cats"]]  # two classes: index 0 is the negative class
+    if counts is None:
+        return None
+    return " / ".join(str(c) for c in counts)
 
 
 def _current_metrics(run, progress):

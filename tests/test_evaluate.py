@@ -326,6 +326,7 @@ def test_compare_evaluates_missing_runs_and_reuses_metrics(evaluated, shard_dir,
     a, b = rows
     assert (a["run"], a["model"], a["train_size"], a["val_size"], a["epochs"]) == ("tiny-1", "tiny", 36, 12, 2)
     assert a["params"] == 4 and a["seconds_per_epoch"] == 2.5 and a["model_mb"] > 0
+    assert a["test_class_counts"] == "6 / 6" and a["classes"] is None  # dogs / cats; this config names none
     assert a["val_best_accuracy"] > 0.8 and b["val_roc_auc"] == 0.0 and b["test_accuracy"] == 0.5
     with open(out) as f:
         table = f.read()

@@ -321,3 +321,18 @@ def test_a_model_with_the_wrong_number_of_outputs_is_refused(three_classes, tmp_
     with pytest.raises(UserError, match=r"gives 4 output\(s\) per image, but the shards in .* hold 3 classes "
                                         r"\(apple, kiwi, plum\)"):
         evaluate_run(run_dir, progress=False)
+
+
+def test_compare_shows_class_names_and_counts(three_classes, tmp_path):
+    from evaluate import compare_runs, markdown_table
+
+    run_dir = make_softmax_run(str(tmp_path), three_classes, "soft-1")
+    (row,) = compare_runs([run_dir], progress=False)
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert row["classes"] == "apple, kiwi, plum" and row["test_class_counts"] == "4 / 4 / 4"
+    assert row["threshold"] is None  # no threshold with three classes
+    assert row["val_roc_auc"] == metrics["splits"]["val"]["macro_roc_auc"]
+    assert row["test_accuracy"] == metrics["splits"]["test"]["accuracy"]
+    assert row["val_macro_f1"] == metrics["splits"]["val"]["macro"]["f1"]
+    line = markdown_table([row]).splitlines()[2]
+    assert line.endswith(f"| {row['val_macro_f1']:.3f} | apple, kiwi, plum | 4 / 4 / 4 |")
