@@ -29,8 +29,10 @@ def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size,
 
     Each run gets metrics.json, report.md and figures/ (ROC, accuracy vs
     threshold, score histograms, confusion matrices, training curves, the
-    most confident mistakes). The decision threshold is chosen on val and
-    applied unchanged to test.
+    most confident mistakes). Two classes: the decision threshold is chosen
+    on val and applied unchanged to test. More than two: the most probable
+    class is the prediction (no threshold); top-k, per-class and macro
+    metrics, calibration (reliability diagram) and the N x N confusion matrix.
 
     \b
     Example:
