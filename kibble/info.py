@@ -25,7 +25,8 @@ def info(data_dir, runs_root):
         image_size [h, w], fit, shards, bytes, images, skipped, excluded,
         duplicates and source. Each run holds run, model, epochs_done, epochs,
         train_size, val_size, best_val_accuracy (None before the first
-        epoch) and test_accuracy (None until evaluated on test).
+        epoch), test_accuracy (None until evaluated on test) and classes
+        (the class names the run recorded, None for a run that records none).
 
     Raises:
         UserError: neither a shard folder nor any run is there.
@@ -85,6 +86,7 @@ def _run(run):
         "best_val_accuracy": max(accuracies) if accuracies else None,
         "test_accuracy": test.get("accuracy"),
         "threshold": (metrics.get("threshold") or {}).get("value"),
+        "classes": config.get("classes") or metrics.get("classes"),
         "modified": run.modified(),
     }
 
@@ -95,6 +97,12 @@ def _or_empty(read):
         return read()
     except (OSError, UserError, ValueError, KeyError):
         return None
+
+
+def _class_names(classes, shown=6):
+    if not classes:
+        return "-"
+    return f"{len(classes)}: " + ", ".join(classes[:shown]) + (", ..." if len(classes) > shown else "")
 
 
 def info_text(facts, data_dir):
@@ -115,9 +123,13 @@ def info_text(facts, data_dir):
         lines.append(f"runs: none in {facts['runs_root']}/")
     else:
         lines.append(f"runs in {facts['runs_root']}/:")
-        lines.append(f"  {'run':<32} {'model':<10} {'epochs':>7} {'best val acc':>12} {'test acc':>9}")
+        # a classes column only when some run records its classes (runs of before N classes do not)
+        named = any(run.get("classes") for run in facts["runs"])
+        lines.append(f"  {'run':<32} {'model':<10} {'epochs':>7} {'best val acc':>12} {'test acc':>9}"
+                     + ("  classes" if named else ""))
         for run in facts["runs"]:
             epochs = f"{run['epochs_done']}/{cell(run['epochs'])}"
             lines.append(f"  {os.path.basename(run['run']):<32} {cell(run['model']):<10} {epochs:>7} "
-                         f"{cell(run['best_val_accuracy'], '{:.3f}'):>12} {cell(run['test_accuracy'], '{:.3f}'):>9}")
+                         f"{cell(run['best_val_accuracy'], '{:.3f}'):>12} {cell(run['test_accuracy'], '{:.3f}'):>9}"
+                         + (f"  {_class_names(run.get('classes'))}" if named else ""))
     return "\n".join(lines)

@@ -336,3 +336,20 @@ def test_compare_shows_class_names_and_counts(three_classes, tmp_path):
     assert row["val_macro_f1"] == metrics["splits"]["val"]["macro"]["f1"]
     line = markdown_table([row]).splitlines()[2]
     assert line.endswith(f"| {row['val_macro_f1']:.3f} | apple, kiwi, plum | 4 / 4 / 4 |")
+
+
+def test_info_shows_the_classes_of_a_run(three_classes, tmp_path):
+    import re
+
+    from evaluate import evaluate_run
+    from kibble.info import info, info_text
+
+    runs = str(tmp_path / "runs")
+    run_dir = make_softmax_run(runs, three_classes, "soft-1")
+    accuracy = evaluate_run(run_dir, progress=False)["splits"]["test"]["accuracy"]
+    facts = info(three_classes, runs)
+    (run,) = facts["runs"]
+    assert run["classes"] == ["apple", "kiwi", "plum"] and run["test_accuracy"] == accuracy
+    assert run["threshold"] is None
+    text = info_text(facts, three_classes)
+    assert re.search(rf"^\s+soft-1\s+tiny\s+1/1\s+0\.700\s+{accuracy:.3f}\s+3: apple, kiwi, plum$", text, re.M), text
