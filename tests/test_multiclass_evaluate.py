@@ -353,3 +353,47 @@ def test_info_shows_the_classes_of_a_run(three_classes, tmp_path):
     assert run["threshold"] is None
     text = info_text(facts, three_classes)
     assert re.search(rf"^\s+soft-1\s+tiny\s+1/1\s+0\.700\s+{accuracy:.3f}\s+3: apple, kiwi, plum$", text, re.M), text
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 300])
+def test_mistakes_kept_during_the_pass_are_the_most_confident_of_all(batch_size):
+    from evaluate.run import _MulticlassCandidates
+
+    rng = np.random.default_rng(batch_size)
+    count = 300
+    probs = np.round(rng.dirichlet(np.ones(4), count), 1)  # many ties: the first seen must win them
+    labels = rng.integers(0, 4, count)
+    images = np.stack([np.arange(count) // 256, np.arange(count) % 256], axis=1).astype(np.uint8)
+    candidates = _MulticlassCandidates(keep=16)
+    for first in range(0, count, batch_size):
+        rows = slice(first, first + batch_size)
+        candidates.add(probs[rows], labels[rows], [f"n{i}" for i in range(first, first + batch_size)],
+                       images[rows], first)
+    assert len(candidates.pool) <= 16
+    mistakes, pictures = candidates.worst()
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    expected = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:16].tolist()
+    assert len(expected) == 16 and [m["index"] for m in mistakes] == expected
+    assert [(m["label"], m["predicted"]) for m in mistakes] == [(labels[i], predicted[i]) for i in expected]
+    assert [m["label_probability"] for m in mistakes] == [probs[i, labels[i]] for i in expected]
+    assert pictures.tolist() == images[expected].tolist()
+
+
+def test_tta_with_n_classes_averages_n_probabilities(three_classes, tmp_path):
+    # The solid images here are their own mirror, so this checks the N-wide outputs of both passes are
+    # averaged row by row (a (n, N) mean, not flattened or refused), not the mirroring itself, which
+    # tests/test_evaluate.py covers.
+    import keras
+
+    from evaluate import evaluate_run
+
+    run_dir = make_softmax_run(str(tmp_path), three_classes, "soft-1")
+    result = evaluate_run(run_dir, splits=("val",), out=str(tmp_path / "o"), progress=False, tta=True)
+    model = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
+    images, labels, _ = _split_arrays(three_classes, "val")
+    probs = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    expected = fed(probs.astype(np.float64), labels, ["apple", "kiwi", "plum"]).summary()
+    assert result["tta"] == "flip"
+    assert result["splits"]["val"]["log_loss"] == pytest.approx(expected["log_loss"], abs=1e-6)
+    assert result["splits"]["val"]["confusion"] == expected["confusion"]
