@@ -3,7 +3,7 @@
 TensorFlow and matplotlib are imported only when a run is actually evaluated.
 """
 from evaluate.compare import compare_runs, markdown_table
-from evaluate.metrics import Accumulator
+from evaluate.metrics import Accumulator, MulticlassAccumulator
 from evaluate.run import evaluate_run
 
-__all__ = ["Accumulator", "compare_runs", "evaluate_run", "markdown_table"]
+__all__ = ["Accumulator", "MulticlassAccumulator", "compare_runs", "evaluate_run", "markdown_table"]
