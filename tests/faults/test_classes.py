@@ -25,11 +25,12 @@ RED = {"cat": 10, "dog": 40, "daisy": 70, "roses": 100, "tulips": 130, "apple": 
        "shirt": 220, "skirt": 250}
 
 
-def _image(path, cls, number, fmt=None):
-    """A solid image whose red says its class; its blue comes from its path, so no two are duplicates."""
+def _image(path, cls, number, fmt=None, serial=0):
+    """A solid image whose red says its class; green and blue, from `number` and `serial`, keep
+    every file of a tree distinct even after lossy JPEG (steps of 8 levels, not 1)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    salt = sum(map(ord, os.path.dirname(path) + os.path.splitext(path)[1])) % 200
-    Image.new("RGB", (12 + number % 5, 10), (RED[cls], number % 200, salt)).save(path, format=fmt)
+    colour = (RED[cls], 8 * (number % 32), 8 * (serial % 32))
+    Image.new("RGB", (12 + number % 5, 10), colour).save(path, format=fmt)
 
 
 def _red_class(image):
@@ -39,9 +40,9 @@ def _red_class(image):
 
 def _tree(root, spec):
     """spec: [(relative path pattern with {i}, class, count, format)] -> files under root."""
-    for pattern, cls, count, fmt in spec:
+    for serial, (pattern, cls, count, fmt) in enumerate(spec):
         for i in range(count):
-            _image(os.path.join(root, pattern.format(i=i, cls=cls)), cls, i, fmt)
+            _image(os.path.join(root, pattern.format(i=i, cls=cls)), cls, i, fmt, serial)
     return root
 
 
