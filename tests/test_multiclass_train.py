@@ -1,0 +1,144 @@
+"""Issue 10, items 10 and 12: train and predict with more than two classes.
+
+Three classes of solid-colour 16x16 images (red, green, blue, the other
+channels varied per file), ingested from class folders: tiny enough that
+every model trains an epoch in a second, plain enough that a small model
+must learn them.
+"""
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import cli
+from ingest import IngestSettings, ingest
+from shards import load_manifest
+from shards.errors import UserError
+from train.models import MODELS, TUTORIAL_MODELS, build_model
+from train.rundir import RunDir
+from train.run import TrainSettings, class_weights, train
+
+SIZE = (16, 16)
+CLASSES = ("blue", "green", "red")  # ingest's order: sorted by name
+COLOURS = {"red": (220, 30, 30), "green": (30, 220, 30), "blue": (30, 30, 220)}
+COUNTS = {"blue": 24, "green": 24, "red": 48}  # uneven, for the class weights
+
+
+def _image(path, colour, number):
+    jitter = (number * 7) % 30
+    Image.new("RGB", (20 + number % 4, 18), tuple(min(255, c + jitter) for c in colour)).save(path)
+
+
+def _folders(root, counts=COUNTS):
+    for cls, count in counts.items():
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        for i in range(count):
+            _image(os.path.join(root, cls, f"{cls}{i}.png"), COLOURS[cls], i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    """(image folder, shard folder) of the three colour classes."""
+    root = tmp_path_factory.mktemp("three")
+    images = _folders(str(root / "images"))
+    shards = str(root / "shards")
+    ingest(images, shards, IngestSettings(size=SIZE, shard_size=32, val=0.25, test=0.1), scheduler="sync",
+           progress=False)
+    return images, shards
+
+
+def _settings(shards, **kwargs):
+    return TrainSettings(**{"data": shards, "train_size": 48, "val_size": 16, "epochs": 1, "batch_size": 16,
+                            **kwargs})
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("num_classes, units, activation", [(2, 1, "sigmoid"), (3, 3, "softmax"), (7, 7, "softmax")])
+def test_every_model_has_one_sigmoid_for_two_classes_else_a_softmax_of_n(model, num_classes, units, activation):
+    built = build_model(model, (*SIZE, 3), num_classes=num_classes)
+    head = built.layers[-1]
+    assert built.output.shape == (None, units) and head.activation.__name__ == activation
+    assert head.name == ("cat" if num_classes == 2 else "classes")
+
+
+# kibble's epoch costs ~20 s of tracing here; its fit path is the others' (and tests/test_train.py trains it).
+@pytest.mark.parametrize("model", TUTORIAL_MODELS)
+def test_every_model_gets_a_softmax_over_the_classes_and_trains_an_epoch(three, tmp_path, model):
+    import keras
+
+    _, shards = three
+    result = train(_settings(shards, model=model), runs_root=str(tmp_path), progress=False)
+    loaded = keras.models.load_model(os.path.join(result["run_dir"], "best.keras"))
+    scores = loaded.predict(np.zeros((2, *SIZE, 3), np.uint8), verbose=0)
+    assert scores.shape == (2, 3) and np.allclose(scores.sum(axis=1), 1, atol=1e-5)
+    assert loaded.loss == "sparse_categorical_crossentropy"
+    config = RunDir(result["run_dir"]).config()
+    assert config["classes"] == list(CLASSES) and config["loss"] == "bce"  # the tutorial's MSE became cross-entropy
+    [row] = RunDir(result["run_dir"]).history()
+    assert 0 <= row["accuracy"] <= 1 and 0 <= row["val_accuracy"] <= 1
+
+
+def test_a_small_model_learns_the_colours(three, tmp_path):
+    _, shards = three
+    result = train(_settings(shards, model="mlp", epochs=6, lr=3e-3, batch_size=8), runs_root=str(tmp_path),
+                   progress=False)
+    assert result["best_val_accuracy"] >= 0.9, result
+
+
+def test_balanced_class_weights_are_n_over_classes_times_count():
+    # 96 images: 24, 24, 48 -> 96 / (3 * 24) = 4/3 and 96 / (3 * 48) = 2/3
+    assert class_weights([24, 24, 48]) == pytest.approx({0: 4 / 3, 1: 4 / 3, 2: 2 / 3})
+    # Dogs vs. Cats evenly split: both 1; a class absent from the split gets no weight
+    assert class_weights([50, 50]) == {0: 1.0, 1: 1.0}
+    assert class_weights([30, 0, 10]) == pytest.approx({0: 40 / 60, 2: 40 / 20})
+
+
+def test_balanced_weights_reach_model_fit(three, tmp_path, monkeypatch):
+    import keras
+
+    _, shards = three
+    seen = []
+    fit = keras.Model.fit
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **kw: (seen.append(kw.get("class_weight")),
+                                                                     fit(self, *a, **kw))[1])
+    counts = load_manifest(shards).class_counts("train")
+    train(_settings(shards, model="mlp", class_weight="balanced"), runs_root=str(tmp_path / "a"), progress=False)
+    train(_settings(shards, model="mlp"), runs_root=str(tmp_path / "b"), progress=False)
+    n = sum(counts)
+    assert seen == [pytest.approx({i: n / (3 * c) for i, c in enumerate(counts)}), None]
+    assert counts[0] < counts[2] and seen[0][0] > seen[0][2]  # the smaller class weighs more
+
+
+def test_mse_with_more_than_two_classes_is_refused_in_one_line(three, tmp_path):
+    _, shards = three
+    with pytest.raises(UserError, match="--loss mse .* holds 3 classes"):
+        train(_settings(shards, loss="mse"), runs_root=str(tmp_path), progress=False)
+    result = CliRunner().invoke(cli, ["train", "--data", shards, "--runs", str(tmp_path), "--loss", "mse"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "--loss mse" in result.stderr
+
+
+def test_a_set_smaller_than_the_default_sample_trains_on_what_it_holds(three, tmp_path):
+    _, shards = three
+    held = load_manifest(shards)
+    result = CliRunner().invoke(cli, ["train", "--data", shards, "--runs", str(tmp_path), "--model", "mlp",
+                                      "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    train_n, val_n = held.split_count("train"), held.split_count("val")
+    assert f"note: train: {train_n:,} images (the split holds fewer than the 4,096 asked)" in result.stderr
+    assert f"note: val: {val_n:,} images (the split holds fewer than the 1,024 asked)" in result.stderr
+    [name] = [n for n in os.listdir(tmp_path) if n.startswith("mlp-")]
+    config = RunDir(str(tmp_path / name)).config()
+    assert (config["train_size"], config["val_size"]) == (train_n, val_n)  # the sizes used, so a rerun resumes it
+    full = CliRunner().invoke(cli, ["train", "--data", shards, "--runs", str(tmp_path / "f"), "--model", "mlp",
+                                    "--epochs", "1", "--full"])
+    assert full.exit_code == 0 and "fewer than the 10,000 asked" in full.stderr, full.output
+    # a size the user typed must exist
+    asked = CliRunner().invoke(cli, ["train", "--data", shards, "--runs", str(tmp_path / "x"),
+                                     "--train-size", "500"])
+    assert asked.exit_code == 2 and "asked for 500 train images" in asked.stderr, asked.output
