@@ -17,6 +17,7 @@ from PIL import Image
 
 from cli import cli
 from ingest import IngestSettings, ingest
+from kibble.predict import predict
 from shards import load_manifest
 from shards.errors import UserError
 from train.models import MODELS, TUTORIAL_MODELS, build_model
@@ -84,11 +85,16 @@ def test_every_model_gets_a_softmax_over_the_classes_and_trains_an_epoch(three, 
     assert 0 <= row["accuracy"] <= 1 and 0 <= row["val_accuracy"] <= 1
 
 
-def test_a_small_model_learns_the_colours(three, tmp_path):
+@pytest.fixture(scope="module")
+def learnt(three, tmp_path_factory):
+    """train's result for an mlp trained a few epochs on the three colours."""
     _, shards = three
-    result = train(_settings(shards, model="mlp", epochs=6, lr=3e-3, batch_size=8), runs_root=str(tmp_path),
-                   progress=False)
-    assert result["best_val_accuracy"] >= 0.9, result
+    return train(_settings(shards, model="mlp", epochs=6, lr=3e-3, batch_size=8),
+                 runs_root=str(tmp_path_factory.mktemp("learnt")), progress=False)
+
+
+def test_a_small_model_learns_the_colours(learnt):
+    assert learnt["best_val_accuracy"] >= 0.9, learnt
 
 
 def test_balanced_class_weights_are_n_over_classes_times_count():
@@ -142,3 +148,54 @@ def test_a_set_smaller_than_the_default_sample_trains_on_what_it_holds(three, tm
     asked = CliRunner().invoke(cli, ["train", "--data", shards, "--runs", str(tmp_path / "x"),
                                      "--train-size", "500"])
     assert asked.exit_code == 2 and "asked for 500 train images" in asked.stderr, asked.output
+
+
+def _probe(folder):
+    """One new image per class (and a broken file) to predict: {file name: class}."""
+    os.makedirs(folder, exist_ok=True)
+    for cls in CLASSES:
+        _image(os.path.join(folder, f"new-{cls}.png"), COLOURS[cls], 5)
+    with open(os.path.join(folder, "broken.png"), "wb") as f:
+        f.write(b"\x89PNG not really")
+    return {f"new-{cls}.png": cls for cls in CLASSES}
+
+
+def test_predict_gives_the_class_its_probability_and_the_whole_distribution(learnt, tmp_path):
+    expected = _probe(str(tmp_path / "in"))
+    results = {os.path.basename(r["file"]): r for r in predict(str(tmp_path / "in"), learnt["run_dir"], top_k=2)}
+    assert results["broken.png"]["label"] is None and results["broken.png"]["top"] == []
+    for name, cls in expected.items():
+        r = results[name]
+        assert r["label"] == cls and r["error"] is None and "p_cat" not in r
+        assert list(r["probabilities"]) == list(CLASSES) and sum(r["probabilities"].values()) == pytest.approx(1)
+        assert r["probability"] == max(r["probabilities"].values()) == r["probabilities"][cls]
+        assert len(r["top"]) == 2 and r["top"][0] == [cls, r["probability"]] and r["top"][1][1] <= r["probability"]
+    # --top-k is at most the number of classes
+    [one] = predict(str(tmp_path / "in" / "new-red.png"), learnt["run_dir"], top_k=9)
+    assert [name for name, _ in one["top"]] == sorted(CLASSES, key=lambda c: -one["probabilities"][c])
+
+
+def test_predict_cli_csv_has_a_column_per_class_and_json_the_distribution(learnt, tmp_path):
+    expected = _probe(str(tmp_path / "in"))
+    args = ["predict", str(tmp_path / "in"), "--run", learnt["run_dir"], "--top-k", "2"]
+    result = CliRunner().invoke(cli, [*args, "--format", "csv"])
+    assert result.exit_code == 1, result.output  # the broken file
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["file", "label", "probability", "label_2", "probability_2",
+                             "p_blue", "p_green", "p_red", "error"]
+    assert rows[0]["label"] == "" and rows[0]["p_red"] == "" and rows[0]["error"]
+    for row in rows[1:]:
+        cls = expected[os.path.basename(row["file"])]
+        assert row["label"] == cls and float(row["probability"]) == pytest.approx(float(row[f"p_{cls}"]), abs=1e-6)
+        assert row["label_2"] in CLASSES and row["label_2"] != cls
+        assert sum(float(row[f"p_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-5)
+    assert "3 predicted (1 blue, 1 green, 1 red), 1 failed" in result.stderr
+    assert "threshold" not in result.stderr
+
+    parsed = json.loads(CliRunner().invoke(cli, [*args, "--format", "json"]).stdout)
+    assert {r["label"] for r in parsed} == {None, *CLASSES}
+    good = [r for r in parsed if r["label"]]
+    assert all(set(r["probabilities"]) == set(CLASSES) and len(r["top"]) == 2 for r in good)
+    table = CliRunner().invoke(cli, [*args]).stdout.splitlines()
+    assert table[0].split() == ["p", "label", "p_2", "label_2", "file"] and len(table) == 5
+    assert table[2].split()[1] == "blue" and table[2].endswith("new-blue.png")
