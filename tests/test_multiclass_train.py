@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -199,3 +200,18 @@ def test_predict_cli_csv_has_a_column_per_class_and_json_the_distribution(learnt
     table = CliRunner().invoke(cli, [*args]).stdout.splitlines()
     assert table[0].split() == ["p", "label", "p_2", "label_2", "file"] and len(table) == 5
     assert table[2].split()[1] == "blue" and table[2].endswith("new-blue.png")
+
+
+def test_a_run_from_before_class_weight_is_still_the_same_run(three, tmp_path):
+    _, shards = three
+    settings = _settings(shards, model="conv2")
+    run_dir = train(settings, runs_root=str(tmp_path), progress=False)["run_dir"]
+    path = os.path.join(run_dir, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    del config["class_weight"]
+    with open(path, "w") as f:
+        json.dump(config, f)
+    assert train(settings, run_dir=run_dir, runs_root=str(tmp_path), progress=False)["already_done"]
+    with pytest.raises(UserError, match="other settings"):
+        train(replace(settings, class_weight="balanced"), run_dir=run_dir, runs_root=str(tmp_path), progress=False)
