@@ -145,6 +145,8 @@ def test_a_set_smaller_than_the_default_sample_trains_on_what_it_holds(three, tm
     full = CliRunner().invoke(cli, ["train", "--data", shards, "--runs", str(tmp_path / "f"), "--model", "mlp",
                                     "--epochs", "1", "--full"])
     assert full.exit_code == 0 and "fewer than the 10,000 asked" in full.stderr, full.output
+    again = CliRunner().invoke(cli, ["train", "--data", shards, "--runs", str(tmp_path / "f"), "--resume", "--full"])
+    assert again.exit_code == 0 and "already finished its 1 epochs" in again.stderr, again.output
     # a size the user typed must exist
     asked = CliRunner().invoke(cli, ["train", "--data", shards, "--runs", str(tmp_path / "x"),
                                      "--train-size", "500"])

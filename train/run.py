@@ -213,8 +213,12 @@ def _given_fields(requested, given):
     return {f.name for f in fields(TrainSettings) if getattr(requested, f.name) != getattr(default, f.name)}
 
 
-def _resume_target(run_dir, runs, requested, given):
-    """With --resume: the run to continue, its own settings, its shards; refuses changed settings."""
+def _resume_target(run_dir, runs, requested, given, exact):
+    """With --resume: the run to continue, its own settings, its shards; refuses changed settings.
+
+    Sizes not in `exact` (the default sample, --full) are compared as cut
+    to what the run's splits hold, as they were when the run started.
+    """
     run = RunDir(run_dir) if run_dir else runs.latest()
     if not os.path.isdir(run.path):
         raise UserError(f"no run directory at {run.path} to resume; start it without --resume")
@@ -225,13 +229,14 @@ def _resume_target(run_dir, runs, requested, given):
     except UserError as exc:
         raise UserError(f"{run.file('config.json')} holds a setting train cannot use ({exc}); start a new run") \
             from None
+    manifest = load_manifest(settings.data)
+    held, _ = _sizes_held(requested, manifest, exact)  # compared as cut; named as the user gave them
     changed = [_describe(name, getattr(requested, name), getattr(settings, name))
                for name in FIXED_ON_RESUME if name in given and not _same_value(
-                   name, getattr(requested, name), getattr(settings, name))]
+                   name, getattr(held, name), getattr(settings, name))]
     if changed:
         raise UserError(f"cannot change settings of {run.path} with --resume: {'; '.join(changed)}. "
                         "Drop them to continue the run as it was, or start a new run without --resume")
-    manifest = load_manifest(settings.data)
     if config.get("manifest_sha256") != manifest.checksum:
         raise UserError(f"{run.path} was trained on other shards than those now in {settings.data} "
                         "(manifest checksum differs); ingest them again with the same settings")
@@ -342,7 +347,7 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     requested, notes = settings, []
     runs = Runs(runs_root)
     if resume:
-        run, settings, manifest = _resume_target(run_dir, runs, requested, given)
+        run, settings, manifest = _resume_target(run_dir, runs, requested, given, exact)
     else:
         manifest = load_manifest(settings.data)
         settings, notes = _sizes_held(settings.resolved(manifest.num_classes), manifest, exact)
