@@ -5,6 +5,11 @@ size and fit, exactly as ingest prepared the training images, and fed to the
 run's best.keras in batches. Files are found lazily and only one batch of
 decoded images is held at a time, so a folder of any size streams through.
 
+Two classes (the tutorial's sigmoid): each result is p_cat, the probability
+of class index 1, and a label by the run's threshold, as it always was. More
+classes (a softmax): the most probable class and its probability, the K best
+(class, probability) pairs and the whole distribution.
+
 One file never stops the others: a file that is missing, not a regular file
 (a FIFO or device named .jpg would block or never end, so only regular files
 are opened), a symlink loop, or that the decoder cannot handle in any way,
@@ -22,13 +27,24 @@ import numpy as np
 from evaluate.run import DEFAULT_THRESHOLD, _load_model
 from shards.errors import UserError
 from shards.image import BadImage, is_image_name, load_image
-from shards.manifest import require_two_classes
 from train.rundir import METRICS, RunDir
 
 # Class names of a run whose config.json names none (trained before classes were recorded).
 DOGS_VS_CATS = ["dog", "cat"]
-# The fields of one result, in the order CSV output gives them.
+# The fields of one two-class result, in the order CSV output gives them.
 FIELDS = ("file", "p_cat", "label", "error")
+
+
+def run_classes(run_dir):
+    """The class names of a run, in index order (Dogs vs. Cats for a run that recorded none)."""
+    return RunDir(run_dir).config().get("classes") or DOGS_VS_CATS
+
+
+def multiclass_fields(classes, top_k=1):
+    """CSV columns of a result with more than two classes: the best class and its probability, the
+    next best up to `top_k` (label_2, probability_2, ...), then one p_<class> column per class."""
+    ranked = [name for k in range(2, top_k + 1) for name in (f"label_{k}", f"probability_{k}")]
+    return ("file", "label", "probability", *ranked, *(f"p_{name}" for name in classes), "error")
 
 
 def run_threshold(run_dir):
@@ -101,7 +117,7 @@ def _is_folder(entry):
         return False
 
 
-def predict(paths, run_dir, batch_size=64, threshold=None):
+def predict(paths, run_dir, batch_size=64, threshold=None, top_k=1):
     """Load the run's model, then return an iterator of one result per image file, in input order.
 
     Args:
@@ -109,31 +125,41 @@ def predict(paths, run_dir, batch_size=64, threshold=None):
             recursively, see `expand_paths`).
         run_dir: a run directory made by `train`; its best.keras is used.
         batch_size: images decoded and scored together.
-        threshold: label "cat" when p_cat is above it; None takes the run's
-            validation threshold (see `run_threshold`).
+        threshold: two classes: label "cat" when p_cat is above it; None
+            takes the run's validation threshold (see `run_threshold`).
+            Unused with more classes (the most probable class is the label).
+        top_k: more than two classes: the number of best (class,
+            probability) pairs in each result (at most the number of classes).
 
     Returns:
-        An iterator of dicts {"file": str, "p_cat": float or None, "label":
-        "cat" / "dog" or None, "error": None or the reason the file (or a
-        folder) could not be used}. A file that cannot be decoded, for any
-        reason, is one result with an error; it never stops the others.
+        An iterator of dicts. Two classes: {"file": str, "p_cat": float or
+        None, "label": "cat" / "dog" or None, "error": None or the reason the
+        file (or a folder) could not be used}. More classes: {"file",
+        "label": the most probable class, "probability": its probability,
+        "top": [[class, probability], ...] the top_k best, "probabilities":
+        {class: probability} for every class, "error"}. A file that cannot
+        be decoded, for any reason, is one result with an error (the other
+        fields None, "top" empty); it never stops the others.
 
     Raises:
         UserError: at the call, before any result: no such run, or its model
             is missing, damaged or takes images of another size than the
             run's config says; while iterating: the model's output does not
-            fit (one probability per image).
+            fit (one probability per image, or one per class).
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size!r}")
+    if int(top_k) < 1:
+        raise ValueError(f"top_k must be at least 1. Received: top_k={top_k!r}")
     if not os.path.isdir(run_dir):
         raise UserError(f"no run directory at {run_dir}: run `train` first, or name an existing run")
     run = RunDir(run_dir)
     config = run.config()
     size, fit = tuple(config["image_size"]), config["fit"]
     classes = config.get("classes") or DOGS_VS_CATS
-    require_two_classes(classes, f"the run {run_dir}", "predicting")
-    if threshold is None:
+    if len(classes) < 2:
+        raise UserError(f"{run.file('config.json')} names {len(classes)} class; predicting needs at least two")
+    if threshold is None and len(classes) == 2:
         threshold, _ = run_threshold(run_dir)
     model_path = run.checkpoint("best")
     model = _load_model(model_path)
@@ -141,26 +167,28 @@ def predict(paths, run_dir, batch_size=64, threshold=None):
     if found != (*size, 3):
         raise UserError(f"the model {model_path} takes inputs of shape {found}, but {run_dir}/config.json "
                         f"says images are {size[0]}x{size[1]}; the run directory is inconsistent: train it again")
-    return _results(model, expand_paths(paths), size, fit, int(batch_size), threshold, classes)
+    score = _SigmoidScorer(threshold, classes) if len(classes) == 2 else \
+        _SoftmaxScorer(classes, min(int(top_k), len(classes)))
+    return _results(model, expand_paths(paths), size, fit, int(batch_size), score)
 
 
-def _results(model, found, size, fit, batch_size, threshold, classes):
+def _results(model, found, size, fit, batch_size, score):
     batch = np.empty((batch_size, *size, 3), dtype=np.uint8)
     pending = []  # (result, row of `batch` or None) for this batch's files, in input order
     filled = 0
     for path, problem in found:
         image, problem = (None, problem) if problem else _decoded(path, size, fit)
         if problem:
-            pending.append(({"file": path, "p_cat": None, "label": None, "error": problem}, None))
+            pending.append(({"file": path, **score.empty, "error": problem}, None))
             continue
         batch[filled] = image
-        pending.append(({"file": path, "p_cat": None, "label": None, "error": None}, filled))
+        pending.append(({"file": path, **score.empty, "error": None}, filled))
         filled += 1
         if filled == len(batch):
-            yield from _scored(model, batch, pending, threshold, classes)
+            yield from _scored(model, batch, pending, score)
             pending, filled = [], 0
     if pending:
-        yield from _scored(model, batch[:filled], pending, threshold, classes)
+        yield from _scored(model, batch[:filled], pending, score)
 
 
 def _decoded(path, size, fit):
@@ -200,23 +228,64 @@ def _not_a_regular_file(path):
     return f"not read: {kind}, not a regular file"
 
 
-def _scored(model, images, pending, threshold, classes):
-    scores = np.asarray(model.predict_on_batch(images)).reshape(-1) if len(images) else np.empty(0)
-    if len(scores) != len(images):
-        raise UserError(f"the model outputs {len(scores)} values for {len(images)} images; predict needs "
-                        "one sigmoid probability of cat per image")
+class _SigmoidScorer:
+    """Two classes: the sigmoid's probability of class index 1 (cat for Dogs vs. Cats) and a label by threshold."""
+
+    empty = {"p_cat": None, "label": None}
+
+    def __init__(self, threshold, classes):
+        self.threshold, self.classes = threshold, classes
+
+    def scores(self, output, rows):
+        scores = output.reshape(-1)
+        if len(scores) != rows:
+            raise UserError(f"the model outputs {len(scores)} values for {rows} images; predict needs "
+                            "one sigmoid probability of cat per image")
+        return scores
+
+    def fields(self, p_cat):
+        p_cat = float(p_cat)
+        return {"p_cat": p_cat, "label": self.classes[int(p_cat > self.threshold)]}
+
+
+class _SoftmaxScorer:
+    """More classes: the softmax's distribution, its best class and its `top_k` best (class, probability)."""
+
+    empty = {"label": None, "probability": None, "top": [], "probabilities": None}
+
+    def __init__(self, classes, top_k):
+        self.classes, self.top_k = classes, top_k
+
+    def scores(self, output, rows):
+        if output.shape != (rows, len(self.classes)):
+            raise UserError(f"the model outputs shape {output.shape} for {rows} images; the run names "
+                            f"{len(self.classes)} classes, so predict needs one probability per class per image")
+        return output
+
+    def fields(self, probabilities):
+        # A stable sort: tied classes keep their index order.
+        best = np.argsort(-probabilities, kind="stable")[:self.top_k]
+        top = [[self.classes[i], float(probabilities[i])] for i in best]
+        return {"label": top[0][0], "probability": top[0][1], "top": top,
+                "probabilities": {name: float(p) for name, p in zip(self.classes, probabilities)}}
+
+
+def _scored(model, images, pending, score):
+    output = np.asarray(model.predict_on_batch(images)) if len(images) else np.empty((0, 0))
+    scores = score.scores(output, len(images)) if len(images) else ()
     for result, row in pending:
         if row is not None:
-            p_cat = float(scores[row])
-            # The sigmoid scores class index 1 (cat for Dogs vs. Cats).
-            result.update(p_cat=p_cat, label=classes[int(p_cat > threshold)])
+            result.update(score.fields(scores[row]))
         yield result
 
 
-def prediction_writer(fmt, echo):
+def prediction_writer(fmt, echo, classes=None, top_k=1):
     """A function writing one result per call through `echo` (click.echo's signature), the ending when
     called with None. fmt: "table" (aligned columns), "csv" (with a header) or "json" (one array,
-    written as it goes); whatever stops the run, calling it with None leaves a complete document."""
+    written as it goes); whatever stops the run, calling it with None leaves a complete document.
+    `classes`: the run's class names; None or two give the two-class columns (p_cat, label)."""
+    if classes is not None and len(classes) > 2:
+        return _multiclass_writer(fmt, echo, classes, min(top_k, len(classes)))
     started = False
 
     def table(result):
@@ -250,3 +319,56 @@ def prediction_writer(fmt, echo):
         started = True
 
     return {"table": table, "csv": as_csv, "json": as_json}[fmt]
+
+
+def _multiclass_writer(fmt, echo, classes, top_k):
+    started = False
+    width = max(5, *(len(name) for name in classes))
+    columns = multiclass_fields(classes, top_k)
+
+    def table(result):
+        nonlocal started
+        if result is None:
+            return
+        if not started:
+            heads = [f"{'p' if k == 1 else f'p_{k}':>7}  {'label' if k == 1 else f'label_{k}':<{width}}"
+                     for k in range(1, top_k + 1)]
+            echo("  ".join(heads) + "  file")
+            started = True
+        pairs = result["top"] or [["-", None]]
+        cells = [f"{'-' if p is None else f'{p:.4f}':>7}  {name:<{width}}" for name, p in pairs]
+        cells += [f"{'-':>7}  {'-':<{width}}"] * (top_k - len(cells))
+        error = f"  ERROR: {result['error']}" if result["error"] else ""
+        echo("  ".join(cells) + f"  {result['file']}{error}")
+
+    def as_csv(result):
+        nonlocal started
+        line = io.StringIO()
+        writer = csv.DictWriter(line, fieldnames=columns, lineterminator="\n")
+        if not started:
+            writer.writeheader()
+            started = True
+        if result is not None:
+            writer.writerow(_csv_row(result, classes))
+        echo(line.getvalue(), nl=False)
+
+    def as_json(result):
+        nonlocal started
+        if result is None:
+            echo("\n]" if started else "[]")
+            return
+        echo(("[\n  " if not started else ",\n  ") + json.dumps(result), nl=False)
+        started = True
+
+    return {"table": table, "csv": as_csv, "json": as_json}[fmt]
+
+
+def _csv_row(result, classes):
+    """One CSV row of a result with more than two classes; empty cells where the file failed."""
+    row = {"file": result["file"], "error": result["error"]}
+    for k, (name, p) in enumerate(result["top"], start=1):
+        suffix = "" if k == 1 else f"_{k}"
+        row.update({f"label{suffix}": name, f"probability{suffix}": f"{p:.6f}"})
+    for name, p in (result["probabilities"] or {}).items():
+        row[f"p_{name}"] = f"{p:.6f}"
+    return row

@@ -130,3 +130,12 @@ def test_predict_names_a_missing_run(tmp_path):
         list(predict(str(tmp_path), str(tmp_path / "nope")))
     result = CliRunner().invoke(cli, ["predict", str(tmp_path), "--runs", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "no training run in" in result.stderr
+
+
+def test_two_class_output_ignores_top_k(trained):
+    images, _, run_dir = trained
+    files = [os.path.join(images, "cat.1.jpg"), os.path.join(images, "dog.2.jpg")]
+    plain = CliRunner().invoke(cli, ["predict", *files, "--run", run_dir, "--format", "csv"])
+    topped = CliRunner().invoke(cli, ["predict", *files, "--run", run_dir, "--format", "csv", "--top-k", "2"])
+    assert plain.exit_code == topped.exit_code == 0 and topped.stdout == plain.stdout
+    assert plain.stdout.splitlines()[0] == "file,p_cat,label,error"

@@ -1,7 +1,10 @@
 """The models, by name: the tutorial's four and our default.
 
-Every model takes uint8 images (N, H, W, 3) as they come from the shards and
-outputs the probability of "cat" (N, 1) through a sigmoid. Rescaling to
+Every model takes uint8 images (N, H, W, 3) as they come from the shards.
+With two classes it outputs the probability of class index 1 ("cat" for
+Dogs vs. Cats) as (N, 1) through one sigmoid unit, as the tutorial did; with
+more than two, the probability of each class (N, num_classes) through a
+softmax. Rescaling to
 [0, 1] is the first layer, so a saved model can be fed shard or `load_image`
 pixels directly.
 
@@ -35,14 +38,21 @@ def _inputs(keras, shape):
     return inputs, keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
 
 
-def _mlp(keras, shape):
+def _head(keras, x, num_classes):
+    """The output layer: one sigmoid unit for two classes (the tutorial's), else a softmax over the classes."""
+    if num_classes <= 2:
+        return keras.layers.Dense(1, activation="sigmoid", name="cat")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="classes")(x)
+
+
+def _mlp(keras, shape, num_classes):
     inputs, x = _inputs(keras, shape)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(256, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="cat")(x), name="mlp")
+    return keras.Model(inputs, _head(keras, x, num_classes), name="mlp")
 
 
-def _plain_conv(keras, shape, filters, name):
+def _plain_conv(keras, shape, filters, name, num_classes):
     """Conv(3x3)+ReLU+2x2 max-pool per entry of `filters`, then two dense layers."""
     inputs, x = _inputs(keras, shape)
     for f in filters:
@@ -51,7 +61,7 @@ def _plain_conv(keras, shape, filters, name):
     x = keras.layers.Flatten()(x)
     # conv1's flattened map is 46x61x24: 768 units make the "200+ MB" model.
     x = keras.layers.Dense(768 if len(filters) == 1 else 128, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="cat")(x), name=name)
+    return keras.Model(inputs, _head(keras, x, num_classes), name=name)
 
 
 def _augment(keras, x, seed):
@@ -61,13 +71,13 @@ def _augment(keras, x, seed):
     return keras.layers.RandomRotation(0.04, fill_mode="reflect", seed=seed)(x)
 
 
-def _kibble(keras, shape, seed=0, widths=(64, 128, 256, 384)):
+def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384)):
     """Residual separable-conv net for a laptop CPU.
 
     Stem: two plain 3x3 convs (stride 2 first). Then per width a residual
     stage of two separable convs + BN + ReLU, downsampled by max-pooling, with
     a strided 1x1 conv on the shortcut. Global average pooling, dropout and
-    one sigmoid unit. Random flips, shifts, zooms and small rotations run
+    the output layer (`_head`). Random flips, shifts, zooms and small rotations run
     inside the model during training only.
     """
     L = keras.layers
@@ -93,21 +103,23 @@ def _kibble(keras, shape, seed=0, widths=(64, 128, 256, 384)):
     x = L.Activation("relu")(x)
     x = L.GlobalAveragePooling2D()(x)
     x = L.Dropout(0.3)(x)
-    return keras.Model(inputs, L.Dense(1, activation="sigmoid", name="cat")(x), name="kibble")
+    return keras.Model(inputs, _head(keras, x, num_classes), name="kibble")
 
 
-def build_model(name, image_shape, seed=0):
-    """An uncompiled Keras model by name, for images of `image_shape` (H, W, 3)."""
+def build_model(name, image_shape, seed=0, num_classes=2):
+    """An uncompiled Keras model by name, for images of `image_shape` (H, W, 3) and `num_classes` classes."""
     import keras
 
     if name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}. Received: model={name!r}")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be at least 2. Received: num_classes={num_classes!r}")
     if name == "mlp":
-        return _mlp(keras, image_shape)
+        return _mlp(keras, image_shape, num_classes)
     if name == "conv1":
-        return _plain_conv(keras, image_shape, (24,), name)
+        return _plain_conv(keras, image_shape, (24,), name, num_classes)
     if name == "conv2":
-        return _plain_conv(keras, image_shape, (48, 48), name)
+        return _plain_conv(keras, image_shape, (48, 48), name, num_classes)
     if name == "conv2-wide":
-        return _plain_conv(keras, image_shape, (128, 128), name)
-    return _kibble(keras, image_shape, seed)
+        return _plain_conv(keras, image_shape, (128, 128), name, num_classes)
+    return _kibble(keras, image_shape, num_classes, seed)

@@ -19,10 +19,21 @@ from shards.stream import plan_blocks  # noqa: F401 - train.run checks sizes wit
 WINDOW = 512  # images mixed together; 18 MB of 94x125 images
 
 
-def epoch_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDOW):
+def label_spec(num_classes):
+    """(dtype, shape after the batch axis) of the labels fed to a model of `num_classes` classes.
+
+    Two classes: float32 (1,), the 0/1 target of the tutorial's single sigmoid
+    unit (its MSE needs a float). More: int32 class indices, what sparse
+    categorical cross-entropy takes (no one-hot copy of every label).
+    """
+    return (np.float32, (1,)) if num_classes <= 2 else (np.int32, ())
+
+
+def epoch_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDOW, num_classes=2):
     """Yield (images, labels, order) windows covering `blocks` once, in epoch order.
 
-    images: uint8 (n, H, W, 3) as read; labels: float32 (n, 1); order: int64
+    images: uint8 (n, H, W, 3) as read; labels: as `label_spec(num_classes)`,
+    float32 (n, 1) for two classes, int32 (n,) for more; order: int64
     indices of the rows in the order they are to be used (images[order]).
     With `shuffle`, the blocks come in an order seeded by (seed, epoch) and
     about `window` images' worth of blocks are mixed together. Every window
@@ -35,8 +46,9 @@ def epoch_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WIND
     rng = stream.epoch_rng(seed, epoch) if shuffle else None
     groups = stream.chunks(stream.shuffled(blocks, rng), max(1, window // len(blocks[0])))
     windows = stream.read_blocks(groups, spare=batch_size - 1)
+    dtype, shape = label_spec(num_classes)
     for images, labels, order in stream.shuffle_windows(windows, batch_size, rng):
-        yield images, labels.astype(np.float32)[:, None], order
+        yield images, labels.astype(dtype).reshape(-1, *shape), order
 
 
 def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=True,
@@ -44,7 +56,8 @@ def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=Tru
     """A tf.data.Dataset of (images, labels) batches of one split, for model.fit.
 
     images: uint8, shape (B, H, W, 3), RGB 0-255 (the models rescale them);
-    labels: float32, shape (B, 1), 1.0 = cat, 0.0 = dog.
+    labels: two classes: float32, shape (B, 1), 1.0 = class index 1 (cat for
+    Dogs vs. Cats), 0.0 = index 0 (dog); more: int32 class indices, shape (B,).
     Each iteration over the dataset is one epoch; the shuffle of epoch k is
     fixed by (seed, initial_epoch + k), so a resumed run sees the same order
     it would have seen without the interruption.
@@ -53,20 +66,22 @@ def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=Tru
 
     blocks = plan_blocks(manifest, split, limit)
     height, width, _ = manifest.image_shape
+    num_classes = manifest.num_classes
     epochs_started = [initial_epoch]
 
     def generator():
         epoch = epochs_started[0]
         epochs_started[0] += 1
-        yield from epoch_windows(blocks, batch_size, seed, epoch, shuffle, window)
+        yield from epoch_windows(blocks, batch_size, seed, epoch, shuffle, window, num_classes)
 
     def to_batches(images, labels, order):
         # The mix is applied here, in TensorFlow's threads, not under the GIL.
         mixed = (tf.gather(images, order), tf.gather(labels, order))
         return tf.data.Dataset.from_tensor_slices(mixed).batch(batch_size)
 
-    signature = (tf.TensorSpec((None, height, width, 3), tf.uint8), tf.TensorSpec((None, 1), tf.float32),
-                 tf.TensorSpec((None,), tf.int64))
+    dtype, shape = label_spec(num_classes)
+    signature = (tf.TensorSpec((None, height, width, 3), tf.uint8),
+                 tf.TensorSpec((None, *shape), tf.as_dtype(dtype)), tf.TensorSpec((None,), tf.int64))
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
     dataset = dataset.prefetch(1).flat_map(to_batches)
     count = sum(len(block) for block in blocks)

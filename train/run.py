@@ -7,13 +7,14 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 
 from shards.errors import UserError
-from shards.manifest import load_manifest, require_two_classes, verify_shards
+from shards.manifest import load_manifest, verify_shards
 from train.models import DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
 
 LAPTOP_SAMPLE = (4096, 1024)  # the tutorial's train/validation sample
 FULL = (10000, 2500)  # the design's full experiment
+CLASS_WEIGHTS = ("none", "balanced")
 # Seeds go to NumPy's legacy seeding (below 2**32) as seed + epoch.
 MAX_SEED = 2**31 - 1
 
@@ -38,10 +39,19 @@ class TrainSettings:
     seed: int = 0
     # Images mixed together by the input pipeline's shuffle.
     window: int = WINDOW
+    # "balanced": weigh each class's loss by n / (classes * images of the class), for uneven sets.
+    class_weight: str = "none"
 
-    def resolved(self):
-        """A copy with the model's recipe filled in where a value is None."""
+    def resolved(self, num_classes=2):
+        """A copy with the model's recipe filled in where a value is None.
+
+        The tutorial's recipes use MSE, a two-class idea (a sigmoid against
+        0/1 targets); with more classes their loss is cross-entropy ("bce"
+        then means sparse categorical cross-entropy).
+        """
         lr, loss, epochs = RECIPES.get(self.model, (None, None, None))
+        if num_classes > 2:
+            loss = "bce"
         return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=self.epochs or epochs)
 
     def validate(self):
@@ -54,6 +64,9 @@ class TrainSettings:
                 raise UserError(f"{name} must be at least 1. Received: {name}={getattr(self, name)}")
         if self.loss not in (None, "mse", "bce"):
             raise UserError(f"loss must be mse or bce. Received: loss={self.loss!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise UserError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}. "
+                            f"Received: class_weight={self.class_weight!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr < 1):
             raise UserError(f"lr must be between 0 and 1. Received: lr={self.lr}")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -74,10 +87,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 # Settings a run keeps for good: with --resume they come from config.json,
 # and giving another value is refused. Only `epochs` may grow (extension).
-FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "seed", "window")
+FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "seed", "window",
+                   "class_weight")
 
 
-def _compile(model, settings, steps_per_epoch):
+def _compile(model, settings, steps_per_epoch, num_classes=2):
     import keras
 
     lr = settings.lr
@@ -88,8 +102,13 @@ def _compile(model, settings, steps_per_epoch):
             lr / 10, decay_steps=max(1, total - warmup), alpha=0.01, warmup_target=lr, warmup_steps=warmup)
     optimizer = keras.optimizers.AdamW(lr, weight_decay=1e-4) if settings.model == DEFAULT_MODEL \
         else keras.optimizers.Adam(lr)
-    loss = "mean_squared_error" if settings.loss == "mse" else "binary_crossentropy"
-    model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
+    if num_classes > 2:
+        # Named "accuracy" like the two-class metric, so history.csv keeps its columns.
+        loss, accuracy = "sparse_categorical_crossentropy", keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    else:
+        loss = "mean_squared_error" if settings.loss == "mse" else "binary_crossentropy"
+        accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
+    model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
 
 
 def _current_lr(model):
@@ -160,7 +179,9 @@ def _config(settings, manifest, params):
 
 
 _SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "seed",
-                  "window", "manifest_sha256")
+                  "window", "class_weight", "manifest_sha256")
+# What a config.json written before a setting existed meant by leaving it out.
+_OLD_DEFAULTS = {"class_weight": "none"}
 
 
 def _same_run(run, settings, manifest):
@@ -170,7 +191,7 @@ def _same_run(run, settings, manifest):
     except UserError:
         return False
     wanted = _config(settings, manifest, None)
-    return all(config.get(k) == wanted.get(k) for k in _SAME_RUN_KEYS)
+    return all(config.get(k, _OLD_DEFAULTS.get(k)) == wanted.get(k) for k in _SAME_RUN_KEYS)
 
 
 def _unfinished_same_run(settings, manifest, runs):
@@ -192,8 +213,12 @@ def _given_fields(requested, given):
     return {f.name for f in fields(TrainSettings) if getattr(requested, f.name) != getattr(default, f.name)}
 
 
-def _resume_target(run_dir, runs, requested, given):
-    """With --resume: the run to continue, its own settings, its shards; refuses changed settings."""
+def _resume_target(run_dir, runs, requested, given, exact):
+    """With --resume: the run to continue, its own settings, its shards; refuses changed settings.
+
+    Sizes not in `exact` (the default sample, --full) are compared as cut
+    to what the run's splits hold, as they were when the run started.
+    """
     run = RunDir(run_dir) if run_dir else runs.latest()
     if not os.path.isdir(run.path):
         raise UserError(f"no run directory at {run.path} to resume; start it without --resume")
@@ -204,13 +229,14 @@ def _resume_target(run_dir, runs, requested, given):
     except UserError as exc:
         raise UserError(f"{run.file('config.json')} holds a setting train cannot use ({exc}); start a new run") \
             from None
+    manifest = load_manifest(settings.data)
+    held, _ = _sizes_held(requested, manifest, exact)  # compared as cut; named as the user gave them
     changed = [_describe(name, getattr(requested, name), getattr(settings, name))
                for name in FIXED_ON_RESUME if name in given and not _same_value(
-                   name, getattr(requested, name), getattr(settings, name))]
+                   name, getattr(held, name), getattr(settings, name))]
     if changed:
         raise UserError(f"cannot change settings of {run.path} with --resume: {'; '.join(changed)}. "
                         "Drop them to continue the run as it was, or start a new run without --resume")
-    manifest = load_manifest(settings.data)
     if config.get("manifest_sha256") != manifest.checksum:
         raise UserError(f"{run.path} was trained on other shards than those now in {settings.data} "
                         "(manifest checksum differs); ingest them again with the same settings")
@@ -254,7 +280,12 @@ def _extend(run, settings, epochs, done):
 
 def _check_shards(manifest, settings, verify):
     # Two classes: index 1 is the positive class of the sigmoid (cat for Dogs vs. Cats).
-    require_two_classes(manifest.classes, manifest.folder, "training")
+    if manifest.num_classes < 2:
+        raise UserError(f"{manifest.folder} holds {manifest.num_classes} class ({', '.join(manifest.classes)}): "
+                        "training needs at least two classes")
+    if manifest.num_classes > 2 and settings.loss == "mse":
+        raise UserError(f"--loss mse scores one class against another (the tutorial's sigmoid), but {manifest.folder} "
+                        f"holds {manifest.num_classes} classes; drop --loss (cross-entropy) or use --loss bce")
     if verify:
         problems = verify_shards(manifest, splits=("train", "val"))
         if problems:
@@ -264,8 +295,34 @@ def _check_shards(manifest, settings, verify):
     plan_blocks(manifest, "val", settings.val_size)
 
 
+def _sizes_held(settings, manifest, exact):
+    """(settings, notes): a default sample size larger than its split becomes what the split holds.
+
+    A size in `exact` (one the user asked for) is kept, and refused later
+    if the split is smaller.
+    """
+    notes, changes = [], {}
+    for name, split in (("train_size", "train"), ("val_size", "val")):
+        asked, held = getattr(settings, name), manifest.split_count(split)
+        if name not in exact and 0 < held < asked:
+            changes[name] = held
+            notes.append(f"{split}: {held:,} images (the split holds fewer than the {asked:,} asked)")
+    return replace(settings, **changes), notes
+
+
+def class_weights(counts):
+    """{class index: weight} that makes each class weigh as much in the loss (scikit-learn's "balanced").
+
+    weight_c = n / (classes * count_c) over the classes present; a class
+    with no image gets no entry (Keras then uses 1.0, never applied).
+    """
+    present = [c for c in counts if c > 0]
+    total = sum(present)
+    return {i: total / (len(present) * c) for i, c in enumerate(counts) if c > 0}
+
+
 def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False, verify=True, progress=True,
-          given=None):
+          given=None, exact_sizes=None):
     """Train `settings.model` on the first train/val images of the shards.
 
     Returns a summary dict (run_dir, epochs, best_epoch, best val loss and
@@ -277,18 +334,23 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     chose (default: those differing from TrainSettings()); with `resume`,
     a given `epochs` sets the run's new total (extending a finished run) and
     any other given setting that differs from the run's is refused.
+    A train or val size larger than its split is cut to what the split holds
+    (with a note in the result) unless it is in `exact_sizes` (default: the
+    sizes in `given`): then it is refused.
     Holds the run directory's lock while it writes there.
     Raises UserError for missing or damaged shards, impossible sizes, a run
     directory another process is writing, and settings a resume cannot change.
     """
     settings.validate()
     given = _given_fields(settings, given)
-    requested, settings = settings, settings.resolved()
+    exact = given & {"train_size", "val_size"} if exact_sizes is None else set(exact_sizes)
+    requested, notes = settings, []
     runs = Runs(runs_root)
     if resume:
-        run, settings, manifest = _resume_target(run_dir, runs, requested, given)
+        run, settings, manifest = _resume_target(run_dir, runs, requested, given, exact)
     else:
         manifest = load_manifest(settings.data)
+        settings, notes = _sizes_held(settings.resolved(manifest.num_classes), manifest, exact)
         run = RunDir(run_dir) if run_dir else _unfinished_same_run(settings, manifest, runs)
     _check_shards(manifest, settings, verify)
     if run is None:
@@ -298,12 +360,12 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
         if state is not None and not resume and not _same_run(run, settings, manifest):
             raise UserError(f"{run.path} already holds a run with other settings; choose another --run-dir "
                             "or pass --resume to continue it with its own settings")
-        note = None
         if resume and "epochs" in given:
             settings, note = _extend(run, settings, requested.epochs, state["epoch"] if state else 0)
+            notes += [note] if note else []
         if state is not None and state["epoch"] >= settings.epochs:
             return _summary(run, settings, state, already_done=True)
-        return {**_fit(run, settings, manifest, state, progress), "notes": [note] if note else []}
+        return {**_fit(run, settings, manifest, state, progress), "notes": notes}
 
 
 def _fit(run, settings, manifest, state, progress):
@@ -322,8 +384,9 @@ def _fit(run, settings, manifest, state, progress):
             raise UserError(f"cannot load {run.checkpoint('last')} to resume ({exc}); start a new run") from None
         state.setdefault("history", run.history())  # a run from before history was part of the state
     else:
-        model = build_model(settings.model, manifest.image_shape, seed=settings.seed)
-        _compile(model, settings, steps)
+        model = build_model(settings.model, manifest.image_shape, seed=settings.seed,
+                            num_classes=manifest.num_classes)
+        _compile(model, settings, steps, manifest.num_classes)
         state = {"epoch": 0, "best_epoch": None, "best_val_loss": float("inf"), "seconds": 0.0, "history": []}
         run.start(_config(settings, manifest, model.count_params()))
     Runs(os.path.dirname(os.path.abspath(run.path))).mark_latest(run)
@@ -339,7 +402,8 @@ def _fit(run, settings, manifest, state, progress):
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Keras prints progress to stdout
             model.fit(train_data, validation_data=val_data, epochs=settings.epochs, initial_epoch=start_epoch,
-                      callbacks=callbacks, verbose=verbose, shuffle=False)
+                      callbacks=callbacks, verbose=verbose, shuffle=False,
+                      class_weight=_fit_class_weight(settings, manifest))
     except KeyboardInterrupt:
         raise TrainingInterrupted(run.path, state["epoch"], settings.epochs) from None
     except (OSError, UserError):
@@ -354,6 +418,18 @@ def _fit(run, settings, manifest, state, progress):
                             f"`train --resume --run-dir {run.path}` {where}") from None
         raise
     return _summary(run, settings, state)
+
+
+def _fit_class_weight(settings, manifest):
+    """model.fit's class_weight: None, or balanced weights from the train split's class counts.
+
+    The counts are those of the whole train split (the manifest's): the
+    first train_size images' counts would need reading every label first.
+    The split is stratified at ingest, so a sample's shares are close.
+    """
+    if settings.class_weight != "balanced":
+        return None
+    return class_weights(manifest.class_counts("train"))
 
 
 def _summary(run, settings, state, already_done=False):

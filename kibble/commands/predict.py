@@ -1,4 +1,5 @@
-"""`predict`: image files -> p_cat and a label for each, on stdout."""
+"""`predict`: image files -> a label and its probability for each, on stdout."""
+import os
 import traceback
 
 import click
@@ -19,14 +20,20 @@ PREDICT_STOPPED = 3
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="Output on stdout: an aligned table, CSV with a header, or a JSON array.")
 @batch_size_option(64, "Images decoded and scored together.")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With more than two classes: the K most probable classes of each image, with their "
+                   "probabilities. (Two classes: p_cat already says both.)")
 @click.pass_context
-def predict(ctx, paths, run_dir, runs_root, fmt, batch_size):
-    """Predict cat or dog for image files, and for every image in folders.
+def predict(ctx, paths, run_dir, runs_root, fmt, batch_size, top_k):
+    """Predict the class of image files, and of every image in folders.
 
     Each file is decoded and resized exactly as ingest did for the run's
-    training images. p_cat is the model's probability of cat; the label is
-    cat when p_cat is above the run's validation threshold (from its
-    metrics.json, once `evaluate` has run; 0.5 otherwise). Folders are
+    training images. Two classes (Dogs vs. Cats): p_cat is the model's
+    probability of cat; the label is cat when p_cat is above the run's
+    validation threshold (from its metrics.json, once `evaluate` has run;
+    0.5 otherwise). More classes: the label is the most probable class,
+    with its probability and the --top-k best; JSON gives every class's
+    probability, CSV one p_<class> column per class. Folders are
     searched recursively for .jpg, .jpeg and .png files, following symlinks
     but never round a loop. Only regular files are read.
 
@@ -50,28 +57,39 @@ def predict(ctx, paths, run_dir, runs_root, fmt, batch_size):
       python cli.py predict photos/ --format csv > predictions.csv
       python cli.py predict cat.jpg dog.png --run runs/kibble-20250101-120000
     """
-    from kibble.predict import predict as run_predict, prediction_writer, run_threshold
+    from kibble.predict import DOGS_VS_CATS, predict as run_predict, prediction_writer, run_classes, run_threshold
     from train.rundir import Runs
 
     run_dir = run_dir or Runs(runs_root).latest().path
-    threshold, origin = run_threshold(run_dir)
-    say(ctx, f"predicting with {run_dir}; threshold {threshold:.2f} {origin}")
-    results = run_predict(paths, run_dir, batch_size=batch_size, threshold=threshold)
-    write = prediction_writer(fmt, click.echo)
-    counts = {"cat": 0, "dog": 0, "failed": 0}
+    classes = run_classes(run_dir) if os.path.isdir(run_dir) else None  # predict names a missing run
+    threshold = None
+    if classes is not None and len(classes) > 2:
+        say(ctx, f"predicting with {run_dir}; {len(classes)} classes")
+    else:
+        threshold, origin = run_threshold(run_dir)
+        say(ctx, f"predicting with {run_dir}; threshold {threshold:.2f} {origin}")
+    results = run_predict(paths, run_dir, batch_size=batch_size, threshold=threshold, top_k=top_k)
+    write = prediction_writer(fmt, click.echo, classes, top_k)
+    # Two classes list the positive class (index 1, cat) first, as they always did.
+    shown = list(classes or DOGS_VS_CATS)
+    shown = shown[::-1] if len(shown) == 2 else shown
+    counts, failed = dict.fromkeys(shown, 0), 0  # a class may be called "failed"
     try:
         for result in results:
-            counts[result["label"] or "failed"] += 1
+            if result["label"] is None:
+                failed += 1
+            else:
+                counts[result["label"]] += 1
             write(result)
     except BaseException as exc:
         _end_output(write)  # the results so far stay one valid document, whatever stopped the run
         if isinstance(exc, Exception) and not user_facing(exc):
-            _stopped(ctx, exc, sum(counts.values()))
+            _stopped(ctx, exc, sum(counts.values()) + failed)
         raise
     write(None)
-    say(ctx, f"{counts['cat'] + counts['dog']} predicted ({counts['cat']} cat, {counts['dog']} dog), "
-             f"{counts['failed']} failed")
-    if counts["failed"]:
+    per_class = ", ".join(f"{counts[name]} {name}" for name in shown)
+    say(ctx, f"{sum(counts.values())} predicted ({per_class}), {failed} failed")
+    if failed:
         ctx.exit(PREDICT_PARTLY_FAILED)
 
 

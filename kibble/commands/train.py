@@ -6,23 +6,25 @@ from kibble.group import TensorFlowCommand, say
 from kibble.options import (batch_size_option, data_option, finite, run_dir_option, runs_option,
                             seed_option)
 from train.models import DEFAULT_MODEL, MODELS
-from train.run import FULL, LAPTOP_SAMPLE, MAX_SEED
+from train.run import CLASS_WEIGHTS, FULL, LAPTOP_SAMPLE, MAX_SEED
 
 # train's options -> the TrainSettings fields they set (for "which did the user give?").
 _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
                  "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
-                 "batch_size": ("batch_size",), "lr": ("lr",), "loss": ("loss",), "seed": ("seed",)}
+                 "batch_size": ("batch_size",), "lr": ("lr",), "loss": ("loss",), "seed": ("seed",),
+                 "class_weight": ("class_weight",)}
 
 
 @click.command(cls=TensorFlowCommand)
 @data_option()
 @click.option("--full", is_flag=True,
-              help=f"Train on {FULL[0]:,} / validate on {FULL[1]:,} images (the full experiment).")
+              help=f"Train on {FULL[0]:,} / validate on {FULL[1]:,} images (the full experiment), "
+                   "or all a smaller split holds.")
 @click.option("--train-size", type=click.IntRange(min=1), default=None,
               help=f"Train images (first N of the shuffled split). Default {LAPTOP_SAMPLE[0]:,}, "
-                   "the tutorial's sample.")
+                   "the tutorial's sample, or all a smaller split holds.")
 @click.option("--val-size", type=click.IntRange(min=1), default=None,
-              help=f"Validation images. Default {LAPTOP_SAMPLE[1]:,}.")
+              help=f"Validation images. Default {LAPTOP_SAMPLE[1]:,}, or all a smaller split holds.")
 @click.option("--model", "model_name", type=click.Choice(MODELS), default=DEFAULT_MODEL, show_default=True,
               help="Architecture; the first four are the tutorial's.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -31,7 +33,10 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=None,
               callback=finite, help="Learning rate. Default: the model's recipe.")
 @click.option("--loss", type=click.Choice(["mse", "bce"]), default=None,
-              help="mse (the tutorial's) or bce. Default: the model's recipe.")
+              help="mse (the tutorial's; two classes only) or bce (cross-entropy; sparse categorical with more "
+                   "than two classes). Default: the model's recipe; cross-entropy for more than two classes.")
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none", show_default=True,
+              help="balanced: weigh each class by n / (classes x its images in the train split), for uneven sets.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option()
@@ -39,8 +44,8 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
               help="Continue the newest run (or --run-dir) with its own settings; only --epochs may change.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
-def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, seed, run_dir,
-          runs_root, resume, no_verify):
+def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, class_weight, seed,
+          run_dir, runs_root, resume, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
@@ -60,9 +65,11 @@ def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size,
     sizes = FULL if full else LAPTOP_SAMPLE
     settings = TrainSettings(data=data, model=model_name, train_size=train_size or sizes[0],
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
-                             batch_size=batch_size, seed=seed)
+                             batch_size=batch_size, seed=seed, class_weight=class_weight)
+    # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
+    exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     result = run_train(settings, run_dir=run_dir, runs_root=runs_root, resume=resume, verify=not no_verify,
-                       progress=not ctx.obj["quiet"], given=_given_settings(ctx))
+                       progress=not ctx.obj["quiet"], given=_given_settings(ctx), exact_sizes=exact)
     say(ctx, format_summary(result))
 
 
