@@ -70,21 +70,6 @@ class Manifest:
         return inside(self.folder, entry["file"], f"{self.path}: shard file")
 
 
-def require_two_classes(classes, where, stage):
-    """UserError unless `classes` are two: the models of this version score one class against another.
-
-    `where` names what holds the classes (a shard folder, a run), `stage`
-    what cannot be done ("training", "evaluating", "predicting").
-    """
-    if len(classes) == 2:
-        return
-    names = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
-    if len(classes) > 2:
-        raise UserError(f"{where} holds {len(classes)} classes ({names}): {stage} more than two classes comes "
-                        "in a later version of kibble; ingest two of them with --classes a,b")
-    raise UserError(f"{where} holds {len(classes)} class ({names}): {stage} needs two classes")
-
-
 def load_manifest(folder):
     """Read and validate `folder/manifest.json`; a UserError says what is wrong.
 
