@@ -48,7 +48,7 @@ def write_report(out, metrics, accumulators, history, mistake_images):
     for split, result in metrics["splits"].items():
         mistakes = result["confident_mistakes"]
         if mistakes:
-            save(f"mistakes_{split}", _mistakes_figure(split, mistakes, mistake_images[split]))
+            save(f"mistakes_{split}", _mistakes_figure(split, mistakes, mistake_images[split], _binary_caption))
     _write_markdown(os.path.join(out, REPORT_NAME), metrics, figures, history)
     return figures
 
@@ -134,22 +134,27 @@ def _training_figure(history):
     return fig
 
 
-def _mistakes_figure(split, mistakes, images):
+def _mistakes_figure(split, mistakes, images, caption, title_room=0.6):
+    """A grid of the mistakes' images, each titled by `caption(mistake)`; `title_room`: inches per row of titles."""
     cols = min(4, len(mistakes))
     rows = -(-len(mistakes) // cols)
     height, width = images.shape[1:3]
     panel = 2.4
     # at least 4.5 inches wide so that the title fits over a single image
-    fig, axes = _figure(max(panel * cols, 4.5), panel * rows * height / width + 0.6 * rows + 0.4,
+    fig, axes = _figure(max(panel * cols, 4.5), panel * rows * height / width + title_room * rows + 0.4,
                         ncols=cols, nrows=rows)
     for ax in axes:
         ax.axis("off")
     for ax, mistake, image in zip(axes, mistakes, images):
         ax.imshow(image, interpolation="nearest")
-        truth = "cat" if mistake["label"] == 1 else "dog"
-        ax.set_title(f"{mistake['name']}\ntrue {truth}, score {mistake['score']:.3f}", fontsize=8)
+        ax.set_title(caption(mistake), fontsize=8)
     fig.suptitle(f"{split}: most confident mistakes")
     return fig
+
+
+def _binary_caption(mistake):
+    truth = "cat" if mistake["label"] == 1 else "dog"
+    return f"{mistake['name']}\ntrue {truth}, score {mistake['score']:.3f}"
 
 
 def _fmt(value, digits=4):
@@ -173,6 +178,12 @@ def _write_markdown(path, metrics, figures, history):
 
 def _summary_lines(metrics, history):
     threshold = metrics["threshold"]
+    return _header_lines(metrics, history, [f"- decision threshold: {threshold['value']:.2f}, chosen on "
+                                            f"{threshold['chosen_on']} ({threshold['rule']})"])
+
+
+def _header_lines(metrics, history, specific):
+    """The report's title and the facts every report starts with; `specific` lines go before the epochs."""
     height, width = metrics["image_size"]
     other_data = "" if metrics["same_data_as_training"] else " (**not the data this run was trained on**)"
     return [
@@ -180,8 +191,7 @@ def _summary_lines(metrics, history):
         "",
         f"- model: `{metrics['model']}` ({metrics['checkpoint']})",
         f"- data: `{metrics['data']}`, images {height}x{width}{other_data}",
-        f"- decision threshold: {threshold['value']:.2f}, chosen on {threshold['chosen_on']} "
-        f"({threshold['rule']})",
+        *specific,
         f"- epochs trained: {len(history)}",
     ]
 
@@ -254,7 +264,8 @@ def _write_multiclass_report(out, metrics, history, mistake_images, figures, sav
     for split, result in results.items():
         mistakes = result["confident_mistakes"]
         if mistakes:
-            save(f"mistakes_{split}", _class_mistakes_figure(split, mistakes, mistake_images[split], classes))
+            save(f"mistakes_{split}", _mistakes_figure(split, mistakes, mistake_images[split],
+                                                           _class_caption(classes), title_room=0.8))
     lines = (_multiclass_summary_lines(metrics, history)
              + ["", "## Metrics", ""] + _multiclass_table(results) + _undefined_lines(results)
              + ["", "## Per class", ""] + _per_class_lines(results, classes)
@@ -299,35 +310,16 @@ def _reliability_figure(results):
     return fig
 
 
-def _class_mistakes_figure(split, mistakes, images, classes):
-    cols = min(4, len(mistakes))
-    rows = -(-len(mistakes) // cols)
-    height, width = images.shape[1:3]
-    panel = 2.4
-    fig, axes = _figure(max(panel * cols, 4.5), panel * rows * height / width + 0.8 * rows + 0.4,
-                        ncols=cols, nrows=rows)
-    for ax in axes:
-        ax.axis("off")
-    for ax, mistake, image in zip(axes, mistakes, images):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"{mistake['name']}\ntrue {classes[mistake['label']]}, called "
-                     f"{classes[mistake['predicted']]} ({mistake['probability']:.3f})", fontsize=8)
-    fig.suptitle(f"{split}: most confident mistakes")
-    return fig
+def _class_caption(classes):
+    def caption(mistake):
+        return (f"{mistake['name']}\ntrue {classes[mistake['label']]}, called "
+                f"{classes[mistake['predicted']]} ({mistake['probability']:.3f})")
+    return caption
 
 
 def _multiclass_summary_lines(metrics, history):
-    height, width = metrics["image_size"]
-    other_data = "" if metrics["same_data_as_training"] else " (**not the data this run was trained on**)"
-    return [
-        f"# Evaluation of {os.path.basename(metrics['run'])}",
-        "",
-        f"- model: `{metrics['model']}` ({metrics['checkpoint']})",
-        f"- data: `{metrics['data']}`, images {height}x{width}{other_data}",
-        f"- {len(metrics['classes'])} classes: {', '.join(metrics['classes'])}",
-        f"- decision threshold: {metrics['threshold']['rule']}",
-        f"- epochs trained: {len(history)}",
-    ]
+    return _header_lines(metrics, history, [f"- {len(metrics['classes'])} classes: {', '.join(metrics['classes'])}",
+                                            f"- decision threshold: {metrics['threshold']['rule']}"])
 
 
 def _multiclass_table(results):

@@ -299,26 +299,10 @@ def prediction_writer(fmt, echo, classes=None, top_k=1):
         error = f"  ERROR: {result['error']}" if result["error"] else ""
         echo(f"{p_cat:>7}  {result['label'] or '-':<5}  {result['file']}{error}")
 
-    def as_csv(result):
-        nonlocal started
-        line = io.StringIO()
-        writer = csv.DictWriter(line, fieldnames=FIELDS, lineterminator="\n")
-        if not started:
-            writer.writeheader()
-            started = True
-        if result is not None:
-            writer.writerow({**result, "p_cat": "" if result["p_cat"] is None else f"{result['p_cat']:.6f}"})
-        echo(line.getvalue(), nl=False)
+    def csv_row(result):
+        return {**result, "p_cat": "" if result["p_cat"] is None else f"{result['p_cat']:.6f}"}
 
-    def as_json(result):
-        nonlocal started
-        if result is None:
-            echo("\n]" if started else "[]")
-            return
-        echo(("[\n  " if not started else ",\n  ") + json.dumps(result), nl=False)
-        started = True
-
-    return {"table": table, "csv": as_csv, "json": as_json}[fmt]
+    return {"table": table, "csv": _csv_writer(echo, FIELDS, csv_row), "json": _json_writer(echo)}[fmt]
 
 
 def _multiclass_writer(fmt, echo, classes, top_k):
@@ -341,16 +325,31 @@ def _multiclass_writer(fmt, echo, classes, top_k):
         error = f"  ERROR: {result['error']}" if result["error"] else ""
         echo("  ".join(cells) + f"  {result['file']}{error}")
 
+    return {"table": table, "csv": _csv_writer(echo, columns, lambda result: _csv_row(result, classes)),
+            "json": _json_writer(echo)}[fmt]
+
+
+def _csv_writer(echo, fieldnames, row_of):
+    """CSV with a header, one row per result; the header alone when there is none."""
+    started = False
+
     def as_csv(result):
         nonlocal started
         line = io.StringIO()
-        writer = csv.DictWriter(line, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(line, fieldnames=fieldnames, lineterminator="\n")
         if not started:
             writer.writeheader()
             started = True
         if result is not None:
-            writer.writerow(_csv_row(result, classes))
+            writer.writerow(row_of(result))
         echo(line.getvalue(), nl=False)
+
+    return as_csv
+
+
+def _json_writer(echo):
+    """One JSON array, written as it goes and closed by the call with None."""
+    started = False
 
     def as_json(result):
         nonlocal started
@@ -360,7 +359,7 @@ def _multiclass_writer(fmt, echo, classes, top_k):
         echo(("[\n  " if not started else ",\n  ") + json.dumps(result), nl=False)
         started = True
 
-    return {"table": table, "csv": as_csv, "json": as_json}[fmt]
+    return as_json
 
 
 def _csv_row(result, classes):
