@@ -23,10 +23,11 @@ from ingest.plan import (
 )
 from ingest.sources import Source, discover
 from ingest.tasks import LOCAL_SCHEDULERS, run_tasks
-from ingest.worker import build_shard_or_disk_error, crash_point
+from ingest.worker import build_shard_or_disk_error
 from shards.errors import UserError
 from shards.format import CHUNK_ROWS, SCHEMA_VERSION
-from shards.fsio import DISK_ERRORS, TEMP_FILE, FolderLock, atomic_path, disk_error_message, remove_temp_files
+from shards.fsio import (DISK_ERRORS, TEMP_FILE, FolderLock, atomic_path, crash_point, disk_error_message,
+                         remove_temp_files)
 from shards.manifest import MANIFEST_NAME, SPLITS, load_manifest, verify_shards
 from shards.progress import Progress
 

@@ -8,36 +8,18 @@ import json
 import os
 import re
 import zipfile
-from collections import Counter
 
 from ingest.plan import zip_member_limit
 from shards.errors import ShardError
 from shards.format import ShardReader, sha256_file, write_shard
-from shards.fsio import DISK_ERRORS
+from shards.fsio import CRASH_ENV, CRASH_EXIT, DISK_ERRORS, crash_point  # noqa: F401 - the hook's names for tests
 from shards.image import BadImage, load_image
 
-# Test-only hook for the commit-sequence tests: KIBBLE_CRASH_AT=<step> or
-# <step>:<n> ends the process at once (as kill -9 would: no cleanup, no
-# flush) the first or the n-th time it reaches that step. Steps: see
-# CRASH_STEPS. Unset, it costs one environment lookup per shard.
-CRASH_ENV = "KIBBLE_CRASH_AT"
-CRASH_EXIT = 86
+# Steps of a shard's commit that the crash tests stop at (shards.fsio.crash_point).
 CRASH_STEPS = ("shard-writing", "shard-renamed", "manifest-before", "manifest-temp-written",
                "manifest-renamed")
-_reached = Counter()
 # HDF5 reports a failed write as text: "... errno = 28, error message = ...".
 _HDF5_ERRNO = re.compile(r"errno = (\d+)")
-
-
-def crash_point(step):
-    wanted = os.environ.get(CRASH_ENV)
-    if not wanted:
-        return
-    name, _, nth = wanted.partition(":")
-    if name == step:
-        _reached[step] += 1
-        if _reached[step] == int(nth or 1):
-            os._exit(CRASH_EXIT)
 
 
 def _existing(path, digest):

@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import re
+from collections import Counter
 
 from shards.errors import UserError
 
@@ -26,6 +27,26 @@ TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 LOCK_NAME = ".lock"
 # errno values that mean "the disk or the file system refused", not a bug.
 DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+# Test-only hook for the commit-sequence tests: KIBBLE_CRASH_AT=<step>,
+# <step>@<tag> (e.g. an epoch) or either with :<n> ends the process at once
+# (as kill -9 would: no clean-up, no flush) the first or the n-th time that
+# step is reached. Unset, it costs one environment lookup per step.
+CRASH_ENV = "KIBBLE_CRASH_AT"
+CRASH_EXIT = 86
+_crashes_reached = Counter()
+
+
+def crash_point(step, tag=None):
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name in (step, f"{step}@{tag}"):
+        _crashes_reached[name] += 1
+        if _crashes_reached[name] == int(nth or 1):
+            os._exit(CRASH_EXIT)
 
 
 def temp_path(path):

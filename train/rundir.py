@@ -26,8 +26,8 @@ import shutil
 import time
 
 from shards.errors import UserError
-from shards.fsio import (DISK_ERRORS, FolderLock, atomic_path, inside, remove_temp_files, write_json_atomic,
-                         write_text_atomic)
+from shards.fsio import (CRASH_ENV, CRASH_EXIT, DISK_ERRORS, FolderLock,  # noqa: F401 - tests use CRASH_*
+                         atomic_path, crash_point, inside, remove_temp_files, write_json_atomic, write_text_atomic)
 
 LATEST = "LATEST"
 CONFIG, BEST, LAST, HISTORY, STATE = "config.json", "best.keras", "last.keras", "history.csv", "state.json"
@@ -38,19 +38,9 @@ EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.keras$")
 # Temporary model files of kibble before this commit protocol (".tmp-<pid>-last.keras").
 OLD_TEMP_FILE = re.compile(r"^\.tmp-\d+-(last|best)\.keras$")
 
-# Test-only crash hook: KIBBLE_CRASH_AT=<step> or <step>@<epoch> ends the
-# process with os._exit(CRASH_EXIT) at that step of `commit_epoch`, exactly
-# as a kill would (no clean-up, no finally blocks).
-CRASH_ENV = "KIBBLE_CRASH_AT"
-CRASH_EXIT = 86
+# Steps of `commit_epoch` that the crash tests stop at (shards.fsio.crash_point,
+# KIBBLE_CRASH_AT=<step> or <step>@<epoch>).
 COMMIT_STEPS = ("epoch-end", "saved", "state-temp", "committed", "best", "last", "history")
-
-
-def crash_point(step, epoch):
-    assert step in COMMIT_STEPS, step
-    wanted = os.environ.get(CRASH_ENV)
-    if wanted and wanted in (step, f"{step}@{epoch}"):
-        os._exit(CRASH_EXIT)
 
 
 class RunDir:
