@@ -6,20 +6,17 @@ local process or on a distributed worker, and can be tested without Dask.
 import contextlib
 import json
 import os
-import re
 import zipfile
 
 from ingest.plan import zip_member_limit
 from shards.errors import ShardError
 from shards.format import ShardReader, sha256_file, write_shard
-from shards.fsio import CRASH_ENV, CRASH_EXIT, DISK_ERRORS, crash_point  # noqa: F401 - the hook's names for tests
+from shards.fsio import CRASH_ENV, CRASH_EXIT, crash_point, disk_errno  # noqa: F401 - the hook's names for tests
 from shards.image import BadImage, load_image
 
 # Steps of a shard's commit that the crash tests stop at (shards.fsio.crash_point).
 CRASH_STEPS = ("shard-writing", "shard-renamed", "manifest-before", "manifest-temp-written",
                "manifest-renamed")
-# HDF5 reports a failed write as text: "... errno = 28, error message = ...".
-_HDF5_ERRNO = re.compile(r"errno = (\d+)")
 
 
 def _existing(path, digest):
@@ -88,11 +85,11 @@ def build_shard_or_disk_error(spec, source_path, source_kind, settings, out):
     try:
         return build_shard(spec, source_path, source_kind, settings, out)
     except (OSError, RuntimeError) as exc:
-        disk_errno = _disk_errno(exc)
-        if disk_errno is None or getattr(exc, "filename", None):
+        code = disk_errno(exc)
+        if code is None or getattr(exc, "filename", None):
             raise  # not the disk's doing, or already naming its file
         path = os.path.join(out, spec.file)
-        error = OSError(disk_errno, os.strerror(disk_errno), path)
+        error = OSError(code, os.strerror(code), path)
         # HDF5 does not recover from a write that failed while closing a file:
         # this process's HDF5 can crash when it next tidies up (at exit at the
         # latest). Marked so that an in-process caller can end without that.
@@ -116,16 +113,3 @@ def _read_member(archive, name, limit):
     if len(data) > limit:
         raise BadImage(f"zip member holds over {limit:,} bytes, the limit for --max-pixels")
     return data
-
-
-def _disk_errno(exc):
-    """The errno of a write the disk refused (ENOSPC, EROFS, EFBIG...), else None.
-
-    h5py raises OSError or RuntimeError and often leaves `errno` unset,
-    giving it only in the message HDF5 wrote.
-    """
-    code = getattr(exc, "errno", None)
-    if code is None:
-        match = _HDF5_ERRNO.search(str(exc))
-        code = int(match.group(1)) if match else None
-    return code if code in DISK_ERRORS else None

@@ -117,6 +117,26 @@ def inside(folder, name, what="path"):
     return os.path.join(folder, name)
 
 
+def disk_errno(exc):
+    """The errno of a write the disk refused (one of DISK_ERRORS), else None.
+
+    h5py and Keras often leave `errno` unset and give it only in their
+    message ("errno = 28", "[Errno 27]", "No space left on device"), or
+    re-raise it as another type: the exception's causes are searched too.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) in DISK_ERRORS:
+            return exc.errno
+        text = str(exc)
+        for number in DISK_ERRORS:
+            if f"errno = {number}" in text or f"[Errno {number}]" in text or os.strerror(number) in text:
+                return number
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def disk_error_message(exc, action="write"):
     """One line for an OSError of DISK_ERRORS: which path and what happened."""
     where = exc.filename or "the output folder"

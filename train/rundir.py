@@ -27,7 +27,8 @@ import time
 
 from shards.errors import UserError
 from shards.fsio import (CRASH_ENV, CRASH_EXIT, DISK_ERRORS, FolderLock,  # noqa: F401 - tests use CRASH_*
-                         atomic_path, crash_point, inside, remove_temp_files, write_json_atomic, write_text_atomic)
+                         atomic_path, crash_point, disk_errno, inside, remove_temp_files, write_json_atomic,
+                         write_text_atomic)
 
 LATEST = "LATEST"
 CONFIG, BEST, LAST, HISTORY, STATE = "config.json", "best.keras", "last.keras", "history.csv", "state.json"
@@ -367,28 +368,8 @@ def _disk_errors_name(path, function, *args):
     """
     try:
         return function(*args)
-    except OSError as exc:
-        if exc.errno in DISK_ERRORS:
-            raise OSError(exc.errno, os.strerror(exc.errno), path) from None
-        found = _errno_in_message(exc)
-        if found:
-            raise OSError(found, os.strerror(found), path) from None
-        raise
     except Exception as exc:
-        found = _errno_in_message(exc)
+        found = disk_errno(exc)
         if found:
             raise OSError(found, os.strerror(found), path) from None
         raise
-
-
-def _errno_in_message(exc):
-    """A DISK_ERRORS errno mentioned in an exception's text (or its causes'), else None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc)
-        for number in DISK_ERRORS:
-            if f"errno = {number}" in text or f"[Errno {number}]" in text or os.strerror(number) in text:
-                return number
-        exc = exc.__cause__ or exc.__context__
-    return None
