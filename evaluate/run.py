@@ -349,14 +349,10 @@ class _Candidates:
     def add(self, scores, labels, names, images, first):
         """Offer one batch; `first` is the position of its first image in the split."""
         for label, key in ((1, scores), (0, -scores)):
-            pool = self.pools[label]
-            rows = np.flatnonzero(labels == label)
-            if len(pool) == self.keep:  # a later image must look strictly worse to get in
-                rows = rows[key[rows] < pool[-1].key]
-            rows = rows[np.argsort(key[rows], kind="stable")][:self.keep]
-            offered = [_Candidate(float(key[i]), first + int(i), label, float(scores[i]), names[i],
-                                  images[i].copy()) for i in rows]
-            self.pools[label] = heapq.nsmallest(self.keep, pool + offered)
+            self.pools[label] = _smallest(
+                self.pools[label], key, np.flatnonzero(labels == label), self.keep,
+                lambda i: _Candidate(float(key[i]), first + int(i), label, float(scores[i]), names[i],
+                                     images[i].copy()))
 
     def worst(self, threshold):
         """(mistakes, images): the misclassified images at `threshold`, farthest from their label first.
@@ -368,6 +364,20 @@ class _Candidates:
         wrong = sorted(wrong, key=lambda c: (-abs(c.score - c.label), c.index))[:self.keep]
         mistakes = [{"name": c.name, "label": c.label, "score": c.score, "index": c.index} for c in wrong]
         return mistakes, np.array([c.image for c in wrong], dtype=np.uint8)
+
+
+def _smallest(pool, keys, rows, keep, entry):
+    """The `keep` smallest of `pool` and of `entry(i)` for each of `rows`, by (key, position).
+
+    `pool` holds entries whose first two fields are their key and position,
+    smallest first; `keys[i]` is row i's key. A row must be strictly smaller
+    than the pool's largest to get in once it is full (ties go to the first
+    seen), so only the rows that can stay are copied.
+    """
+    if len(pool) == keep:
+        rows = rows[keys[rows] < pool[-1][0]]
+    rows = rows[np.argsort(keys[rows], kind="stable")][:keep]
+    return heapq.nsmallest(keep, pool + [entry(i) for i in rows], key=lambda c: c[:2])
 
 
 class _MulticlassCandidates:
@@ -385,13 +395,10 @@ class _MulticlassCandidates:
     def add(self, probabilities, labels, names, images, first):
         predicted = np.argmax(probabilities, axis=1)
         confidence = probabilities[np.arange(len(labels)), predicted]
-        rows = np.flatnonzero(predicted != labels)
-        if len(self.pool) == self.keep:  # a later image must be strictly more confident to get in
-            rows = rows[-confidence[rows] < self.pool[-1][0]]
-        rows = rows[np.argsort(-confidence[rows], kind="stable")][:self.keep]
-        offered = [(-float(confidence[i]), first + int(i), int(labels[i]), int(predicted[i]),
-                    float(probabilities[i, labels[i]]), names[i], images[i].copy()) for i in rows]
-        self.pool = heapq.nsmallest(self.keep, self.pool + offered, key=lambda c: c[:2])
+        self.pool = _smallest(
+            self.pool, -confidence, np.flatnonzero(predicted != labels), self.keep,
+            lambda i: (-float(confidence[i]), first + int(i), int(labels[i]), int(predicted[i]),
+                       float(probabilities[i, labels[i]]), names[i], images[i].copy()))
 
     def worst(self):
         """(mistakes, images): most confident first; mistakes are the dicts metrics.json lists."""
