@@ -32,7 +32,8 @@ from evaluate.report import write_report
 from shards import stream
 from shards.errors import UserError
 from shards.format import sha256_file
-from shards.manifest import load_manifest, verify_shards, write_json_atomic
+from shards import storage
+from shards.manifest import verify_shards, write_json_atomic
 from shards.progress import Progress
 from train.rundir import BEST, CONFIG, LAST, RunDir
 from train.tf_env import quiet_logs
@@ -48,12 +49,12 @@ DEFAULT_THRESHOLD = 0.5
 
 
 def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_size=256,
-                 checkpoint="best", progress=True, tta=False, verify=True):
+                 checkpoint="best", progress=True, tta=False, verify=True, access=None):
     """Evaluate the model of `run_dir` and write metrics.json, report.md and figures.
 
     Args:
         run_dir: a run directory made by `train` (config.json, best.keras, ...).
-        data: shard folder; default the one the run was trained on (config "data").
+        data: shard folder or URL; default the one the run was trained on (config "data").
         splits: splits to evaluate, among "train", "val", "test". Whenever the
             data has a "val" split it is evaluated too: the threshold comes from it.
         out: folder for the outputs; default `run_dir`.
@@ -65,6 +66,8 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
         verify: compare the sha256 of every shard read (val included, the
             threshold's source) with the manifest before scoring, as `train`
             does. Each shard's split, size and count are checked either way.
+        access: how shards at a URL are read (shards.storage.Access):
+            cached (default) or streamed.
 
     Returns:
         The metrics.json document as a dict, plus "out" (the output folder)
@@ -80,9 +83,10 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
     run = _read_run(run_dir)
     config = run.config()
     data = data or config.get("data")
-    manifest = _load_data(data, run_dir, splits)
+    manifest = _load_data(data, run_dir, splits, access, verify, progress)
     scored = [s for s in SPLITS if s in splits or (s == "val" and manifest.shards("val"))]
-    _check_shards(manifest, scored, verify)
+    # Cached copies were checked as they were fetched: not hashed a second time.
+    _check_shards(manifest, scored, verify and not storage.is_cached(data, access))
     model_path = run.checkpoint(checkpoint)
     model = _load_model(model_path)
     _check_input_size(model, model_path, manifest)
@@ -125,11 +129,12 @@ def _read_run(run_dir):
     return RunDir(run_dir)
 
 
-def _load_data(data, run_dir, splits):
-    """The manifest of `data`, after checking it holds every split asked for."""
+def _load_data(data, run_dir, splits, access=None, verify=True, progress=False):
+    """The manifest of `data` (a folder or a URL), after checking it holds every split asked for."""
     if not data:
         raise UserError(f"{os.path.join(run_dir, CONFIG)} names no shard folder (\"data\"); name the shard folder to score")
-    manifest = load_manifest(data)
+    # val comes along whenever the data has it: the threshold is chosen there.
+    manifest = storage.open_shards(data, access, splits={*splits, "val"}, verify=verify, progress=progress)
     if manifest.num_classes < 2:
         raise UserError(f"{manifest.folder} holds {manifest.num_classes} class ({', '.join(manifest.classes)}): "
                         "evaluating needs two classes or more; ingest images of other classes too")
@@ -180,7 +185,7 @@ def _metrics_document(run_dir, config, model_path, tta, data, manifest, threshol
         "checkpoint": os.path.basename(model_path),
         "tta": "flip" if tta else None,
         "checkpoint_sha256": sha256_file(model_path),
-        "data": os.path.abspath(data),
+        "data": storage.absolute(data),
         "manifest_sha256": manifest_sha256,
         "same_data_as_training": config.get("manifest_sha256") == manifest_sha256,
         "image_size": list(manifest.image_shape[:2]),

@@ -24,6 +24,7 @@ from ingest.plan import (
 from ingest.sources import Source, discover
 from ingest.tasks import LOCAL_SCHEDULERS, run_tasks
 from ingest.worker import build_shard_or_disk_error
+from shards import storage
 from shards.errors import UserError
 from shards.format import CHUNK_ROWS, SCHEMA_VERSION
 from shards.fsio import (DISK_ERRORS, TEMP_FILE, FolderLock, atomic_path, crash_point, disk_error_message,
@@ -64,8 +65,12 @@ class _Plan:
 
 
 def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes", workers=None,
-           exclude=None, strict=False, force=False, progress=True):
+           exclude=None, strict=False, force=False, progress=True, staging=None):
     """Stream every image of `input_path` into shuffled shards in `out`.
+
+    `out` may be a URL (s3://bucket/shards): the shards are built in the
+    local folder `staging` (default: one under the system temp) and uploaded,
+    manifest last (ingest.upload); the result then has an "upload" report.
 
     Returns the summary dict that is also written as the manifest, with an
     extra key "unchanged" (True when `out` already held this exact ingest).
@@ -73,6 +78,11 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     that another ingest is writing, too small a disk or a write the disk
     refuses; no temporary file is left behind then.
     """
+    if storage.is_url(out):
+        from ingest.upload import ingest_to_url
+        return ingest_to_url(ingest, input_path, out, settings, staging=staging, scheduler=scheduler,
+                             workers=workers, exclude=exclude, strict=strict, force=force, progress=progress)
+    out = storage.local_path(out)
     started = time.monotonic()
     settings.validate()
     plan = _plan(input_path, settings, exclude, strict)

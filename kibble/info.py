@@ -9,6 +9,7 @@ nothing at all to show.
 import os
 
 from ingest.summary import class_table
+from shards import storage
 from shards.errors import UserError
 from shards.manifest import MANIFEST_NAME, SPLITS, load_manifest
 from train.rundir import Runs
@@ -40,16 +41,16 @@ def info(data_dir, runs_root):
 
 
 def _data(data_dir):
-    if not os.path.exists(os.path.join(data_dir, MANIFEST_NAME)):
-        return None, f"no {MANIFEST_NAME}"
     try:
+        if not storage.exists(storage.join(storage.local_path(data_dir), MANIFEST_NAME)):
+            return None, f"no {MANIFEST_NAME}"
         manifest = load_manifest(data_dir)
         data = manifest.data
         totals, settings = data["totals"], data["settings"]
         splits = {split: {"count": s["count"], "class_counts": s["class_counts"], "shards": len(s["shards"])}
                   for split, s in data["splits"].items()}
         return {
-            "folder": str(data_dir),
+            "folder": storage.public(str(data_dir)),
             "classes": manifest.classes,
             "splits": {split: splits[split] for split in SPLITS if split in splits},
             "image_size": list(settings["size"]),

@@ -8,6 +8,8 @@ import os
 
 import click
 
+from shards import storage
+from shards.errors import UserError
 from shards.image import DEFAULT_SIZE, parse_size
 from ingest.plan import share_problem
 
@@ -51,20 +53,100 @@ def finite(ctx, param, value):
     return value
 
 
+class FolderOrURL(click.Path):
+    """A folder path, or an fsspec URL (s3://bucket/shards, gs://..., memory://...) passed on as is.
+
+    file:// URLs become the local path they name. A URL carrying credentials
+    is refused: they belong in the environment or a config file.
+    """
+
+    name = "folder_or_url"
+
+    def __init__(self):
+        super().__init__(file_okay=False)
+
+    def convert(self, value, param, ctx):
+        value = storage.local_path(value)
+        if storage.is_url(value):
+            return storage.check_url(value)  # a UserError: one `Error:` line from the group
+        return super().convert(value, param, ctx)
+
+
+class LocalFolder(click.Path):
+    """A folder that must be on the local file system: run directories and report folders.
+
+    Keras writes its .keras checkpoints and TensorBoard its event files with
+    local file calls, and a run holds an OS file lock; a URL is refused in
+    one line saying what to do instead (docs/architecture.md).
+    """
+
+    name = "local_folder"
+
+    def __init__(self):
+        super().__init__(file_okay=False)
+
+    def convert(self, value, param, ctx):
+        value = storage.local_path(value)
+        if storage.is_url(value):  # a UserError, not click's usage text: one `Error:` line
+            raise UserError(f"{_name(param)} must be a local folder: run directories hold Keras checkpoints, "
+                            "TensorBoard logs and a file lock, which need a local disk. Use a local folder and "
+                            "copy it to storage afterwards (e.g. `aws s3 sync runs/ s3://bucket/runs/`). "
+                            f"Received: {_name(param)}={storage.public(value)}")
+        return super().convert(value, param, ctx)
+
+
+def local_input(ctx, param, value):
+    """ingest's INPUT: a local folder or zip (file:// too); a URL is one `Error:` line, for now."""
+    value = storage.local_path(value)
+    if storage.is_url(value):
+        raise UserError("INPUT must be a local folder or zip for now: reading images from object storage "
+                        "is not supported yet; copy them first (e.g. `aws s3 sync s3://bucket/images images/`). "
+                        f"Received: INPUT={storage.public(value)}")
+    return value
+
+
+def _name(param):
+    return param.opts[0] if param is not None and param.opts else "the folder"
+
+
+def data_access(ctx, param, value):
+    """--cache: DIR (the cache root) or `none` (stream); kept as text, read by access_from."""
+    if value is not None and value.strip().lower() != "none" and storage.is_url(value):
+        raise UserError(f"--cache must be a local folder or `none`. Received: --cache={storage.public(value)}")
+    return value
+
+
+def access_from(cache, stream):
+    """The shards.storage.Access of the --cache and --stream options."""
+    return storage.Access.from_option(cache, stream)
+
+
 # -- options ------------------------------------------------------------------------------------
 
 
 def data_option(default=DEFAULT_SHARDS, help="Shard folder written by ingest."):
-    return click.option("--data", default=default, show_default=default is not None,
-                        type=click.Path(file_okay=False), help=help)
+    return click.option("--data", default=default, show_default=default is not None, type=FolderOrURL(),
+                        help=help + " A URL (s3://bucket/shards, gs://..., memory://...) reads them from "
+                                    "object storage (see --cache, --stream).")
+
+
+def access_options(command):
+    """--cache and --stream: how shards at a URL are read (local folders are read in place)."""
+    command = click.option("--stream", is_flag=True,
+                           help="With a URL --data: read the shards from storage as needed (ranged reads "
+                                "with read-ahead) instead of caching them; for sets larger than the disk.")(command)
+    return click.option("--cache", metavar="DIR|none", default=None, callback=data_access,
+                        help=f"With a URL --data: local cache of the shards (each checked by sha256 on "
+                             f"download, reused afterwards). Default: ${storage.CACHE_ENV}, else "
+                             f"~/.cache/kibble; `none` streams (as --stream).")(command)
 
 
 def runs_option(help="Folder holding the run directories."):
     return click.option("--runs", "runs_root", default=DEFAULT_RUNS, show_default=True,
-                        type=click.Path(file_okay=False), help=help)
+                        type=LocalFolder(), help=help)
 
 
-run_dir_option = click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+run_dir_option = click.option("--run-dir", type=LocalFolder(), default=None,
                               help="Run directory. Default: RUNS/<model>-<date>-<time>-<microseconds>.")
 
 size_option = click.option("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", show_default=True,

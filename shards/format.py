@@ -55,7 +55,15 @@ def open_h5(path, mode="r"):
 
     Shards are immutable once renamed into place, so locks protect nothing,
     and on network filesystems taking them fails ("unable to lock file").
+    A URL (s3://...) is read through a streaming file object (shards.storage).
     """
+    from shards import storage
+
+    if storage.is_url(path):
+        stream = storage.open_stream(path)
+        h5 = h5py.File(stream, mode)
+        h5.kibble_stream = stream  # closed with the file by ShardReader.close
+        return h5
     try:
         return h5py.File(path, mode, locking=False)
     except TypeError:  # h5py built against an HDF5 too old for `locking`
@@ -324,7 +332,10 @@ class ShardReader:
             raise ShardError(self.path, f"read of images {start}:{stop} failed ({exc})") from None
 
     def close(self):
+        stream = getattr(self._h5, "kibble_stream", None)
         self._h5.close()
+        if stream is not None:
+            stream.close()
 
     def __enter__(self):
         return self

@@ -13,6 +13,7 @@ from shards.errors import ShardError, UserError
 from shards.format import SCHEMA_VERSION, ShardReader, sha256_file
 from shards.fsio import LOCK_NAME, TEMP_FILE, inside
 from shards.fsio import write_json_atomic  # noqa: F401 - re-exported for the stages
+from shards import storage
 
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test", "unlabeled")
@@ -27,7 +28,7 @@ class Manifest:
 
     @property
     def path(self):
-        return os.path.join(self.folder, MANIFEST_NAME)
+        return storage.join(self.folder, MANIFEST_NAME)
 
     @property
     def settings(self):
@@ -42,7 +43,7 @@ class Manifest:
     @property
     def checksum(self):
         """sha256 of the manifest file itself: names this exact data set."""
-        return sha256_file(self.path)
+        return storage.sha256(self.path)
 
     def split_count(self, split):
         return self.data["splits"].get(split, {}).get("count", 0)
@@ -67,6 +68,8 @@ class Manifest:
 
     def shard_path(self, entry):
         # Checked again at each use: a symlink may have been planted since loading.
+        if storage.is_url(self.folder):
+            return storage.inside_url(self.folder, entry["file"], f"{storage.public(self.path)}: shard file")
         return inside(self.folder, entry["file"], f"{self.path}: shard file")
 
 
@@ -77,7 +80,9 @@ def load_manifest(folder):
     file that is not a shard name or points outside `folder`): one
     UserError naming the field, never a KeyError or TypeError later.
     """
-    folder = str(folder)
+    folder = storage.local_path(str(folder))
+    if storage.is_url(folder):
+        return _load_url(folder)
     path = os.path.join(folder, MANIFEST_NAME)
     if not os.path.isdir(folder):
         raise UserError(f"no shard folder at {folder}: run `ingest` first (or pass --data)")
@@ -91,6 +96,21 @@ def load_manifest(folder):
     except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"{path} is not readable JSON ({_short(exc)}); run `ingest --force` to rebuild") from None
     _validate(data, folder, path)
+    return Manifest(folder=folder, data=data)
+
+
+def _load_url(folder):
+    """load_manifest for a folder in object storage: the same checks, read through fsspec."""
+    path = storage.join(folder, MANIFEST_NAME)
+    shown = storage.public(path)
+    if not storage.exists(path):
+        raise UserError(f"no {MANIFEST_NAME} at {storage.public(folder)}: run `ingest --out "
+                        f"{storage.public(folder)}` first (or pass another --data)")
+    try:
+        data = json.loads(storage.read_bytes(path))
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{shown} is not readable JSON ({_short(exc)}); run `ingest --force` to rebuild") from None
+    _validate(data, folder, shown)
     return Manifest(folder=folder, data=data)
 
 
@@ -207,7 +227,7 @@ def _validate_shards(schema, shards, folder, num_classes):
         name = schema.get(entry, "file", f"{field}.file", "text")
         # Checked first and on its own: a name leading out of the folder is
         # refused before anything could open, replace or delete it.
-        inside(folder, name, f"{schema.path}: {field}.file")
+        (storage.inside_url if storage.is_url(folder) else inside)(folder, name, f"{schema.path}: {field}.file")
         split = schema.get(entry, "split", f"{field}.split", "text")
         if split not in SPLITS:
             schema.fail(f"{field}.split", f"must be one of {', '.join(SPLITS)}, found {schema.found(split)}")
@@ -264,13 +284,16 @@ def check_shard(manifest, entry, checksum=True):
     shape); with it, the file's sha256 is compared too.
     """
     path = manifest.shard_path(entry)
-    if not os.path.lexists(path):
+    if storage.is_url(path):
+        if not storage.exists(path):
+            raise ShardError(storage.public(path), "listed in the manifest but missing; run `ingest` again")
+    elif not os.path.lexists(path):
         raise ShardError(path, "listed in the manifest but missing; run `ingest` again")
-    if not os.path.isfile(path):
+    elif not os.path.isfile(path):
         raise ShardError(path, "is not a regular file; remove it and run `ingest` again")
-    if checksum and sha256_file(path) != entry["sha256"]:
-        raise ShardError(path, "sha256 differs from the manifest (file damaged or replaced)")
-    size = os.path.getsize(path)
+    if checksum and storage.sha256(path) != entry["sha256"]:
+        raise ShardError(storage.public(path), "sha256 differs from the manifest (file damaged or replaced)")
+    size = storage.size(path)
     if size != entry["bytes"]:
         raise ShardError(path, f"holds {size} bytes, the manifest says {entry['bytes']} (file damaged or replaced)")
     height, width, _ = manifest.image_shape
@@ -311,7 +334,8 @@ def unlisted_files(manifest):
     """
     listed = {MANIFEST_NAME, LOCK_NAME, *(entry["file"] for entry in manifest.shards())}
     shard_like, other = [], []
-    for name in sorted(os.listdir(manifest.folder)):
+    names = storage.list_names(manifest.folder) if storage.is_url(manifest.folder) else os.listdir(manifest.folder)
+    for name in sorted(names):
         if name in listed or TEMP_FILE.match(name):
             continue
         (shard_like if name.lower().endswith((".h5", ".hdf5")) else other).append(name)

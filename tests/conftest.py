@@ -54,3 +54,52 @@ def decoded_label(image):
     """Label encoded by make_image, read back from a (resized) image."""
     red = float(np.mean(image[..., 0]))
     return 1 if abs(red - CAT_COLOUR) < abs(red - DOG_COLOUR) else 0
+
+
+# Dummy credentials for the S3 server below; tests grep outputs for them.
+S3_KEY_ID, S3_SECRET = "AKIAKIBBLETESTKEY0001", "kibble-test-secret-do-not-write-0001"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto's, over HTTP on loopback) for the session; yields its endpoint URL.
+
+    The usual environment variables point s3fs (and every subprocess) at it,
+    with dummy credentials; they are restored when the session ends.
+    """
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A new empty bucket for one test; yields its s3:// URL."""
+    import re
+
+    import fsspec
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid() % 1000}"
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(name)
+    return f"s3://{name}"

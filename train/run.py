@@ -6,8 +6,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 
+from shards import storage
 from shards.errors import UserError
-from shards.manifest import load_manifest, verify_shards
+from shards.manifest import verify_shards
 from train.models import DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
@@ -173,7 +174,7 @@ def _kernel_peak():
 
 def _config(settings, manifest, params):
     height, width, _ = manifest.image_shape
-    return {**asdict(settings), "data": os.path.abspath(settings.data), "manifest_sha256": manifest.checksum,
+    return {**asdict(settings), "data": storage.absolute(settings.data), "manifest_sha256": manifest.checksum,
             "image_size": [height, width], "fit": manifest.settings["fit"], "classes": manifest.classes,
             "params": params}
 
@@ -213,7 +214,7 @@ def _given_fields(requested, given):
     return {f.name for f in fields(TrainSettings) if getattr(requested, f.name) != getattr(default, f.name)}
 
 
-def _resume_target(run_dir, runs, requested, given, exact):
+def _resume_target(run_dir, runs, requested, given, exact, open_data):
     """With --resume: the run to continue, its own settings, its shards; refuses changed settings.
 
     Sizes not in `exact` (the default sample, --full) are compared as cut
@@ -229,7 +230,7 @@ def _resume_target(run_dir, runs, requested, given, exact):
     except UserError as exc:
         raise UserError(f"{run.file('config.json')} holds a setting train cannot use ({exc}); start a new run") \
             from None
-    manifest = load_manifest(settings.data)
+    manifest = open_data(settings.data)
     held, _ = _sizes_held(requested, manifest, exact)  # compared as cut; named as the user gave them
     changed = [_describe(name, getattr(requested, name), getattr(settings, name))
                for name in FIXED_ON_RESUME if name in given and not _same_value(
@@ -245,7 +246,7 @@ def _resume_target(run_dir, runs, requested, given, exact):
 
 def _same_value(name, given, own):
     if name == "data":
-        return os.path.realpath(given) == os.path.realpath(own)
+        return storage.same_place(given, own)
     return given is None or given == own
 
 
@@ -322,7 +323,7 @@ def class_weights(counts):
 
 
 def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False, verify=True, progress=True,
-          given=None, exact_sizes=None):
+          given=None, exact_sizes=None, access=None):
     """Train `settings.model` on the first train/val images of the shards.
 
     Returns a summary dict (run_dir, epochs, best_epoch, best val loss and
@@ -337,7 +338,9 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     A train or val size larger than its split is cut to what the split holds
     (with a note in the result) unless it is in `exact_sizes` (default: the
     sizes in `given`): then it is refused.
-    Holds the run directory's lock while it writes there.
+    Holds the run directory's lock while it writes there. `access` (a
+    shards.storage.Access) says how shards at a URL are read: cached
+    (default) or streamed.
     Raises UserError for missing or damaged shards, impossible sizes, a run
     directory another process is writing, and settings a resume cannot change.
     """
@@ -346,13 +349,18 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     exact = given & {"train_size", "val_size"} if exact_sizes is None else set(exact_sizes)
     requested, notes = settings, []
     runs = Runs(runs_root)
+
+    def open_data(data):
+        return storage.open_shards(data, access, splits=("train", "val"), verify=verify, progress=progress)
+
     if resume:
-        run, settings, manifest = _resume_target(run_dir, runs, requested, given, exact)
+        run, settings, manifest = _resume_target(run_dir, runs, requested, given, exact, open_data)
     else:
-        manifest = load_manifest(settings.data)
+        manifest = open_data(settings.data)
         settings, notes = _sizes_held(settings.resolved(manifest.num_classes), manifest, exact)
         run = RunDir(run_dir) if run_dir else _unfinished_same_run(settings, manifest, runs)
-    _check_shards(manifest, settings, verify)
+    # Cached copies were checked as they were fetched: not hashed a second time.
+    _check_shards(manifest, settings, verify and not storage.is_cached(settings.data, access))
     if run is None:
         run = runs.create(settings.model)
     with run.lock():

@@ -5,16 +5,17 @@ import click
 
 from evaluate.run import CHECKPOINTS
 from kibble.group import TensorFlowCommand, say
-from kibble.options import batch_size_option, data_option, runs_option
+from kibble.options import LocalFolder, access_from, access_options, batch_size_option, data_option, runs_option
 
 
 @click.command(cls=TensorFlowCommand)
-@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=click.Path(file_okay=False))
+@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=LocalFolder())
 @runs_option("Folder holding the run directories; its newest run is used when none is named.")
 @data_option(None, "Shard folder to score. Default: the one the run was trained on.")
+@access_options
 @click.option("--split", type=click.Choice(["val", "test", "both"]), default="both", show_default=True,
               help="Splits to score. The threshold is always chosen on val, so test brings val along.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=LocalFolder(), default=None,
               help="Folder for metrics.json, report.md and figures/. Default: the run directory "
                    "(OUT/<run name> when several runs are named).")
 @click.option("--checkpoint", type=click.Choice(tuple(CHECKPOINTS)), default="best", show_default=True,
@@ -24,7 +25,7 @@ from kibble.options import batch_size_option, data_option, runs_option
 @click.option("--no-verify", is_flag=True,
               help="Skip the shards' sha256 check (their split, size and count are still checked).")
 @click.pass_context
-def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size, tta, no_verify):
+def evaluate(ctx, run_dirs, runs_root, data, cache, stream, split, out, checkpoint, batch_size, tta, no_verify):
     """Score trained runs on the val and test shards; write metrics and a report.
 
     Each run gets metrics.json, report.md and figures/ (ROC, accuracy vs
@@ -38,6 +39,7 @@ def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size,
     Example:
       python cli.py evaluate                          # newest run in runs/
       python cli.py evaluate runs/conv2-20250101-120000 --split test
+      python cli.py evaluate --data s3://my-bucket/shards --cache /scratch/kibble
     """
     from evaluate import evaluate_run
     from evaluate.summary import format_summary
@@ -49,7 +51,7 @@ def evaluate(ctx, run_dirs, runs_root, data, split, out, checkpoint, batch_size,
         target = os.path.join(out, os.path.basename(os.path.normpath(run_dir))) if out and len(runs) > 1 else out
         result = evaluate_run(run_dir, data=data, splits=splits, out=target, batch_size=batch_size,
                               checkpoint=checkpoint, progress=not ctx.obj["quiet"], tta=tta,
-                              verify=not no_verify)
+                              verify=not no_verify, access=access_from(cache, stream))
         for warning in result["warnings"]:
             click.echo(f"Warning: {warning}", err=True)
         say(ctx, format_summary(result))

@@ -13,12 +13,14 @@ from kibble.options import data_option, runs_option
 def info(data, runs_root, as_json):
     """Show what has been ingested and trained: splits, sizes, runs and their scores.
 
-    Reads manifest.json and each run's files; nothing is recomputed.
+    Reads manifest.json and each run's files; nothing is recomputed. --data
+    may be a URL (s3://bucket/shards): only its manifest.json is read.
 
     \b
     Example:
       python cli.py info
       python cli.py info --data demo/shards --runs demo/runs
+      python cli.py info --data s3://my-bucket/shards
     """
     from kibble.info import info as gather, info_text
 

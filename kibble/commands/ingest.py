@@ -7,14 +7,20 @@ import click
 from shards.image import DEFAULT_MAX_PIXELS, FITS
 from ingest.plan import LABEL_CONFLICTS, MAX_SEED
 from kibble.group import say
-from kibble.options import DEFAULT_SHARDS, class_list, seed_option, share_option, size_option
+from kibble.options import (DEFAULT_SHARDS, FolderOrURL, LocalFolder, class_list, local_input, seed_option,
+                            share_option, size_option)
 from shards.format import COMPRESSIONS
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path())
-@click.option("--out", default=DEFAULT_SHARDS, show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the shards and manifest.json.")
+@click.argument("input_path", metavar="INPUT", type=click.Path(), callback=local_input)
+@click.option("--out", default=DEFAULT_SHARDS, show_default=True, type=FolderOrURL(),
+              help="Folder for the shards and manifest.json, or a URL (s3://bucket/shards, gs://...): "
+                   "built in --staging, then uploaded, manifest last; a re-run uploads only what is "
+                   "missing or wrong.")
+@click.option("--staging", type=LocalFolder(), default=None,
+              help="With a URL --out: local folder the shards are built in before upload, kept afterwards. "
+                   "Default: one under the system's temporary folder, removed once uploaded.")
 @size_option
 @click.option("--fit", type=click.Choice(FITS), default=FITS[0], show_default=True,
               help="stretch: plain resize; crop: centre crop to the aspect; pad: letterbox.")
@@ -45,7 +51,7 @@ from shards.format import COMPRESSIONS
 @click.option("--strict", is_flag=True, help="Fail instead of skipping files that cannot be used.")
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds a complete ingest.")
 @click.pass_context
-def ingest(ctx, input_path, out, size, fit, seed, val, test, shard_size, compression, scheduler,
+def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size, compression, scheduler,
            workers, exclude, max_pixels, label_conflicts, classes, resplit, strict, force):
     """Decode, resize and shuffle every image of INPUT into HDF5 shards.
 
@@ -63,6 +69,7 @@ def ingest(ctx, input_path, out, size, fit, seed, val, test, shard_size, compres
     """
     from ingest import IngestSettings, ingest as run_ingest
     from ingest.summary import format_summary, format_warnings
+    from ingest.upload import format_upload
     from shards.errors import UserError
 
     settings = IngestSettings(size=size, fit=fit, seed=seed, val=val, test=test, shard_size=shard_size,
@@ -70,12 +77,16 @@ def ingest(ctx, input_path, out, size, fit, seed, val, test, shard_size, compres
                               classes=classes, resplit=resplit)
     try:
         result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
-                            strict=strict, force=force, progress=not ctx.obj["quiet"])
+                            strict=strict, force=force, progress=not ctx.obj["quiet"], staging=staging)
     except UserError as exc:
         if getattr(exc, "hdf5_unusable", False):
             _exit_now(exc)
         raise
-    say(ctx, format_summary(result, out))
+    if "upload" in result:
+        say(ctx, "\n".join(([] if result["unchanged"] else [format_summary(result, out)])
+                           + [format_upload(result, out)]))
+    else:
+        say(ctx, format_summary(result, out))
     for line in format_warnings(result):  # shown even with --quiet: the data set may not be what was meant
         click.echo(line, err=True)
 

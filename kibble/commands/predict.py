@@ -5,7 +5,7 @@ import traceback
 import click
 
 from kibble.group import TensorFlowCommand, say, user_facing
-from kibble.options import batch_size_option, runs_option
+from kibble.options import LocalFolder, batch_size_option, runs_option
 
 # predict's exit codes beside 0 (all predicted), 2 (the group's user mistakes) and 130 (Ctrl-C).
 PREDICT_PARTLY_FAILED = 1
@@ -14,7 +14,7 @@ PREDICT_STOPPED = 3
 
 @click.command(cls=TensorFlowCommand)
 @click.argument("paths", metavar="IMAGE_OR_FOLDER...", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--run", "run_dir", type=LocalFolder(), default=None,
               help="Run directory whose best.keras predicts. Default: the newest run in --runs.")
 @runs_option()
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,

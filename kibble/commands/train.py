@@ -3,8 +3,8 @@ import click
 from click.core import ParameterSource
 
 from kibble.group import TensorFlowCommand, say
-from kibble.options import (batch_size_option, data_option, finite, run_dir_option, runs_option,
-                            seed_option)
+from kibble.options import (access_from, access_options, batch_size_option, data_option, finite, run_dir_option,
+                            runs_option, seed_option)
 from train.models import DEFAULT_MODEL, MODELS
 from train.run import CLASS_WEIGHTS, FULL, LAPTOP_SAMPLE, MAX_SEED
 
@@ -17,6 +17,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 
 @click.command(cls=TensorFlowCommand)
 @data_option()
+@access_options
 @click.option("--full", is_flag=True,
               help=f"Train on {FULL[0]:,} / validate on {FULL[1]:,} images (the full experiment), "
                    "or all a smaller split holds.")
@@ -44,7 +45,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
               help="Continue the newest run (or --run-dir) with its own settings; only --epochs may change.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
-def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, class_weight, seed,
+def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, class_weight, seed,
           run_dir, runs_root, resume, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
@@ -69,7 +70,8 @@ def train(ctx, data, full, train_size, val_size, model_name, epochs, batch_size,
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     result = run_train(settings, run_dir=run_dir, runs_root=runs_root, resume=resume, verify=not no_verify,
-                       progress=not ctx.obj["quiet"], given=_given_settings(ctx), exact_sizes=exact)
+                       progress=not ctx.obj["quiet"], given=_given_settings(ctx), exact_sizes=exact,
+                       access=access_from(cache, stream))
     say(ctx, format_summary(result))
 
 
