@@ -67,6 +67,7 @@ def s3_server():
     The usual environment variables point s3fs (and every subprocess) at it,
     with dummy credentials; they are restored when the session ends.
     """
+    import logging
     import socket
 
     from moto.server import ThreadedMotoServer
@@ -75,6 +76,7 @@ def s3_server():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
