@@ -11,9 +11,10 @@ checked, cheapest proof first:
 
 1. the object's size must be the manifest's;
 2. the object is the very one this staging folder uploaded (its version
-   token, fsspec's `checksum`, recorded in STAGING/upload.json), or the
-   bucket's manifest is this same ingest, byte for byte (the commit point
-   vouches for size + sha256 of what it lists);
+   token, fsspec's `checksum`, recorded in STAGING/upload.json), or, for an
+   object the staging folder has no record of, the bucket's manifest is
+   this same ingest byte for byte (the commit point vouches for the size
+   and sha256 of what it lists);
 3. otherwise it is downloaded and its sha256 compared.
 
 `verify --data URL --stream` re-reads every object when in doubt.
@@ -28,7 +29,7 @@ import tempfile
 
 from shards import storage
 from shards.errors import UserError
-from shards.fsio import FolderLock, write_json_atomic
+from shards.fsio import FolderLock, crash_point, write_json_atomic
 from shards.manifest import MANIFEST_NAME, load_manifest
 from shards.progress import Progress
 
@@ -126,7 +127,9 @@ def _upload_shard(fs, root, url, local, entry, record, committed, report):
             info = None
         token = str(fs.checksum(key)) if info is not None else None
     if info is not None and info.get("size") == entry["bytes"]:
-        if record.vouches(entry, token) or committed:
+        # The bucket's manifest vouches only for objects this staging folder has no
+        # other knowledge of: one it uploaded and that changed since is re-checked.
+        if record.vouches(entry, token) or (committed and not record.knows(entry)):
             record.keep(entry, token)
             report["kept"] += 1
             return
@@ -139,6 +142,7 @@ def _upload_shard(fs, root, url, local, entry, record, committed, report):
         fs.put_file(local.shard_path(entry), key)
         token = str(fs.checksum(key))
     record.keep(entry, token)
+    crash_point("upload")  # test hook: a kill between two shard uploads
     report["uploaded"] += 1
     report["uploaded_bytes"] += entry["bytes"]
 
@@ -164,6 +168,9 @@ class _Record:
                 data = json.load(f)
             if data.get("url") == self.url and isinstance(data.get("objects"), dict):
                 self.objects = data["objects"]
+
+    def knows(self, entry):
+        return entry["file"] in self.objects
 
     def vouches(self, entry, token):
         known = self.objects.get(entry["file"])

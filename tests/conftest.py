@@ -101,7 +101,9 @@ def bucket(s3_server, request):
 
     import fsspec
 
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{os.getpid() % 1000}"
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:30].strip("-") + "-" + uuid.uuid4().hex[:12]
     fs = fsspec.filesystem("s3")
     fs.mkdir(name)
     return f"s3://{name}"
