@@ -25,6 +25,7 @@ setup(
         "pillow>=10.0,<14",
         "h5py>=3.10,<4",
         "dask>=2024.1",
+        "fsspec>=2024.2",  # paths or URLs (shards.storage); already a dependency of Dask
         "distributed>=2024.1",
         "click>=8.1,<9",
         "matplotlib>=3.8,<4",
@@ -35,7 +36,11 @@ setup(
         "cpu": ["tensorflow-cpu>=2.16,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
         # scikit-learn (and the SciPy it brings) only checks our hand-written metrics in the tests.
-        "test": ["tensorflow-cpu>=2.16,<2.22", "pytest>=7", "scikit-learn>=1.3"],
+        # Shards in object storage: s3:// and gs:// URLs for --data and ingest --out (fsspec comes with Dask).
+        "s3": ["s3fs>=2024.2"],
+        "gcs": ["gcsfs>=2024.2"],
+        # moto's S3 server (started on loopback by the tests) and s3fs to reach it.
+        "test": ["tensorflow-cpu>=2.16,<2.22", "pytest>=7", "scikit-learn>=1.3", "moto[server]>=5", "s3fs>=2024.2"],
     },
     entry_points={"console_scripts": ["kibble=kibble.__main__:main"]},
 )
