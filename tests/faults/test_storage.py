@@ -39,6 +39,20 @@ def images(tmp_path_factory):
     return make_kaggle_folder(str(tmp_path_factory.mktemp("storage-faults") / "train"), cats=20, dogs=20)
 
 
+@pytest.fixture(scope="module")
+def built(images, tmp_path_factory):
+    """A local shard folder of `images`, built once: uploaded where a test needs a bucket but not an ingest."""
+    folder = str(tmp_path_factory.mktemp("storage-built") / "shards")
+    assert run("ingest", images, "--out", folder, *INGEST).exit_code == 0
+    return folder
+
+
+def _publish(built, url):
+    from ingest.upload import upload_folder
+
+    assert upload_folder(built, url, progress=False)["uploaded"] == 5
+
+
 def _s3():
     fs = fsspec.filesystem("s3")
     fs.invalidate_cache()
@@ -126,9 +140,9 @@ CACHE_DAMAGE = [
 
 
 @pytest.mark.parametrize("damage, verify, fetched", [c[1:] for c in CACHE_DAMAGE], ids=[c[0] for c in CACHE_DAMAGE])
-def test_damaged_cached_copy_is_downloaded_again(images, bucket, tmp_path, damage, verify, fetched):
+def test_damaged_cached_copy_is_downloaded_again(built, bucket, tmp_path, damage, verify, fetched):
     url = f"{bucket}/shards"
-    assert run("ingest", images, "--out", url, *INGEST).exit_code == 0
+    _publish(built, url)
     access = storage.Access(cache=str(tmp_path))
     manifest = storage.open_shards(url, access)
     path = os.path.join(manifest.folder, SHARD)
@@ -139,9 +153,9 @@ def test_damaged_cached_copy_is_downloaded_again(images, bucket, tmp_path, damag
     assert (open(path, "rb").read() == good) == fetched
 
 
-def test_shard_damaged_in_the_bucket_is_named_when_caching(images, bucket, tmp_path):
+def test_shard_damaged_in_the_bucket_is_named_when_caching(built, bucket, tmp_path):
     url = f"{bucket}/shards"
-    assert run("ingest", images, "--out", url, *INGEST).exit_code == 0
+    _publish(built, url)
     _corrupt(_s3(), f"{url}/{SHARD}")
     with pytest.raises(UserError, match=f"{url}/{SHARD}: holds .* damaged or replaced in storage"):
         storage.open_shards(url, storage.Access(cache=str(tmp_path)))
@@ -157,9 +171,9 @@ HOSTILE_NAMES = ["../train-00000.h5", "x/../../train-00000.h5", "s3://elsewhere/
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_manifest_naming_a_file_outside_its_folder_is_refused(images, bucket, tmp_path, name):
+def test_manifest_naming_a_file_outside_its_folder_is_refused(built, bucket, tmp_path, name):
     url = f"{bucket}/shards"
-    assert run("ingest", images, "--out", url, *INGEST).exit_code == 0
+    _publish(built, url)
     fs = _s3()
     fs.pipe_file(f"{bucket}/train-00000.h5", b"a file beside the shard folder")
     manifest = json.loads(fs.cat_file(f"{url}/manifest.json"))
