@@ -432,5 +432,6 @@ def discover(path, labels=None):
         raise UserError(
             f"no labelled images in {path}: expected one folder per class (ROOT/<class>/...), "
             "pre-split folders (ROOT/train/<class>/..., ROOT/test/<class>/...), files named "
-            "<class>.<n>.jpg, or a zip of any of these")
+            "<class>.<n>.jpg, or a zip of any of these; for other names give the labels in a CSV "
+            "with --labels FILE")
     return source
