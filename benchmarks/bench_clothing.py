@@ -140,7 +140,7 @@ def notes(args, results):
         f"Budget {args.minutes:g} min of training a side, images {args.size}, seed {args.seed}, "
         f"{os.cpu_count()} cores; test split {k['test']['count']} images.",
         f"kibble: --class-weight {args.class_weight}; a 1-epoch probe ({k['probe_epoch_seconds']} s an epoch) "
-        f"chose {k['epochs']} epochs; probe + training took {k['budget_used_minutes']} min of the budget; "
+        f"chose {k['epochs']} epoch(s); probe + training took {k['budget_used_minutes']} min of the budget; "
         f"best epoch by val loss. Peak memory is the largest of its steps (train alone: {k['train_peak_mb']:,} MB).",
         f"baseline: batch {b['batch_size']}, Adam 3e-4, stopped after the epoch crossing the budget; "
         f"best epoch by val accuracy; peak memory of its one process (training and test prediction).",
