@@ -65,7 +65,7 @@ class _Plan:
 
 
 def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes", workers=None,
-           exclude=None, strict=False, force=False, progress=True, staging=None):
+           exclude=None, strict=False, force=False, progress=True, staging=None, labels=None):
     """Stream every image of `input_path` into shuffled shards in `out`.
 
     `out` may be a URL (s3://bucket/shards): the shards are built in the
@@ -74,6 +74,7 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
 
     Returns the summary dict that is also written as the manifest, with an
     extra key "unchanged" (True when `out` already held this exact ingest).
+    `labels` names a CSV giving each image's label (ingest.labels_file).
     Raises UserError for input or settings the user must fix, for an `out`
     that another ingest is writing, too small a disk or a write the disk
     refuses; no temporary file is left behind then.
@@ -81,11 +82,12 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     if storage.is_url(out):
         from ingest.upload import ingest_to_url
         return ingest_to_url(ingest, input_path, out, settings, staging=staging, scheduler=scheduler,
-                             workers=workers, exclude=exclude, strict=strict, force=force, progress=progress)
+                             workers=workers, exclude=exclude, strict=strict, force=force, progress=progress,
+                             labels=labels)
     out = storage.local_path(out)
     started = time.monotonic()
     settings.validate()
-    plan = _plan(input_path, settings, exclude, strict)
+    plan = _plan(input_path, settings, exclude, strict, labels)
     _check_free_space(out, plan.specs, settings)
     with _disk_errors_as_user_errors(out, scheduler), FolderLock(out, "shard folder"):
         remove_temp_files(out)  # left by a killed ingest: the lock proves nobody is writing them
@@ -101,12 +103,12 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
             "seconds": round(time.monotonic() - started, 2)}
 
 
-def _plan(input_path, settings, exclude, strict):
+def _plan(input_path, settings, exclude, strict, labels=None):
     """Find the images, leave out exclusions and copies, split them and cut the splits into shards."""
-    source = discover(input_path)
+    source = discover(input_path, labels)
     classes, items, class_excluded = index_classes(source.items, source.class_names, settings.classes)
     items, excluded = apply_exclusions(items, read_exclusions(exclude))
-    excluded += class_excluded
+    excluded += class_excluded + source.excluded
     hashes, unreadable = hash_items(source, items, zip_member_limit(settings.max_pixels))
     items, duplicates, conflicts = drop_duplicates(items, hashes, settings.label_conflicts)
     skipped = source.skipped + unreadable
@@ -228,8 +230,8 @@ def _manifest(plan, summaries, decode_skipped):
         "schema_version": SCHEMA_VERSION,
         "plan": plan.digest,
         "settings": plan.settings.to_json(),
-        "source": {"path": source.path, "kind": source.kind, "layout": source.layout,
-                   "files_found": len(source.items) + len(source.skipped)},
+        "source": {"path": source.path, "kind": source.kind, "layout": source.layout, "labels": source.labels,
+                   "files_found": len(source.items) + len(source.skipped) + len(source.excluded)},
         # Class names in index order: label i in every shard is classes[i].
         "classes": plan.classes,
         # Classes of the input left out by --classes (their images are in "excluded").

@@ -13,7 +13,10 @@ left out), then one function decides the layout from that tree:
   any class word when every image of the flat folder follows that pattern;
   otherwise `cat`/`dog` names are still read and the rest skipped, as
   Kaggle's folder always was. Given as the folder itself or as its parent,
-  whose `test1/` (or `test/`) then holds unlabelled images.
+  whose `test1/` (or `test/`) then holds unlabelled images;
+* a labels file (`ingest --labels FILE`, read by ingest.labels_file) names
+  each image and its class, whatever the layout; images it does not name
+  are excluded.
 
 A single wrapper folder (Microsoft's `PetImages/`, a zip's top folder) is
 looked through. Here a label is the class *name* (None = unlabelled); the
@@ -26,6 +29,7 @@ import stat
 import zipfile
 from dataclasses import dataclass, field
 
+from ingest.labels_file import read_labels_file
 from shards.errors import UserError
 from shards.image import IMAGE_EXTENSIONS, file_kind, is_image_name
 
@@ -61,6 +65,10 @@ class Source:
     skipped: list = field(default_factory=list)  # [{"name", "reason"}]
     # Class names met while scanning, an empty class folder's too.
     class_names: set = field(default_factory=set)
+    # Usable images left out on purpose (not named by the labels file): [{"name", "reason"}].
+    excluded: list = field(default_factory=list)
+    # The labels file (absolute path) the labels came from, None when the layout gave them.
+    labels: str = None
 
     def open(self, name, archive=None):
         """A binary file object of one item; pass an open ZipFile as `archive` for zips."""
@@ -289,13 +297,111 @@ def _read_layout(tree, source):
         _class_folders(tree, root, source)
 
 
-def discover(path):
+_ABSOLUTE = re.compile(r"^(/|[A-Za-z]:/)")
+_NOT_LISTED = "not in labels file"
+
+
+def _row_name(raw):
+    """(relative name, None) of a labels-file path, or (None, reason) when it cannot be inside INPUT.
+
+    Backslashes count as folder separators (files made on Windows); the
+    path is normalised, so `./a.jpg` and `a/../a.jpg` both name `a.jpg`.
+    """
+    name = raw.replace("\\", "/")
+    if _ABSOLUTE.match(name):
+        return None, "an absolute path; paths in the labels file are relative to INPUT"
+    name = posixpath.normpath(name)
+    if name == ".." or name.startswith("../"):
+        return None, "leads outside INPUT (..)"
+    return name, None
+
+
+def _row_split(split, name, root):
+    """(split or None, None) of one row, or (None, reason) for a split column value that is no split.
+
+    The split column wins; without one, a first folder named like a split
+    (train/, val/, test/ ...) gives it, as in a pre-split set.
+    """
+    if split:
+        if split.lower() not in SPLIT_DIRS:
+            return None, f"split {split!r} is not one of {', '.join(SPLIT_DIRS)}"
+        return SPLIT_DIRS[split.lower()], None
+    inner = name[len(root) + 1:] if root and name.startswith(root + "/") else name
+    first = inner.split("/", 1)[0].lower() if "/" in inner else ""
+    return SPLIT_DIRS.get(first), None
+
+
+def _resolve(tree, files, name, root):
+    """The tree's name of a row's file (relative to INPUT, else to its wrapper folder), or (None, reason)."""
+    for candidate in dict.fromkeys((name, _join(root, name))):
+        if candidate in files:
+            return candidate, None
+    if name in tree.dirs:
+        return None, "a folder, not an image file"
+    return None, "not found under INPUT"
+
+
+def _labels_layout(tree, source, rows):
+    """Fill `source` from the labels file's rows: one Item per named image, the rest excluded.
+
+    A row that cannot be used (no path, outside INPUT, missing, not an image
+    name, a bad split) is skipped with its line and reason. An image named
+    twice with one label and split is read once; with different ones it is
+    skipped (nobody can tell which is right). An empty label is an
+    unlabelled image.
+    """
+    source.layout = "labels-file"
+    files, root = set(tree.files), _unwrap(tree)
+    claims = {}  # tree name -> [(label, split, line)]
+    for row in rows:
+        where = f"line {row.line} of the labels file"
+        if not row.path:
+            source.skipped.append({"name": f"({where})", "reason": f"{where}: no path"})
+            continue
+        name, reason = _row_name(row.path)
+        if reason is None:
+            name, reason = _resolve(tree, files, name, root)
+        if reason is None and not is_image_name(name):
+            reason = _NOT_IMAGE
+        split = None
+        if reason is None:
+            split, reason = _row_split(row.split, name, root)
+        if reason is not None:
+            source.skipped.append({"name": row.path, "reason": f"{where}: {reason}"})
+            continue
+        claims.setdefault(name, []).append((row.label or None, split, row.line))
+    for name, found in claims.items():
+        if len({(label, split) for label, split, _ in found}) > 1:
+            said = ", ".join(f"{label or 'no label'}/{split or 'no split'} (line {line})"
+                             for label, split, line in found)
+            source.skipped.append({"name": name,
+                                   "reason": f"the labels file gives it different labels or splits: {said}"})
+            continue
+        label, split, _ = found[0]
+        if label is not None:
+            source.class_names.add(label)
+        source.items.append(Item(name, label, split if label is not None else None))
+    source.excluded += [{"name": name, "reason": _NOT_LISTED}
+                        for name in tree.files if is_image_name(name) and name not in claims]
+
+
+def _no_labelled_rows(path, labels, rows, source):
+    first = next((entry for entry in source.skipped if entry["name"] in {row.path for row in rows}), None)
+    hint = f"; first: {first['name']}: {first['reason']}" if first else ""
+    return UserError(f"none of the {len(rows)} row(s) of labels file {labels} names a labelled image under "
+                     f"{path}; paths must be relative to INPUT (a/b.jpg for {path}/a/b.jpg){hint}")
+
+
+def discover(path, labels=None):
     """Scan `path` (folder or zip); return a Source with items sorted by name.
 
-    Raises UserError when the path is missing, empty or holds no labelled
-    image: nothing can be ingested then.
+    With `labels` (a CSV file, see ingest.labels_file), that file gives the
+    labels and the images it does not name are excluded. Raises UserError
+    when the path is missing, empty or holds no labelled image: nothing can
+    be ingested then.
     """
     path = os.path.abspath(os.path.expanduser(str(path)))
+    rows = read_labels_file(labels) if labels is not None else None
     if not os.path.exists(path):
         raise UserError(f"input not found: {path}")
     if os.path.isfile(path):
@@ -312,13 +418,20 @@ def discover(path):
             raise UserError(f"input folder {path} is empty")
         source = Source(path=path, kind="folder", layout="")
         tree = _walk_folder(path, source)
-    _read_layout(tree, source)
+    if rows is None:
+        _read_layout(tree, source)
+    else:
+        source.labels = os.path.abspath(labels)
+        _labels_layout(tree, source, rows)
     if source.kind == "zip":
         source.layout = f"zip:{source.layout}" if source.layout else "zip"
     source.items.sort(key=lambda item: item.name)
     if not any(item.label is not None for item in source.items):
+        if rows is not None:
+            raise _no_labelled_rows(path, labels, rows, source)
         raise UserError(
             f"no labelled images in {path}: expected one folder per class (ROOT/<class>/...), "
             "pre-split folders (ROOT/train/<class>/..., ROOT/test/<class>/...), files named "
-            "<class>.<n>.jpg, or a zip of any of these")
+            "<class>.<n>.jpg, or a zip of any of these; for other names give the labels in a CSV "
+            "with --labels FILE")
     return source

@@ -43,6 +43,8 @@ def parse_example(line, home):
         if isinstance(param.type, click.Path) and param.type.exists:
             values = raw.get(param.name)
             for value in values if isinstance(values, (list, tuple)) else [values]:
-                if isinstance(value, str):  # given in the example (click marks an absent one otherwise)
+                if isinstance(value, str) and not param.type.dir_okay:  # a file option (--labels)
+                    open(value, "a").close()
+                elif isinstance(value, str):  # given in the example (click marks an absent one otherwise)
                     os.makedirs(value, exist_ok=True)
     return name, command.make_context(name, list(args), parent=root).params

@@ -46,13 +46,17 @@ from shards.format import COMPRESSIONS
 @click.option("--classes", default=None, callback=class_list, metavar="A,B,...",
               help="Classes to keep, in index order (default: every class, sorted by name; "
                    "Dogs vs. Cats: dog,cat). Images of other classes are listed as excluded.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="FILE",
+              help="CSV of image paths (relative to INPUT) and labels, for sets whose layout carries none; "
+                   "images it does not name are excluded (details above).")
 @click.option("--resplit", is_flag=True,
               help="Ignore the train/validation/test folders of a pre-split input; split by --seed, --val, --test.")
 @click.option("--strict", is_flag=True, help="Fail instead of skipping files that cannot be used.")
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds a complete ingest.")
 @click.pass_context
 def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size, compression, scheduler,
-           workers, exclude, max_pixels, label_conflicts, classes, resplit, strict, force):
+           workers, exclude, max_pixels, label_conflicts, classes, labels_file, resplit, strict, force):
     """Decode, resize and shuffle every image of INPUT into HDF5 shards.
 
     INPUT is a folder (or zip) of one sub-folder per class, images at any
@@ -63,9 +67,21 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
     WebP, BMP, GIF and TIFF are read. Classes are sorted by name (Dogs vs.
     Cats: dog = 0, cat = 1). Running it again finishes an interrupted ingest.
 
+    --labels FILE gives the labels instead (UTF-8 CSV, comma-separated, or
+    tab/semicolon when the first row has no comma). A first row naming its
+    columns is a header: a path column (path, filename, file, image, ...), a
+    label column (label, class, category) and optionally split
+    (train/validation/val/valid/test); without a header, column 1 is the
+    path and column 2 the label. Without a split column, a first folder
+    named like a split gives it; the rest is split by --val/--test. An empty
+    label makes the image unlabelled. Images FILE does not name are excluded
+    ("not in labels file"); rows naming a missing file, a path outside INPUT
+    or one image twice with different labels are skipped with their reason.
+
     \b
-    Example:
+    Examples:
       python cli.py ingest ~/kaggle/train --out data/shards --size 94x125
+      python cli.py ingest flowers.zip --labels flowers.csv --out data/flowers
     """
     from ingest import IngestSettings, ingest as run_ingest
     from ingest.summary import format_summary, format_warnings
@@ -77,7 +93,8 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
                               classes=classes, resplit=resplit)
     try:
         result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
-                            strict=strict, force=force, progress=not ctx.obj["quiet"], staging=staging)
+                            strict=strict, force=force, progress=not ctx.obj["quiet"], staging=staging,
+                            labels=labels_file)
     except UserError as exc:
         if getattr(exc, "hdf5_unusable", False):
             _exit_now(exc)

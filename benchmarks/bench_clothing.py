@@ -1,0 +1,187 @@
+"""clothing-small: kibble against `image_dataset_from_directory` and keras.io's small convnet.
+
+    python benchmarks/bench_clothing.py [DATASET] --minutes 12 [--size 94x125] [--json results.json]
+
+DATASET (default ../shared/datasets/clothing-small) holds train/,
+validation/ and test/, one sub-folder per class. One invocation runs, each
+step in its own process, measured from outside (wall time, peak memory of
+the whole process tree, the load other jobs put on the machine):
+
+1. kibble: `cli.py ingest` (the given splits kept) into a scratch folder;
+   `cli.py train --model kibble` for the budget; `cli.py evaluate --split
+   test`. The default model's learning rate follows a cosine over a fixed
+   number of epochs, so the epoch count is chosen up front: a one-epoch
+   probe run measures an epoch, and the main run gets as many epochs as fit
+   in what remains of the budget after the probe (at least one). Probe and
+   main run together fit into the budget.
+2. baseline: benchmarks/clothing_baseline.py, trained for the same budget
+   (stopping after the epoch that crosses it), best validation accuracy
+   kept.
+
+Both sides' test figures come from evaluate.metrics.MulticlassAccumulator.
+Prints a Markdown table; --json writes every figure. Not a test.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from benchmarks.measure import OtherLoad, run_measured  # noqa: E402
+from shards.image import DEFAULT_SIZE  # noqa: E402
+
+PY = sys.executable
+CLI = os.path.join(REPO, "cli.py")
+BASELINE = os.path.join(REPO, "benchmarks", "clothing_baseline.py")
+DATASET = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "clothing-small"))
+MB = 1e6
+
+
+def say(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def step(name, cmd):
+    """Run one measured step; its figures plus the other load on the machine meanwhile."""
+    say(f"{name}: {' '.join(cmd)}")
+    with OtherLoad() as load:
+        result = run_measured(cmd)
+    result["other_load_cores"] = round(load.cores, 2)
+    say(f"{name}: {result['seconds'] / 60:.1f} min, peak {result['peak_tree'] / MB:,.0f} MB")
+    return result
+
+
+def epoch_seconds(run_dir):
+    """Seconds of the first epoch of a run (history.csv); it includes the graph tracing, so it errs long."""
+    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
+        return float(next(csv.DictReader(f))["seconds"])
+
+
+def test_figures(metrics):
+    test = metrics["splits"]["test"]
+    return {"count": test["count"], "accuracy": test["accuracy"], "top_3_accuracy": test.get("top_3_accuracy"),
+            "macro_f1": test["macro"]["f1"]}
+
+
+def run_kibble(args, scratch):
+    shards, probe, main_run = (os.path.join(scratch, name) for name in ("shards", "probe", "run"))
+    size = ["--size", args.size]
+    ingest = step("kibble ingest", [PY, CLI, "--quiet", "ingest", args.dataset, "--out", shards, *size])
+    train_common = [PY, CLI, "--quiet", "train", "--data", shards, "--model", "kibble",
+                    "--class-weight", args.class_weight, "--seed", str(args.seed)]
+    budget = args.minutes * 60
+    probe_step = step("kibble probe", [*train_common, "--epochs", "1", "--run-dir", probe])
+    per_epoch = epoch_seconds(probe)
+    # Process start, loading and the checkpoint writes around the epochs: the probe's wall time beyond its epoch.
+    overhead = max(0.0, probe_step["seconds"] - per_epoch)
+    epochs = max(1, math.floor((budget - probe_step["seconds"] - overhead) / per_epoch))
+    say(f"kibble: {per_epoch:.0f} s an epoch, {overhead:.0f} s overhead -> {epochs} epoch(s)")
+    train = step("kibble train", [*train_common, "--epochs", str(epochs), "--run-dir", main_run])
+    evaluate = step("kibble evaluate", [PY, CLI, "--quiet", "evaluate", main_run, "--split", "test"])
+    with open(os.path.join(main_run, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(main_run, "state.json")) as f:
+        state = json.load(f)
+    steps = {"ingest": ingest, "probe": probe_step, "train": train, "evaluate": evaluate}
+    return {
+        "test": test_figures(metrics),
+        "epochs": epochs, "best_epoch": state.get("best_epoch"),
+        "probe_epoch_seconds": round(per_epoch, 1),
+        "train_minutes": round(train["seconds"] / 60, 2),
+        "budget_used_minutes": round((probe_step["seconds"] + train["seconds"]) / 60, 2),
+        "peak_mb": round(max(s["peak_tree"] for s in steps.values()) / MB),
+        "train_peak_mb": round(train["peak_tree"] / MB),
+        "steps": {name: {"minutes": round(s["seconds"] / 60, 2), "peak_mb": round(s["peak_tree"] / MB),
+                         "other_load_cores": s["other_load_cores"]} for name, s in steps.items()},
+    }
+
+
+def run_baseline(args):
+    result = step("baseline", [PY, BASELINE, args.dataset, "--minutes", str(args.minutes), "--size", args.size,
+                               "--batch-size", str(args.baseline_batch_size), "--seed", str(args.seed)])
+    found = json.loads(result["stdout"].strip().splitlines()[-1])
+    return {
+        "test": found["test"], "epochs": found["epochs"], "best_epoch": found["best_epoch"],
+        "train_minutes": round(found["train_minutes"], 2),
+        "process_minutes": round(result["seconds"] / 60, 2),
+        "peak_mb": round(result["peak_tree"] / MB), "batch_size": found["batch_size"],
+        "other_load_cores": result["other_load_cores"],
+    }
+
+
+def _percent(value):
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def table(results):
+    rows = [("kibble (`ingest` + `train --model kibble` + `evaluate`)", results["kibble"]),
+            ("`image_dataset_from_directory` + keras.io convnet", results["baseline"])]
+    lines = ["| approach | test accuracy | top-3 | macro-F1 | training minutes | epochs (best) | peak memory |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows:
+        t = r["test"]
+        lines.append(f"| {name} | {_percent(t['accuracy'])} | {_percent(t['top_3_accuracy'])} | "
+                     f"{t['macro_f1']:.3f} | {r['train_minutes']:.1f} | {r['epochs']} ({r['best_epoch']}) | "
+                     f"{r['peak_mb']:,} MB |")
+    return lines
+
+
+def notes(args, results):
+    k, b = results["kibble"], results["baseline"]
+    loads = [s["other_load_cores"] for s in k["steps"].values()] + [b["other_load_cores"]]
+    return [
+        f"Budget {args.minutes:g} min of training a side, images {args.size}, seed {args.seed}, "
+        f"{os.cpu_count()} cores; test split {k['test']['count']} images.",
+        f"kibble: --class-weight {args.class_weight}; a 1-epoch probe ({k['probe_epoch_seconds']} s an epoch) "
+        f"chose {k['epochs']} epoch(s); probe + training took {k['budget_used_minutes']} min of the budget; "
+        f"best epoch by val loss. Peak memory is the largest of its steps (train alone: {k['train_peak_mb']:,} MB).",
+        f"baseline: batch {b['batch_size']}, Adam 3e-4, stopped after the epoch crossing the budget; "
+        f"best epoch by val accuracy; peak memory of its one process (training and test prediction).",
+        f"Other load on the machine (cores busy with other jobs): {', '.join(f'{x:.2f}' for x in loads)}.",
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", nargs="?", default=DATASET)
+    parser.add_argument("--minutes", type=float, required=True, help="Training budget of each side.")
+    parser.add_argument("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", help="HEIGHTxWIDTH, both sides.")
+    parser.add_argument("--class-weight", choices=("balanced", "none"), default="balanced",
+                        help="kibble's --class-weight (balanced: macro-F1 weighs every class alike).")
+    parser.add_argument("--baseline-batch-size", type=int, default=128, help="The keras.io example's batch size.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", dest="json_path", default=None, help="Write every figure here.")
+    parser.add_argument("--scratch", default=None, help="Folder for kibble's shards and runs (default: a temp "
+                                                        "folder, removed at the end).")
+    args = parser.parse_args()
+    if not all(os.path.isdir(os.path.join(args.dataset, split)) for split in ("train", "validation", "test")):
+        raise SystemExit(f"{args.dataset} must hold train/, validation/ and test/ folders")
+    scratch = args.scratch or tempfile.mkdtemp(prefix="kibble-clothing-")
+    started = time.monotonic()
+    try:
+        results = {"kibble": run_kibble(args, scratch), "baseline": run_baseline(args)}
+    finally:
+        if args.scratch is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    results["settings"] = {"dataset": os.path.abspath(args.dataset), "minutes": args.minutes, "size": args.size,
+                           "class_weight": args.class_weight, "seed": args.seed, "cores": os.cpu_count(),
+                           "total_minutes": round((time.monotonic() - started) / 60, 1)}
+    results["notes"] = notes(args, results)
+    print("\n".join(table(results)))
+    print()
+    print("\n".join(f"- {line}" for line in results["notes"]))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
