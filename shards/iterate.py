@@ -13,6 +13,8 @@ pass resumed after k batches (`skip_batches`) works out which images the
 remaining batches need, reads only those, and yields exactly the batches
 the uninterrupted pass would have yielded from batch k on.
 """
+import os
+
 import numpy as np
 
 from shards import stream
@@ -106,7 +108,7 @@ def iterate_batches(data, split="train", batch_size=32, seed=0, epoch=0, *, work
     """
     from shards.manifest import load_manifest
 
-    manifest = load_manifest(data) if isinstance(data, str) else data
+    manifest = load_manifest(os.fspath(data)) if isinstance(data, (str, os.PathLike)) else data
     blocks = stream.plan_blocks(manifest, split, limit)
     for images, labels, order in epoch_windows(blocks, batch_size, seed, epoch, shuffle, window, worker_index,
                                                num_workers, skip_batches):
