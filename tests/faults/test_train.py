@@ -456,8 +456,8 @@ def _crash_and_resume(shards, out, case):
 
 def _crash_mid_epoch_and_resume(shards, out, case):
     from shards.stream import READ_LOG_ENV
-    from train.rundir import RunDir
     from train.run import train
+    from train.rundir import RunDir
 
     name = f"mid-{case}"
     run_dir, log = os.path.join(out, name), os.path.join(out, f"{name}.reads")
