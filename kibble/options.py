@@ -47,6 +47,18 @@ def class_list(ctx, param, value):
     return names
 
 
+def checkpoint_interval(ctx, param, value):
+    """--checkpoint-every 10m / 90s / 1h / 500batches / off -> train.run.CheckpointEvery."""
+    from shards.errors import UserError
+    from train.run import parse_checkpoint_every
+
+    try:
+        return parse_checkpoint_every(value)
+    except UserError as exc:
+        raise click.BadParameter(str(exc).replace("checkpoint_every must be", "must be")
+                                 .replace("checkpoint_every=", "")) from None
+
+
 def finite(ctx, param, value):
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"must be a finite number. Received: {value}")

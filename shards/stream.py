@@ -4,14 +4,18 @@ Each stage takes an iterator first and its options after and yields lazily
 (webdataset's model: a source, a shuffle, a batch), so each can be tried on
 plain lists. Only `read_blocks` touches files. The two passes that ship:
 
-    train     plan_blocks -> shuffled -> chunks -> read_blocks -> shuffle_windows
+    train     plan_blocks -> shuffled -> worker_part -> chunks -> read_blocks -> shuffle_windows
     evaluate  plan_blocks -> exact_batches -> read_blocks
+
+shards/iterate.py composes the train pass (one worker's part of one epoch,
+optionally resumed after some batches) without TensorFlow.
 
 A Block is a run of consecutive images of one shard: one HDF5 read. Blocks
 are planned from the manifest without opening a shard, so shuffling and
 grouping them costs nothing; `read_blocks` then reads each group straight
 into one new array, opening each shard once per pass.
 """
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +86,63 @@ def shuffled(items, rng=None):
     return (items[i] for i in rng.permutation(len(items)))
 
 
+def worker_part(blocks, worker_index=0, num_workers=1):
+    """The blocks of worker `worker_index`'s part of `blocks` (taken in the order given).
+
+    The images of the blocks, end to end, are cut into `num_workers` equal
+    runs of total // num_workers images; worker i gets run i, cutting at most
+    two blocks. The last total % num_workers images (< num_workers) belong to
+    no worker: they are dropped, so that every worker gets the same number of
+    images and batches and none runs dry while the others wait for it. The
+    blocks come shuffled by (seed, epoch), so the dropped images change from
+    epoch to epoch. One worker gets every block, unchanged.
+    """
+    blocks = list(blocks)
+    if num_workers == 1:
+        return blocks
+    share = sum(len(block) for block in blocks) // num_workers
+    low, high = worker_index * share, (worker_index + 1) * share
+    part, offset = [], 0
+    for block in blocks:
+        start, stop = max(low, offset), min(high, offset + len(block))
+        if start < stop:
+            part.append(Block(block.path, block.start + start - offset, block.start + stop - offset))
+        offset += len(block)
+    return part
+
+
+def check_workers(total, worker_index, num_workers, what="split"):
+    """UserError unless worker `worker_index` of `num_workers` gets at least one of `total` images."""
+    if not (isinstance(num_workers, int) and num_workers >= 1):
+        raise UserError(f"the number of workers must be a whole number of at least 1. Received: "
+                        f"num_workers={num_workers!r}")
+    if not (isinstance(worker_index, int) and 0 <= worker_index < num_workers):
+        raise UserError(f"the worker index must be from 0 to {num_workers - 1}. Received: "
+                        f"worker_index={worker_index!r}")
+    if total < num_workers:
+        raise UserError(f"the {what} holds {total} images, fewer than the {num_workers} workers to share it; "
+                        "use fewer workers or more images")
+
+
+def blocks_at(blocks, positions):
+    """Blocks reading exactly the images at sorted `positions` of `blocks` laid end to end.
+
+    Consecutive positions within one block become one read.
+    """
+    ends = np.cumsum([len(block) for block in blocks])
+    found = []
+    for position in positions:
+        i = int(np.searchsorted(ends, position, side="right"))
+        block = blocks[i]
+        index = block.start + int(position) - (int(ends[i]) - len(block))
+        last = found[-1] if found else None
+        if last is not None and last.path == block.path and last.stop == index:
+            found[-1] = Block(block.path, last.start, index + 1)
+        else:
+            found.append(Block(block.path, index, index + 1))
+    return found
+
+
 def chunks(items, size):
     """Lists of `size` consecutive items; the last may be shorter."""
     group = []
@@ -128,12 +189,25 @@ def read_blocks(groups, names=False, spare=0):
     Each shard is opened once for the whole pass and closed when it ends.
     """
     shards = {}
+    log = os.environ.get(READ_LOG_ENV)
     try:
         for group in groups:
+            if log:
+                _log_reads(log, group)
             yield _read_group(shards, group, names, spare)
     finally:
         for shard in shards.values():
             shard.close()
+
+
+# Test hook: when set, read_blocks appends "path start stop" per block it reads
+# to this file, so a test can tell which images a process read.
+READ_LOG_ENV = "KIBBLE_READ_LOG"
+
+
+def _log_reads(log, group):
+    with open(log, "a") as f:
+        f.writelines(f"{block.path} {block.start} {block.stop}\n" for block in group)
 
 
 def _read_group(shards, group, with_names, spare):
@@ -163,7 +237,7 @@ def _open(shards, block):
     return shard
 
 
-def shuffle_windows(windows, batch_size, rng=None):
+def shuffle_windows(windows, batch_size, rng=None, carry=None):
     """Yield (images, labels, order) per window, mixing the images of each window.
 
     `windows` yields (images, labels, ...) as `read_blocks` does. `order` is a
@@ -173,8 +247,10 @@ def shuffle_windows(windows, batch_size, rng=None):
     one, so every window but the last yields a multiple of `batch_size` rows
     and only the epoch's last batch can be short. The carried rows go into
     the window's spare rows when it has them (read_blocks(spare=batch_size - 1)).
+    `carry`: (images, labels) rows carried in from before the first window
+    (a pass resumed part-way, shards/iterate.py).
     """
-    carry_images, carry_labels = None, np.empty(0, LABEL_DTYPE)
+    carry_images, carry_labels = carry if carry is not None else (None, np.empty(0, LABEL_DTYPE))
     for images, labels, *_ in windows:
         own, carried = len(labels), len(carry_labels)
         images, labels = _with_rows(images, own, carry_images), np.concatenate([labels, carry_labels])

@@ -1,8 +1,9 @@
 """Feed a split of the shards to Keras: a tf.data.Dataset of (images, labels) batches.
 
-The source is `epoch_windows`, a chain of shards.stream stages: the blocks of
-the split in an order seeded by (seed, epoch), read about `window` images at
-a time into one array, the images of each window mixed. TensorFlow receives
+The source is `epoch_windows` (shards/iterate.py), a chain of shards.stream
+stages: the blocks of the split in an order seeded by (seed, epoch), this
+worker's part of them, read about `window` images at a time into one array,
+the images of each window mixed. TensorFlow receives
 whole windows (one Python call per ~500 images), applies the mix and cuts
 them into batches in C++. Handing over single batches from Python instead
 cost 1-2 ms of GIL-bound work per batch and capped the feed at about 10,000
@@ -13,10 +14,10 @@ being batched) plus `prefetch` batches, whatever the size of the split.
 """
 import numpy as np
 
-from shards import stream
+from shards import iterate
+from shards.errors import UserError
+from shards.iterate import WINDOW, worker_batches  # noqa: F401 - re-exported for train.run
 from shards.stream import plan_blocks  # noqa: F401 - train.run checks sizes with it
-
-WINDOW = 512  # images mixed together; 18 MB of 94x125 images
 
 
 def label_spec(num_classes):
@@ -29,30 +30,21 @@ def label_spec(num_classes):
     return (np.float32, (1,)) if num_classes <= 2 else (np.int32, ())
 
 
-def epoch_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDOW, num_classes=2):
-    """Yield (images, labels, order) windows covering `blocks` once, in epoch order.
+def epoch_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDOW, num_classes=2,
+                  worker_index=0, num_workers=1, skip_batches=0):
+    """Yield (images, labels, order) windows of one worker's part of one epoch, in epoch order.
 
-    images: uint8 (n, H, W, 3) as read; labels: as `label_spec(num_classes)`,
-    float32 (n, 1) for two classes, int32 (n,) for more; order: int64
-    indices of the rows in the order they are to be used (images[order]).
-    With `shuffle`, the blocks come in an order seeded by (seed, epoch) and
-    about `window` images' worth of blocks are mixed together. Every window
-    but the last uses a multiple of `batch_size` rows, so only an epoch's
-    last batch can be short.
+    As shards.iterate.epoch_windows, with labels as `label_spec(num_classes)`:
+    float32 (n, 1) for two classes, int32 (n,) for more.
     """
-    if not blocks:
-        return
-    # One generator draws the block order, then each window's mix.
-    rng = stream.epoch_rng(seed, epoch) if shuffle else None
-    groups = stream.chunks(stream.shuffled(blocks, rng), max(1, window // len(blocks[0])))
-    windows = stream.read_blocks(groups, spare=batch_size - 1)
     dtype, shape = label_spec(num_classes)
-    for images, labels, order in stream.shuffle_windows(windows, batch_size, rng):
+    for images, labels, order in iterate.epoch_windows(blocks, batch_size, seed, epoch, shuffle, window,
+                                                       worker_index, num_workers, skip_batches):
         yield images, labels.astype(dtype).reshape(-1, *shape), order
 
 
 def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=True,
-                 initial_epoch=0, prefetch=2, window=WINDOW):
+                 initial_epoch=0, prefetch=2, window=WINDOW, worker_index=0, num_workers=1, skip_batches=0):
     """A tf.data.Dataset of (images, labels) batches of one split, for model.fit.
 
     images: uint8, shape (B, H, W, 3), RGB 0-255 (the models rescale them);
@@ -61,18 +53,33 @@ def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=Tru
     Each iteration over the dataset is one epoch; the shuffle of epoch k is
     fixed by (seed, initial_epoch + k), so a resumed run sees the same order
     it would have seen without the interruption.
+    With `num_workers` > 1, each iteration is worker `worker_index`'s part of
+    the epoch: disjoint from the other workers' parts and the same number
+    of batches for all (shards.stream.worker_part; the last
+    n % num_workers images of each epoch's order are dropped).
+    With `skip_batches` k, every iteration is the rest of epoch
+    `initial_epoch` after its first k batches (a run resumed inside an
+    epoch), none of whose images is read.
     """
     import tensorflow as tf
 
     blocks = plan_blocks(manifest, split, limit)
+    count = sum(len(block) for block in blocks)
+    iterate.check_workers(count, worker_index, num_workers)
+    batches = worker_batches(count, batch_size, num_workers) - skip_batches
+    if not 0 <= skip_batches < batches + skip_batches:
+        raise UserError(f"cannot skip {skip_batches} of the {batches + skip_batches} batches of an epoch. "
+                        f"Received: skip_batches={skip_batches}")
     height, width, _ = manifest.image_shape
     num_classes = manifest.num_classes
     epochs_started = [initial_epoch]
 
     def generator():
         epoch = epochs_started[0]
-        epochs_started[0] += 1
-        yield from epoch_windows(blocks, batch_size, seed, epoch, shuffle, window, num_classes)
+        if not skip_batches:  # resumed: every iteration is the same rest of one epoch
+            epochs_started[0] += 1
+        yield from epoch_windows(blocks, batch_size, seed, epoch, shuffle, window, num_classes, worker_index,
+                                 num_workers, skip_batches)
 
     def to_batches(images, labels, order):
         # The mix is applied here, in TensorFlow's threads, not under the GIL.
@@ -84,6 +91,5 @@ def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=Tru
                  tf.TensorSpec((None, *shape), tf.as_dtype(dtype)), tf.TensorSpec((None,), tf.int64))
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
     dataset = dataset.prefetch(1).flat_map(to_batches)
-    count = sum(len(block) for block in blocks)
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     return dataset.prefetch(prefetch)

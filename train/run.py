@@ -2,6 +2,7 @@
 import contextlib
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -10,7 +11,7 @@ from shards import storage
 from shards.errors import UserError
 from shards.manifest import verify_shards
 from train.models import DEFAULT_MODEL, MODELS, RECIPES
-from train.pipeline import WINDOW, plan_blocks
+from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
 
 LAPTOP_SAMPLE = (4096, 1024)  # the tutorial's train/validation sample
@@ -74,6 +75,47 @@ class TrainSettings:
             raise UserError(f"seed must be a whole number from 0 to {MAX_SEED}. Received: seed={self.seed!r}")
 
 
+@dataclass(frozen=True)
+class CheckpointEvery:
+    """How often a mid-epoch checkpoint is committed; both None: only at epochs' ends."""
+
+    # Seconds since the last commit (a mid-epoch one or the epoch's start).
+    seconds: float = None
+    # Or batches since then: deterministic, for tests and for epochs of known pace.
+    batches: int = None
+
+    @property
+    def enabled(self):
+        return bool(self.seconds or self.batches)
+
+
+DEFAULT_CHECKPOINT_EVERY = "10m"
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|batch|batches)?\s*$")
+
+
+def parse_checkpoint_every(value):
+    """CheckpointEvery from "10m", "90s", "1.5h", "500batches", "off" or "0" (or seconds as a number).
+
+    A number without a unit is seconds. Raises UserError naming the value otherwise.
+    """
+    if isinstance(value, CheckpointEvery):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return CheckpointEvery(seconds=float(value) or None)
+    text = str(value).strip().lower()
+    if text == "off":
+        return CheckpointEvery()
+    found = _INTERVAL.match(text)
+    if not found or (found.group(2) or "").startswith("batch") and "." in found.group(1):
+        raise UserError("checkpoint_every must be a duration such as 10m, 90s or 1h, a count such as 500batches, "
+                        f"or off (0). Received: checkpoint_every={value!r}")
+    number, unit = float(found.group(1)), found.group(2) or "s"
+    if unit.startswith("batch"):
+        return CheckpointEvery(batches=int(number) or None)
+    return CheckpointEvery(seconds=number * _UNITS[unit] or None)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the run keeps every epoch committed before it.
 
@@ -117,26 +159,46 @@ def _current_lr(model):
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
-def _recorder(run, state):
-    """A Keras callback that commits each finished epoch to `run` (RunDir.commit_epoch)
-    and keeps `state` equal to the committed state."""
+def _recorder(run, state, steps, every=CheckpointEvery()):
+    """A Keras callback that commits each finished epoch to `run` (RunDir.commit_epoch),
+    and every `every` (CheckpointEvery) a mid-epoch checkpoint of the batches done so far,
+    and keeps `state` equal to the committed state. `steps`: batches per epoch."""
     import keras
 
     class EpochRecorder(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.monotonic()
+            self.started = self.committed = time.monotonic()
+            # A run resumed inside this epoch: its first batches were trained before.
+            self.skipped = self.committed_batches = state.get("batches", 0)
+            self.before = state.get("epoch_seconds", 0.0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            done = self.skipped + batch + 1
+            if not every.enabled or done >= steps:  # the epoch's own commit follows
+                return
+            now = time.monotonic()
+            if (every.batches and done - self.committed_batches < every.batches) or \
+                    (every.seconds and now - self.committed < every.seconds):
+                return
+            new = {**state, "batches": done, "epoch_seconds": self.before + now - self.started}
+            run.commit_epoch(self.model, new)
+            state.update(new)
+            self.committed, self.committed_batches = time.monotonic(), done
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            seconds = time.monotonic() - self.started
+            seconds = self.before + time.monotonic() - self.started
             row = {"epoch": epoch + 1, **{k: _number(logs.get(k)) for k in HISTORY_FIELDS[1:5]},
-                   "seconds": round(seconds, 2), "lr": _current_lr(self.model), **_memory_mb()}
-            new = {**state, "epoch": epoch + 1, "seconds": state.get("seconds", 0) + seconds,
+                   "seconds": round(seconds, 2), "lr": _current_lr(self.model), **_memory_mb(),
+                   "resumed_at_batch": self.skipped}
+            new = {**{k: v for k, v in state.items() if k not in ("batches", "epoch_seconds")},
+                   "epoch": epoch + 1, "seconds": state.get("seconds", 0) + seconds,
                    "history": [*state["history"], row]}
             val_loss = float(logs.get("val_loss", float("inf")))
             if val_loss < state["best_val_loss"]:
                 new.update(best_val_loss=val_loss, best_epoch=epoch + 1)
             run.commit_epoch(self.model, new)
+            state.clear()
             state.update(new)
 
     return EpochRecorder()
@@ -323,7 +385,7 @@ def class_weights(counts):
 
 
 def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False, verify=True, progress=True,
-          given=None, exact_sizes=None, access=None):
+          given=None, exact_sizes=None, access=None, checkpoint_every=DEFAULT_CHECKPOINT_EVERY):
     """Train `settings.model` on the first train/val images of the shards.
 
     Returns a summary dict (run_dir, epochs, best_epoch, best val loss and
@@ -338,6 +400,9 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     A train or val size larger than its split is cut to what the split holds
     (with a note in the result) unless it is in `exact_sizes` (default: the
     sizes in `given`): then it is refused.
+    `checkpoint_every` ("10m", "500batches", "off"; parse_checkpoint_every)
+    commits a mid-epoch checkpoint that often; a resumed run continues from
+    the last one, in the batch after it, reading none of the batches done.
     Holds the run directory's lock while it writes there. `access` (a
     shards.storage.Access) says how shards at a URL are read: cached
     (default) or streamed.
@@ -345,6 +410,7 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     directory another process is writing, and settings a resume cannot change.
     """
     settings.validate()
+    every = parse_checkpoint_every(checkpoint_every)
     given = _given_fields(settings, given)
     exact = given & {"train_size", "val_size"} if exact_sizes is None else set(exact_sizes)
     requested, notes = settings, []
@@ -373,18 +439,19 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
             notes += [note] if note else []
         if state is not None and state["epoch"] >= settings.epochs:
             return _summary(run, settings, state, already_done=True)
-        return {**_fit(run, settings, manifest, state, progress), "notes": notes}
+        return {**_fit(run, settings, manifest, state, progress, every), "notes": notes}
 
 
-def _fit(run, settings, manifest, state, progress):
+def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     import keras
 
     from train.models import build_model
     from train.pipeline import make_dataset
 
     start_epoch = state["epoch"] if state else 0
+    skip = state.get("batches", 0) if state else 0  # batches of the next epoch done before a kill
     keras.utils.set_random_seed(settings.seed + start_epoch)
-    steps = -(-settings.train_size // settings.batch_size)
+    steps = worker_batches(settings.train_size, settings.batch_size)
     if state:
         try:
             model = keras.models.load_model(run.checkpoint("last"))
@@ -399,19 +466,25 @@ def _fit(run, settings, manifest, state, progress):
         run.start(_config(settings, manifest, model.count_params()))
     Runs(os.path.dirname(os.path.abspath(run.path))).mark_latest(run)
 
-    train_data = make_dataset(manifest, "train", settings.batch_size, settings.train_size, settings.seed,
-                              shuffle=True, initial_epoch=start_epoch, window=settings.window)
+    def train_data(epoch, skip_batches=0):
+        return make_dataset(manifest, "train", settings.batch_size, settings.train_size, settings.seed,
+                            shuffle=True, initial_epoch=epoch, window=settings.window, skip_batches=skip_batches)
+
+    # Resumed inside an epoch: one fit of that epoch's remaining batches, then the others.
+    phases = [(start_epoch, start_epoch + 1, train_data(start_epoch, skip))] if skip else []
+    if start_epoch + bool(skip) < settings.epochs:
+        phases.append((start_epoch + bool(skip), settings.epochs, train_data(start_epoch + bool(skip))))
     val_data = make_dataset(manifest, "val", settings.batch_size, settings.val_size, settings.seed,
                             shuffle=False, window=settings.window)
-    callbacks = [_recorder(run, state),
+    callbacks = [_recorder(run, state, steps, every),
                  keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
     verbose = 0 if not progress else (1 if sys.stderr.isatty() else 2)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Keras prints progress to stdout
-            model.fit(train_data, validation_data=val_data, epochs=settings.epochs, initial_epoch=start_epoch,
-                      callbacks=callbacks, verbose=verbose, shuffle=False,
-                      class_weight=_fit_class_weight(settings, manifest))
+            for first, end, data in phases:
+                model.fit(data, validation_data=val_data, epochs=end, initial_epoch=first, callbacks=callbacks,
+                          verbose=verbose, shuffle=False, class_weight=_fit_class_weight(settings, manifest))
     except KeyboardInterrupt:
         raise TrainingInterrupted(run.path, state["epoch"], settings.epochs) from None
     except (OSError, UserError):

@@ -2,12 +2,15 @@
 
     runs/<model>-<YYYYmmdd-HHMMSS>-<microseconds>/
         config.json    every setting of the run (TrainSettings) plus the data it used
-        state.json     the commit point: epochs finished, best epoch, history rows,
-                       and the name of the checkpoint that epoch wrote
+        state.json     the commit point: epochs finished (and batches of the next, after a
+                       mid-epoch checkpoint), best epoch, history rows, and the name of
+                       the checkpoint that commit wrote
         best.keras     the model of the epoch with the lowest validation loss
-        last.keras     the model after the last finished epoch (with optimizer state)
+        last.keras     the model at the last commit (with optimizer state): the end of an
+                       epoch or a mid-epoch checkpoint
         history.csv    one row per finished epoch: epoch (1-based), loss, accuracy,
-                       val_loss, val_accuracy, seconds, lr, rss_mb, peak_rss_mb
+                       val_loss, val_accuracy, seconds, lr, rss_mb, peak_rss_mb,
+                       resumed_at_batch (0, or the batch a resumed epoch restarted at)
         metrics.json   written by `evaluate`
         logs/          TensorBoard event files
         .lock          held (flock) by the one `train` writing the directory
@@ -33,14 +36,18 @@ from shards.fsio import (CRASH_ENV, CRASH_EXIT, DISK_ERRORS, FolderLock,  # noqa
 LATEST = "LATEST"
 CONFIG, BEST, LAST, HISTORY, STATE = "config.json", "best.keras", "last.keras", "history.csv", "state.json"
 METRICS = "metrics.json"
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr", "rss_mb", "peak_rss_mb")
-# An epoch's model before it becomes last.keras; only the one state.json names counts.
-EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.keras$")
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr", "rss_mb", "peak_rss_mb",
+                  "resumed_at_batch")
+_INT_FIELDS = ("epoch", "resumed_at_batch")
+# A commit's model before it becomes last.keras (epoch-NNNN.keras at an epoch's end,
+# epoch-NNNN-batch-BBBBBB.keras inside epoch NNNN); only the one state.json names counts.
+EPOCH_FILE = re.compile(r"^epoch-(\d{4,})(-batch-\d{6,})?\.keras$")
 # Temporary model files of kibble before this commit protocol (".tmp-<pid>-last.keras").
 OLD_TEMP_FILE = re.compile(r"^\.tmp-\d+-(last|best)\.keras$")
 
 # Steps of `commit_epoch` that the crash tests stop at (shards.fsio.crash_point,
-# KIBBLE_CRASH_AT=<step> or <step>@<epoch>).
+# KIBBLE_CRASH_AT=<step> or <step>@<epoch>, or <step>@<epoch>b<batches> for a
+# mid-epoch commit: epoch 1-based, batches done in it).
 COMMIT_STEPS = ("epoch-end", "saved", "state-temp", "committed", "best", "last", "history")
 
 
@@ -61,6 +68,11 @@ class RunDir:
     3. roll forward: best.keras becomes a hard link to (or copy of) the epoch
        file if this epoch is the best, the epoch file is renamed onto
        last.keras, and history.csv is rewritten from the state's rows.
+
+    A mid-epoch checkpoint is the same commit with `batches` > 0 in the state
+    (batches done of epoch `epoch` + 1) and no new history row; its model
+    file is epoch-NNNN-batch-BBBBBB.keras and it never becomes best.keras
+    (no validation has judged it).
 
     A process killed anywhere before step 2 leaves the previous commit intact
     (the epoch file is not named by state.json and is deleted at the next
@@ -133,7 +145,7 @@ class RunDir:
             return []
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in ("", None)}
+        return [{k: (int(float(v)) if k in _INT_FIELDS else float(v)) for k, v in row.items() if v not in ("", None)}
                 for row in rows]
 
     def metrics(self):
@@ -194,52 +206,55 @@ class RunDir:
         return state
 
     def commit_epoch(self, model, state):
-        """Make `state` (whose last history row is the epoch just trained) durable with `model`.
+        """Make `state` durable with `model`: the end of an epoch (its last history row is
+        the epoch just trained) or, with state["batches"] > 0, a mid-epoch checkpoint.
 
         See the class docstring for the protocol. On an error nothing of the
-        epoch is left behind and the previous commit stays in force.
+        commit is left behind and the previous commit stays in force.
         """
         self._require_lock()
-        epoch = state["epoch"]
-        pending = f"epoch-{epoch:04d}.keras"
+        tag = _tag(state)
+        pending = f"epoch-{state['epoch'] + 1:04d}-batch-{state['batches']:06d}.keras" if state.get("batches") \
+            else f"epoch-{state['epoch']:04d}.keras"
         path = self.file(pending)
-        crash_point("epoch-end", epoch)
+        crash_point("epoch-end", tag)
         try:
             _disk_errors_name(path, model.save, path)
             _fsync_file(path)
-            crash_point("saved", epoch)
+            crash_point("saved", tag)
             _disk_errors_name(self.file(STATE), self._write_state, {**state, "checkpoint": pending})
         except BaseException:
             _remove(path)
             raise
         _fsync_dir(self.path)
-        crash_point("committed", epoch)
+        crash_point("committed", tag)
         self._roll_forward({**state, "checkpoint": pending})
 
     def _write_state(self, state):
         with atomic_path(self.file(STATE)) as tmp:
             with open(tmp, "w") as f:
                 json.dump(state, f, indent=2)
-            crash_point("state-temp", state["epoch"])
+            crash_point("state-temp", _tag(state))
 
     def _roll_forward(self, state):
-        epoch, pending = state["epoch"], state.get("checkpoint")
+        epoch, pending, tag = state["epoch"], state.get("checkpoint"), _tag(state)
         source = self.file(pending) if pending else None
         if source and os.path.exists(source):
             # Done already if a killed roll forward linked it: renaming a link onto
             # another link of the same file is a no-op that would leave the temp behind.
-            if state.get("best_epoch") == epoch and not _same_file(source, self.file(BEST)):
+            if state.get("best_epoch") == epoch and not state.get("batches") \
+                    and not _same_file(source, self.file(BEST)):
                 with atomic_path(self.file(BEST)) as tmp:
                     _link_or_copy(source, tmp)
-                crash_point("best", epoch)
+                crash_point("best", tag)
             os.replace(source, self.file(LAST))
             _fsync_dir(self.path)
-            crash_point("last", epoch)
+            crash_point("last", tag)
         rows = state.get("history")
         if rows is None:  # a state.json written before history was part of it
             rows = [row for row in self.history() if row["epoch"] <= epoch]
         self._write_history(rows)
-        crash_point("history", epoch)
+        crash_point("history", tag)
 
     def _write_history(self, rows):
         with atomic_path(self.file(HISTORY)) as tmp:
@@ -310,6 +325,12 @@ class Runs:
             except FileExistsError:
                 continue
         raise UserError(f"cannot find a free run directory name in {self.root}")
+
+
+def _tag(state):
+    """The commit's name in crash points: 2 for the end of epoch 2, "3b40" for 40 batches into epoch 3."""
+    batches = state.get("batches")
+    return f"{state['epoch'] + 1}b{batches}" if batches else state["epoch"]
 
 
 # The clock that names runs (tests freeze it to provoke same-name races).

@@ -3,10 +3,10 @@ import click
 from click.core import ParameterSource
 
 from kibble.group import TensorFlowCommand, say
-from kibble.options import (access_from, access_options, batch_size_option, data_option, finite, run_dir_option,
-                            runs_option, seed_option)
+from kibble.options import (access_from, access_options, batch_size_option, checkpoint_interval, data_option, finite,
+                            run_dir_option, runs_option, seed_option)
 from train.models import DEFAULT_MODEL, MODELS
-from train.run import CLASS_WEIGHTS, FULL, LAPTOP_SAMPLE, MAX_SEED
+from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED
 
 # train's options -> the TrainSettings fields they set (for "which did the user give?").
 _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
@@ -43,20 +43,24 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @runs_option()
 @click.option("--resume", is_flag=True,
               help="Continue the newest run (or --run-dir) with its own settings; only --epochs may change.")
+@click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True, callback=checkpoint_interval,
+              help="Also commit a checkpoint inside an epoch this often (10m, 90s, 1h, or 500batches; off or 0: "
+                   "only at epochs' ends); a resumed run continues from the batch after it.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, class_weight, seed,
-          run_dir, runs_root, resume, no_verify):
+          run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
-    `train --resume`) continues an interrupted run from its last finished
-    epoch; `train --resume --epochs N` extends a run to N epochs.
+    `train --resume`) continues an interrupted run from its last checkpoint:
+    the end of an epoch, or a mid-epoch one (every 10 minutes by default);
+    `train --resume --epochs N` extends a run to N epochs.
 
     \b
     Example:
       python cli.py train --full --model conv2
-      python cli.py train --resume
+      python cli.py train --resume --checkpoint-every 30m
     """
     from train.run import TrainSettings, train as run_train
     from train.summary import format_summary
@@ -71,7 +75,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     result = run_train(settings, run_dir=run_dir, runs_root=runs_root, resume=resume, verify=not no_verify,
                        progress=not ctx.obj["quiet"], given=_given_settings(ctx), exact_sizes=exact,
-                       access=access_from(cache, stream))
+                       access=access_from(cache, stream), checkpoint_every=checkpoint_every)
     say(ctx, format_summary(result))
 
 

@@ -45,6 +45,18 @@ CRASH_CASES = [
 ]
 
 
+# A run checkpointed every 5 batches inside its epochs (12 batches each), killed at a
+# step of a mid-epoch commit ("<epoch>b<batches>"), then resumed: (step, commit,
+# the batch the resumed epoch restarts at, the epoch it is in).
+CHECKPOINT_EVERY = "5batches"
+MID_EPOCH_CASES = [
+    ("committed", "1b5", 5, 1),   # the first commit of the run is mid-epoch: no last.keras yet
+    ("saved", "2b10", 5, 2),      # the model of batch 10 written, not committed: back to batch 5
+    ("last", "2b5", 5, 2),        # committed and rolled onto last.keras, history not rewritten
+    ("history", "2b10", 10, 2),   # every file of the commit written
+]
+
+
 def _settings(shards):
     from train.run import TrainSettings
 
@@ -112,6 +124,25 @@ def _cli(*args):
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
         result.exception
     return result.exit_code, result.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("step,commit,restart,epoch", MID_EPOCH_CASES)
+def test_a_kill_after_a_mid_epoch_checkpoint_resumes_at_its_batch_reading_only_the_rest(zygote, step, commit,
+                                                                                       restart, epoch):
+    out, results = zygote
+    reference, case = results["reference"], results[f"mid-{step}@{commit}"]
+    assert case["crash_exit"] == CRASH_EXIT, "the run did not reach this crash point"
+    assert case["state_before"] == {"epoch": epoch - 1, "batches": restart}
+    # the optimizer did exactly the uninterrupted run's steps: the restarted epoch's rest, then the others
+    assert case["iterations"] == reference["iterations"] == EPOCHS * STEPS
+    assert case["history_epochs"] == reference["history_epochs"]
+    assert case["resumed_at"] == [restart if e == epoch else 0 for e in range(1, EPOCHS + 1)]
+    # the resumed process read each remaining train image once and none of the batches done
+    assert case["train_images_read"] == (STEPS - restart) * BATCH + (EPOCHS - epoch) * TRAIN_SIZE
+    assert case["files"] == COMMITTED_FILES
+    # same data order, same optimizer state: the uninterrupted run's weights
+    ours = np.load(os.path.join(out, f"mid-{step}@{commit}-last.npy"))
+    np.testing.assert_allclose(ours, np.load(os.path.join(out, "reference-last.npy")), rtol=0, atol=1e-6)
 
 
 def test_the_crash_matrix_covers_every_step_of_the_commit():
@@ -423,6 +454,34 @@ def _crash_and_resume(shards, out, case):
     assert _in_child(resume) == 0, f"resuming {case} failed"
 
 
+def _crash_mid_epoch_and_resume(shards, out, case):
+    from shards.stream import READ_LOG_ENV
+    from train.run import train
+    from train.rundir import RunDir
+
+    name = f"mid-{case}"
+    run_dir, log = os.path.join(out, name), os.path.join(out, f"{name}.reads")
+
+    def crash():
+        os.environ[CRASH_ENV] = case
+        train(_settings(shards), run_dir=run_dir, progress=False, checkpoint_every=CHECKPOINT_EVERY)
+
+    def resume():
+        os.environ[READ_LOG_ENV] = log
+        train(_settings(shards), run_dir=run_dir, resume=True, progress=False, checkpoint_every=CHECKPOINT_EVERY)
+        with open(log) as f:
+            read = sum(int(stop) - int(start) for path, start, stop in (line.rsplit(" ", 2) for line in f)
+                       if os.path.basename(path).startswith("train-"))
+        _write(out, name, {"crash_exit": crash_exit, "state_before": before, "train_images_read": read,
+                           "resumed_at": [row.get("resumed_at_batch") for row in RunDir(run_dir).history()],
+                           **_report(run_dir, out, name)})
+
+    crash_exit = _in_child(crash)
+    state = RunDir(run_dir).state()
+    before = {"epoch": state["epoch"], "batches": state.get("batches", 0)}
+    assert _in_child(resume) == 0, f"resuming {name} failed"
+
+
 def _file_size_limit(shards, out):
     """`train` with every file limited to 100 kB: EFBIG where SIGXFSZ would have killed it."""
     import resource
@@ -481,8 +540,10 @@ def _zygote(shards, out, cases):
     jobs = [lambda: _reference(shards, out), lambda: _file_size_limit(shards, out),
             lambda: _second_writer(shards, out)]
     jobs += [lambda case=case: _crash_and_resume(shards, out, case) for case in cases]
+    mid = [f"{step}@{commit}" for step, commit, _, _ in MID_EPOCH_CASES]
+    jobs += [lambda case=case: _crash_mid_epoch_and_resume(shards, out, case) for case in mid]
     assert _run_all(jobs)
-    names = ["reference", "file-size-limit", "second-writer", *cases]
+    names = ["reference", "file-size-limit", "second-writer", *cases, *[f"mid-{case}" for case in mid]]
     print(f"zygote: {len(jobs)} scenarios in {time.monotonic() - started:.1f} s", file=sys.stderr)
     _write(out, "results", {name: _read(out, name) for name in names})
 
