@@ -38,7 +38,9 @@ class ScanChunk:
     names: tuple
 
 
-def chunks(items, size=CHUNK_FILES):
+def chunks(items, size=None):
+    """`items`' names cut into ScanChunks of `size` (default CHUNK_FILES) names, in order."""
+    size = size or CHUNK_FILES
     names = [item.name for item in items]
     return [ScanChunk(i, tuple(names[start:start + size])) for i, start in enumerate(range(0, len(names), size))]
 
