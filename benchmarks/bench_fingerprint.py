@@ -158,17 +158,55 @@ def grouping(distance):
         print(f"| {n:,} random + {n // 50:,} planted | {distance} | {len(pairs):,} | {len(found):,} | {seconds:.2f} s |")
 
 
+def _crossing(near_groups, splits):
+    where = {item.name: split for split, members in splits.items() for item in members}
+    return sum(len({where.get(item.name) for item in group} & {"train", "val", "test"}) > 1
+               for group in near_groups)
+
+
+def datasets(distance):
+    """Groups found in each data set, and how many cross the split of today (no groups) and of this change."""
+    from ingest.plan import (IngestSettings, content_keys, drop_duplicates, index_classes, near_duplicate_groups,
+                             resolve_near_conflicts, split_items)
+    from ingest.run import _scan
+    from ingest.sources import discover
+
+    print("| data set | images | exact duplicates | near-duplicate groups (images) | under different labels | "
+          "groups crossing splits: today's plan | this plan (default) | this plan --resplit |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in SETS:
+        settings = IngestSettings(near_distance=distance)
+        source = discover(os.path.join(DATASETS, name))
+        classes, items, _ = index_classes(source.items, source.class_names)
+        records = _scan(source, items, settings, "processes", None, False)
+        keys, _ = content_keys(records[item.name] for item in items)
+        items, duplicates, _ = drop_duplicates(items, keys)
+        near = near_duplicate_groups(items, records, distance)
+        today, _ = split_items(items, settings, classes)
+        kept, conflicts = resolve_near_conflicts(items, near, classes)
+        names = {item.name for item in kept}
+        whole = [[item for item in group if item.name in names] for group in near]
+        ours, _ = split_items(kept, settings, classes, whole)
+        resplit, _ = split_items(kept, IngestSettings(near_distance=distance, resplit=True), classes, whole)
+        print(f"| {name} | {len(items):,} | {len(duplicates)} | {len(near)} ({sum(map(len, near))}) | "
+              f"{len(conflicts)} | {_crossing(near, today)} | {_crossing(whole, ours)} | {_crossing(whole, resplit)} |")
+        for conflict in conflicts:
+            print(f"    likely label error: {conflict['names']} {conflict['labels']}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("robustness", "grouping"))
+    parser.add_argument("what", choices=("robustness", "grouping", "datasets"))
     parser.add_argument("--per-set", type=int, default=400)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--distance", type=int, default=DEFAULT_DISTANCE)
     args = parser.parse_args()
     if args.what == "robustness":
         robustness(args.per_set, args.workers)
-    else:
+    elif args.what == "grouping":
         grouping(args.distance)
+    else:
+        datasets(args.distance)
 
 
 if __name__ == "__main__":

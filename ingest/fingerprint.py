@@ -51,7 +51,7 @@ _LOW = 8
 # Smallest side a picture is decoded at before the final resize to 32x32.
 _MIN_SIDE = 32
 _ROTATED = {5, 6, 7, 8}
-_BIT_WEIGHTS = (1 << np.arange(BITS - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
+_AC_MEDIAN = (_LOW * _LOW - 1) // 2
 
 
 def _dct_matrix(n):
@@ -67,10 +67,10 @@ def phash(grey):
     grey = np.asarray(grey, dtype=np.float64)
     if grey.shape != (_HASH_SIDE, _HASH_SIDE):
         raise ValueError(f"phash needs a {_HASH_SIDE}x{_HASH_SIDE} grey array. Received: shape={grey.shape}")
-    low = (_DCT @ grey @ _DCT.T)[:_LOW, :_LOW].ravel()
-    # The median of the AC coefficients: the DC term (mean brightness) would pull it.
-    bits = low > np.median(low[1:])
-    return int(np.bitwise_or.reduce(_BIT_WEIGHTS[bits], initial=np.uint64(0)))
+    low = (_DCT[:_LOW] @ grey @ _DCT[:_LOW].T).ravel()
+    # The median of the 63 AC coefficients (the DC term, mean brightness, would pull it): the 32nd smallest.
+    median = np.partition(low[1:], _AC_MEDIAN)[_AC_MEDIAN]
+    return int.from_bytes(np.packbits(low > median).tobytes(), "big")
 
 
 def thumbnail_hash(image):
