@@ -33,7 +33,7 @@ from PIL import Image, ImageEnhance, ImageOps
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from ingest.fingerprint import DEFAULT_DISTANCE, fingerprint, groups, near_pairs  # noqa: E402
+from ingest.fingerprint import DEFAULT_DISTANCE, MAX_COLOUR_DIFFERENCE, fingerprint, groups, near_pairs  # noqa: E402
 
 DATASETS = os.path.normpath(os.path.join(REPO, "..", "..", "shared", "datasets"))
 if not os.path.isdir(DATASETS):
@@ -78,20 +78,31 @@ VARIANTS = {
 
 
 def _fp_bytes(data):
-    return fingerprint(io.BytesIO(data), MAX_PIXELS)[0]
+    return fingerprint(io.BytesIO(data), MAX_PIXELS)
+
+
+def _colour_difference(a, b):
+    return float(np.abs(np.subtract(a, b, dtype=np.float64)).mean())
 
 
 def _variant_distances(path):
+    """[(bits, colour difference)] of each variant against the original."""
     with open(path, "rb") as f:
         data = f.read()
     original = _fp_bytes(data)
     image = Image.open(io.BytesIO(data)).convert("RGB")
-    return [bin(original ^ _fp_bytes(make(image))).count("1") for make in VARIANTS.values()]
+    found = []
+    for make in VARIANTS.values():
+        variant = _fp_bytes(make(image))
+        bits = 64 if None in (original.value, variant.value) else bin(original.value ^ variant.value).count("1")
+        found.append((bits, _colour_difference(original.colour, variant.colour)))
+    return found
 
 
 def _fp_path(path):
     with open(path, "rb") as f:
-        return fingerprint(f, MAX_PIXELS)[0]
+        found = fingerprint(f, MAX_PIXELS)
+    return found.value or 0, found.colour
 
 
 def robustness(per_set, workers):
@@ -100,24 +111,37 @@ def robustness(per_set, workers):
     sample = [p for name in SETS for p in rng.permutation(photos(name))[:per_set].tolist()]
     with ProcessPoolExecutor(workers) as pool:
         started = time.perf_counter()
-        fps = np.array(list(pool.map(_fp_path, every, chunksize=64)), dtype=np.uint64)
+        prints = list(pool.map(_fp_path, every, chunksize=64))
         fp_seconds = time.perf_counter() - started
-        distances = np.array(list(pool.map(_variant_distances, sample, chunksize=8)))
+        measured = np.array(list(pool.map(_variant_distances, sample, chunksize=8)))
+    fps = np.array([p[0] for p in prints], dtype=np.uint64)
+    colours = np.array([p[1] for p in prints], dtype=np.float64)
+    distances, colour_gaps = measured[:, :, 0], measured[:, :, 1]
     print(f"{len(every):,} originals fingerprinted in {fp_seconds:.1f} s with {workers} processes "
           f"({fp_seconds / len(every) * 1e3 * workers:.2f} ms an image a process); "
           f"{len(sample):,} of them x {len(VARIANTS)} variants\n")
     # Distances between different originals: every pair, minus the known copies (they are true pairs).
     diff = np.bitwise_count(fps[:, None] ^ fps[None, :])
-    upper = diff[np.triu_indices(len(fps), 1)]
+    rows, cols = np.triu_indices(len(fps), 1)
+    upper = diff[rows, cols]
     pairs = len(upper)
-    print("| threshold (bits) | " + " | ".join(VARIANTS) + " | all variants except flip | "
-          "false pairs per million (of %s pairs) |" % f"{pairs:,}")
-    print("|" + "---|" * (len(VARIANTS) + 3))
+    close = upper <= max(THRESHOLDS)
+    gaps = np.full(pairs, np.inf)
+    gaps[close] = np.abs(colours[rows[close]] - colours[cols[close]]).mean(axis=1)
+    same_colour = colour_gaps <= MAX_COLOUR_DIFFERENCE
+    print(f"Recall of variants within the threshold, pHash alone / with the colour check "
+          f"(<= {MAX_COLOUR_DIFFERENCE}); pairs of different photos ({pairs:,}) within it, per million:\n")
+    print("| threshold (bits) | " + " | ".join(VARIANTS) + " | all but flip, pHash alone | all but flip, with colour | "
+          "different-photo pairs per million, pHash alone | with colour |")
+    print("|" + "---|" * (len(VARIANTS) + 5))
     for t in THRESHOLDS:
-        recall = (distances <= t).mean(axis=0) * 100
-        overall = (distances[:, :-1] <= t).mean() * 100
+        recall = ((distances <= t) & same_colour).mean(axis=0) * 100
+        alone = (distances[:, :-1] <= t).mean() * 100
+        overall = ((distances[:, :-1] <= t) & same_colour[:, :-1]).mean() * 100
         false = (upper <= t).sum() / pairs * 1e6
-        print(f"| {t} | " + " | ".join(f"{r:.1f}%" for r in recall) + f" | {overall:.1f}% | {false:.2f} |")
+        false_colour = ((upper <= t) & (gaps <= MAX_COLOUR_DIFFERENCE)).sum() / pairs * 1e6
+        print(f"| {t} | " + " | ".join(f"{r:.1f}%" for r in recall)
+              + f" | {alone:.1f}% | {overall:.1f}% | {false:.2f} | {false_colour:.2f} |")
     print("\nmedian / 95th percentile / max distance per variant:")
     for name, column in zip(VARIANTS, distances.T):
         print(f"  {name:28s} {np.median(column):5.1f} {np.percentile(column, 95):5.1f} {column.max():4d}")

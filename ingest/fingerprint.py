@@ -28,6 +28,7 @@ only fingerprints sharing a band value are compared, never all pairs
 import itertools
 import math
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -45,6 +46,12 @@ DEFAULT_DISTANCE = 6
 MAX_DISTANCE = 15
 # Grey levels (of 255): a thumbnail varying less than this is flat (see thumbnail_hash).
 FLAT_GREY_STD = 2.0
+# The colour check of a candidate pair (see `colour_layout`): mean difference of
+# the chromaticity grids, in 1/255ths. Chosen from docs/benchmarks.md: over 99%
+# of variants lie within it; most unrelated look-alikes (the same garment
+# layout in another colour) do not.
+MAX_COLOUR_DIFFERENCE = 2.5
+_COLOUR_GRID = 4
 # Side of the grey thumbnail transformed, and of the block of low frequencies kept.
 _HASH_SIDE = 32
 _LOW = 8
@@ -88,8 +95,32 @@ def thumbnail_hash(image):
     return phash(grey)
 
 
+class Print(NamedTuple):
+    """What the scan learns from one decoded image."""
+
+    value: object  # the 64-bit pHash (int), None for a flat picture
+    height: int  # upright size as found, before any resizing
+    width: int
+    colour: tuple  # the chromaticity layout (see colour_layout), 32 bytes
+
+
+def colour_layout(image):
+    """Chromaticity (r, g of r + g + b) of a 4x4 grid of the picture, as 32 values in 0..255.
+
+    pHash looks at grey levels only, so two photos of the same layout in
+    different colours (a red and a green sweater laid out alike on one
+    background) can share it. Chromaticity tells them apart, and a
+    brightness change (which scales r, g and b alike) leaves it unchanged.
+    Used only to confirm a candidate pair (`near_pairs(colours=...)`).
+    """
+    rgb = np.asarray(image.convert("RGB").resize((_COLOUR_GRID, _COLOUR_GRID), Image.Resampling.BOX),
+                     dtype=np.float64) + 1
+    chroma = rgb[:, :, :2] / rgb.sum(axis=2, keepdims=True)
+    return tuple(int(v) for v in np.rint(chroma.ravel() * 255))
+
+
 def fingerprint(opened, max_pixels):
-    """(fingerprint or None if flat, height, width) of the image in a binary file object, decoded cheaply.
+    """Print(fingerprint or None if flat, height, width, colour) of the image in a binary file object.
 
     height and width are the picture's upright size before any resizing.
     JPEGs are decoded at the smallest DCT scale (1/8) that keeps _MIN_SIDE
@@ -105,7 +136,7 @@ def fingerprint(opened, max_pixels):
                     raise BadImage(f"image too large: {width}x{height} is over the limit of {max_pixels:,} pixels")
                 orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
                 if image.format == "JPEG":
-                    image.draft("L", (max(1, width // 8), max(1, height // 8)) if min(width, height) >= 8 * _MIN_SIDE
+                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)) if min(width, height) >= 8 * _MIN_SIDE
                                 else (_MIN_SIDE, _MIN_SIDE))
                     image.load()
                 else:
@@ -119,7 +150,7 @@ def fingerprint(opened, max_pixels):
                     image = ImageOps.exif_transpose(image)
                 if orientation in _ROTATED:
                     width, height = height, width
-                return thumbnail_hash(image), height, width
+                return Print(thumbnail_hash(image), height, width, colour_layout(image))
         except BadImage:
             raise
         except MemoryError:
@@ -176,8 +207,11 @@ def _keys(count, distance):
     return [sum(combo) for combo in itertools.combinations(masks, extra)]
 
 
-def near_pairs(fingerprints, distance):
+def near_pairs(fingerprints, distance, colours=None):
     """Index pairs (i < j) of fingerprints within `distance` bits, as an (n, 2) int array, sorted.
+
+    With `colours` (one colour_layout per fingerprint, or None where
+    unknown), a pair also needs layouts within MAX_COLOUR_DIFFERENCE.
 
     Never all pairs: for each key mask (see `_keys`), the fingerprints are
     sorted by their bits under the mask and only neighbours within one run
@@ -204,8 +238,16 @@ def near_pairs(fingerprints, distance):
             active = active[active + offset < len(fps)]
     if not found:
         return np.empty((0, 2), dtype=np.int64)
-    pairs = np.sort(np.concatenate(found).astype(np.int64), axis=1)
-    return np.unique(pairs, axis=0)
+    pairs = np.unique(np.sort(np.concatenate(found).astype(np.int64), axis=1), axis=0)
+    if colours is not None:
+        pairs = pairs[[_same_colours(colours[a], colours[b]) for a, b in pairs]]
+    return pairs
+
+
+def _same_colours(a, b):
+    if a is None or b is None:
+        return True
+    return float(np.abs(np.subtract(a, b, dtype=np.float64)).mean()) <= MAX_COLOUR_DIFFERENCE
 
 
 def groups(count, pairs):

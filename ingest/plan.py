@@ -211,7 +211,7 @@ def drop_duplicates(items, hashes, label_conflicts="drop"):
 
 
 def near_duplicate_groups(items, records, distance):
-    """Groups of 2+ `items` whose fingerprints lie within `distance` bits, linked pairwise.
+    """Groups of 2+ `items` whose fingerprints lie within `distance` bits (and colours agree), linked pairwise.
 
     Each group is a list of items in name order; groups are ordered by their
     first name, so the result depends on the input alone. Items without a
@@ -220,7 +220,8 @@ def near_duplicate_groups(items, records, distance):
     known = sorted((item for item in items if (records.get(item.name) or {}).get("fingerprint") is not None),
                    key=lambda item: item.name)
     fps = np.array([records[item.name]["fingerprint"] for item in known], dtype=np.uint64)
-    return [[known[i] for i in members] for members in groups(len(known), near_pairs(fps, distance))]
+    colours = [records[item.name].get("colour") for item in known]
+    return [[known[i] for i in members] for members in groups(len(known), near_pairs(fps, distance, colours))]
 
 
 def resolve_near_conflicts(items, near_groups, classes, label_conflicts="drop"):

@@ -46,7 +46,7 @@ def chunks(items, size=None):
 
 
 def scan_chunk(chunk, source_path, source_kind, max_member_bytes, max_pixels):
-    """Records of the files of `chunk`: {"name", "bytes", "sha256", "height", "width", "fingerprint"}.
+    """Records of the files of `chunk`: {"name", "bytes", "sha256", "height", "width", "fingerprint", "colour"}.
 
     A file that must not or cannot be read is {"name", "reason"}. A file
     that cannot be decoded has height, width and fingerprint None.
@@ -66,7 +66,7 @@ def _scan_one(source, archive, name, max_member_bytes, max_pixels):
         return {"name": name, "reason": reason}
     if size == 0:
         return {"name": name, "reason": "empty file (0 bytes)"}
-    record = {"name": name, "height": None, "width": None, "fingerprint": None}
+    record = {"name": name, "height": None, "width": None, "fingerprint": None, "colour": None}
     try:
         with source.open(name, archive) as f:
             if archive is not None:
@@ -79,7 +79,9 @@ def _scan_one(source, archive, name, max_member_bytes, max_pixels):
             record.update(_hash(f))
             f.seek(0)
             try:
-                record["fingerprint"], record["height"], record["width"] = fingerprint(f, max_pixels)
+                found = fingerprint(f, max_pixels)
+                record.update(fingerprint=found.value, height=found.height, width=found.width,
+                              colour=list(found.colour))
             except BadImage:
                 pass  # the shard worker decodes it in full and reports why it fails
     except OSError as exc:

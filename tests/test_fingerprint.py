@@ -57,11 +57,11 @@ def test_different_pictures_lie_far_apart_and_a_flip_is_not_a_copy():
 
 def test_png_with_transparency_and_exif_rotation_give_the_upright_size():
     image = textured(7, size=(300, 400)).convert("RGBA")
-    value, height, width = fingerprint(encoded(image, "PNG"), MAX_PIXELS)
+    value, height, width, _ = fingerprint(encoded(image, "PNG"), MAX_PIXELS)
     assert (height, width) == (300, 400) and hamming(value, fp(image.convert("RGB"), quality=95)) <= DEFAULT_DISTANCE
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: shown rotated a quarter turn
-    _, height, width = fingerprint(encoded(textured(8, size=(300, 400)), exif=exif.tobytes()), MAX_PIXELS)
+    _, height, width, _ = fingerprint(encoded(textured(8, size=(300, 400)), exif=exif.tobytes()), MAX_PIXELS)
     assert (height, width) == (400, 300)
 
 

@@ -74,7 +74,7 @@ def test_shards_store_the_scans_fingerprint_and_original_size(tmp_path):
             shard.verify_content()
             for name, value, size in zip(shard.names, shard.fingerprints, shard.orig_sizes):
                 with open(os.path.join(src, name), "rb") as f:
-                    expected, height, width = fingerprint(f, 10 ** 8)
+                    expected, height, width, _ = fingerprint(f, 10 ** 8)
                 assert (int(value), tuple(size)) == (expected, (height, width)) == (expected, (96, 128))
                 seen += 1
     assert seen == 24
