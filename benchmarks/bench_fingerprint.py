@@ -144,7 +144,7 @@ def robustness(per_set, workers):
               + f" | {alone:.1f}% | {overall:.1f}% | {false:.2f} | {false_colour:.2f} |")
     print("\nmedian / 95th percentile / max distance per variant:")
     for name, column in zip(VARIANTS, distances.T):
-        print(f"  {name:28s} {np.median(column):5.1f} {np.percentile(column, 95):5.1f} {column.max():4d}")
+        print(f"  {name:28s} {np.median(column):5.1f} {np.percentile(column, 95):5.1f} {column.max():4.0f}")
     print(f"different photos: min {upper.min()}, 0.1th percentile {np.percentile(upper, 0.1):.0f}, "
           f"median {np.median(upper):.0f}")
 
@@ -196,8 +196,9 @@ def datasets(distance):
     from ingest.sources import discover
 
     print("| data set | images | exact duplicates | near-duplicate groups (images) | under different labels | "
-          "groups crossing splits: today's plan | this plan (default) | this plan --resplit |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "groups crossing splits: today's plan | this plan (default) | this plan --resplit | "
+          "images in another split than today's |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in SETS:
         settings = IngestSettings(near_distance=distance)
         source = discover(os.path.join(DATASETS, name))
@@ -208,12 +209,14 @@ def datasets(distance):
         near = near_duplicate_groups(items, records, distance)
         today, _ = split_items(items, settings, classes)
         kept, conflicts = resolve_near_conflicts(items, near, classes)
-        names = {item.name for item in kept}
-        whole = [[item for item in group if item.name in names] for group in near]
-        ours, _ = split_items(kept, settings, classes, whole)
-        resplit, _ = split_items(kept, IngestSettings(near_distance=distance, resplit=True), classes, whole)
+        left_out = {item.name for item in items} - {item.name for item in kept}
+        ours, _ = split_items(items, settings, classes, near, left_out)
+        resplit, _ = split_items(items, IngestSettings(near_distance=distance, resplit=True), classes, near, left_out)
+        where = {item.name: split for split, members in today.items() for item in members}
+        moved = sum(where[item.name] != split for split, members in ours.items() for item in members)
         print(f"| {name} | {len(items):,} | {len(duplicates)} | {len(near)} ({sum(map(len, near))}) | "
-              f"{len(conflicts)} | {_crossing(near, today)} | {_crossing(whole, ours)} | {_crossing(whole, resplit)} |")
+              f"{len(conflicts)} ({len(left_out)} images left out) | {_crossing(near, today)} | "
+              f"{_crossing(near, ours)} | {_crossing(near, resplit)} | {moved} |")
         for conflict in conflicts:
             print(f"    likely label error: {conflict['names']} {conflict['labels']}")
 

@@ -359,7 +359,7 @@ def index_classes(items, class_names, requested=None):
     return classes, kept, excluded
 
 
-def split_items(items, settings, classes, near_groups=()):
+def split_items(items, settings, classes, near_groups=(), leave_out=frozenset()):
     """Stratified, seeded assignment of labelled items to train/val/test.
 
     Returns ({split: [items in shuffled order]}, [warnings]). Unlabelled
@@ -369,13 +369,16 @@ def split_items(items, settings, classes, near_groups=()):
     share.
 
     `near_groups` (lists of items, see `near_duplicate_groups`) go whole
-    into one split. Within a class, the units (a group's members of that
-    class, or a single image) are shuffled by the seed, then each unit in
-    turn goes to validation if it fits in what validation still needs, else
-    to test if it fits there, else to training: the counts stay exact unless
-    only groups too large for what is left remain (a warning says so).
-    Without groups every unit is one image and this is the plain seeded
-    split: the same seed gives the same split as before groups existed.
+    into one split. Within a class, the images are shuffled by the seed as
+    they always were; that order, with each group in the place of its first
+    member and the names in `leave_out` (likely label errors) taken out,
+    gives the units; each unit in turn goes to validation if it fits in what
+    validation still needs, else to test if it fits there, else to training.
+    The counts stay exact unless only groups too large for what is left
+    remain (a warning says so). The shuffle is drawn over every image of
+    the class, those left out included, so that a group or a left-out image
+    moves only the images near the split boundaries, not the whole split:
+    without groups it is exactly the seeded split of before groups existed.
     """
     rng = np.random.default_rng(settings.seed)
     labelled = [item for item in items if item.label != UNLABELED]
@@ -390,28 +393,31 @@ def split_items(items, settings, classes, near_groups=()):
                 splits[item.split].append(item)
     else:
         val, test, pool = settings.val, settings.test, labelled
+    for name in ("val", "test"):
+        splits[name] = [item for item in splits[name] if item.name not in leave_out]
     wanted = sum(int(share) for share in (val, test) if share >= 1)
-    if wanted > len(pool):
+    kept = [item for item in pool if item.name not in leave_out]
+    if wanted > len(kept):
         raise UserError(f"val={val:g} and test={test:g} ask for {wanted} images "
-                        f"but only {len(pool)} labelled images are left to split")
+                        f"but only {len(kept)} labelled images are left to split")
     members = [[item for item in pool if item.label == label] for label in range(len(classes))]
     # Highest index first: the order kibble always drew Dogs vs. Cats in
     # (cat, then dog), so the same seed still gives the same splits, and
     # exact-count ties still go to cats for val, to dogs for test.
     drawn = list(reversed(range(len(classes))))
-    n_vals, n_tests = held_out_counts(settings, [len(members[label]) for label in drawn], val, test)
+    sizes = [sum(item.name not in leave_out for item in members[label]) for label in drawn]
+    n_vals, n_tests = held_out_counts(settings, sizes, val, test)
     group_of = {item.name: index for index, members in enumerate(near_groups) for item in members}
     short = []
-    for label, n_val, n_test in zip(drawn, n_vals, n_tests):
+    for label, size, n_val, n_test in zip(drawn, sizes, n_vals, n_tests):
         mine = members[label]
-        if n_val + n_test > len(mine):
+        if n_val + n_test > size:
             raise UserError(
                 f"val={val:g} and test={test:g} ask for {n_val + n_test} "
-                f"{classes[label]} images but only {len(mine)} exist")
-        units = _units(mine, group_of)
+                f"{classes[label]} images but only {size} exist")
+        shuffled = [mine[i] for i in rng.permutation(len(mine))]
         left = {"val": n_val, "test": n_test}
-        for i in rng.permutation(len(units)):
-            unit = units[i]
+        for unit in _units([item for item in shuffled if item.name not in leave_out], group_of):
             split = next((name for name in ("val", "test") if len(unit) <= left[name]), "train")
             if split != "train":
                 left[split] -= len(unit)
@@ -422,7 +428,7 @@ def split_items(items, settings, classes, near_groups=()):
     for name in LABELLED_SPLITS:  # mix the classes within each split
         order = rng.permutation(len(splits[name]))
         splits[name] = [splits[name][i] for i in order]
-    splits["unlabeled"] = [item for item in items if item.label == UNLABELED]
+    splits["unlabeled"] = [item for item in items if item.label == UNLABELED and item.name not in leave_out]
     return splits, _small_class_warnings(splits, classes, settings, given, val, test) + short
 
 

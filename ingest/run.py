@@ -120,10 +120,9 @@ def _plan(input_path, settings, exclude, strict, scheduler="sync", workers=None,
         raise UserError(f"--strict: {len(skipped)} file(s) cannot be used, first: "
                         f"{skipped[0]['name']}: {skipped[0]['reason']}")
     near_groups = near_duplicate_groups(items, records, settings.near_distance)
-    items, near_conflicts = resolve_near_conflicts(items, near_groups, classes, settings.label_conflicts)
-    kept = {item.name for item in items}
-    splits, warnings = split_items(items, settings, classes,
-                                   [[item for item in group if item.name in kept] for group in near_groups])
+    kept, near_conflicts = resolve_near_conflicts(items, near_groups, classes, settings.label_conflicts)
+    left_out = {item.name for item in items} - {item.name for item in kept}
+    splits, warnings = split_items(items, settings, classes, near_groups, left_out)
     specs = shard_specs(splits, settings, classes, records)
     near_duplicates = describe_near_duplicates(near_groups, splits, classes)
     crossing = sum(group["crosses_splits"] for group in near_duplicates)

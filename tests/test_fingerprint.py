@@ -85,3 +85,16 @@ def test_bucketed_pairs_equal_all_pairs(distance):
 def test_groups_join_chains_and_leave_singletons_out():
     assert groups(8, [(0, 1), (6, 5), (1, 2)]) == [[0, 1, 2], [5, 6]]
     assert groups(3, np.empty((0, 2), dtype=np.int64)) == []
+
+
+def test_the_colour_check_keeps_copies_and_parts_look_alikes_in_another_colour():
+    from ingest.fingerprint import MAX_COLOUR_DIFFERENCE, colour_layout
+
+    image = textured(11)
+    brighter = ImageEnhance.Brightness(image).enhance(1.2)
+    swapped = Image.merge("RGB", image.split()[::-1])  # the same layout, red and blue exchanged
+    own = colour_layout(image)
+    assert np.abs(np.subtract(own, colour_layout(brighter))).mean() <= MAX_COLOUR_DIFFERENCE
+    assert np.abs(np.subtract(own, colour_layout(swapped))).mean() > MAX_COLOUR_DIFFERENCE
+    prints = np.array([5, 5, 5], dtype=np.uint64)
+    assert near_pairs(prints, 0, [own, colour_layout(swapped), None]).tolist() == [[0, 2], [1, 2]]

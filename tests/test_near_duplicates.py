@@ -176,3 +176,15 @@ def test_check_these_labels_lists_validations_most_confident_mistakes():
     table = _check_labels_lines(many, _class_guess(["a", "b", "c"]))
     assert table[-1] == "| `9.jpg` | c | a | 0.900 |" and len(table) == 7 + 10
     assert _check_labels_lines({"train": results["train"]}, _binary_guess(0.5)) == []
+
+
+def test_a_group_or_a_left_out_image_moves_only_images_at_the_split_boundaries():
+    items = [Item(f"{k}.{i:03d}.jpg", label, None) for label, k in ((0, "dog"), (1, "cat")) for i in range(200)]
+    settings = IngestSettings(val=0.1, test=0.1, seed=3)
+    plain, _ = split_items(items, settings, ["dog", "cat"])
+    where = {item.name: split for split, members in plain.items() for item in members}
+    group = [item for item in items if item.name in ("cat.005.jpg", "cat.150.jpg", "cat.151.jpg")]
+    grouped, _ = split_items(items, settings, ["dog", "cat"], [group], {"dog.007.jpg"})
+    moved = [item.name for split, members in grouped.items() for item in members if where[item.name] != split]
+    assert len(moved) <= 6 and "dog.007.jpg" not in {item.name for m in grouped.values() for item in m}
+    assert len({split for split, members in grouped.items() for item in members if item in group}) == 1
