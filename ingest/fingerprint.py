@@ -247,6 +247,7 @@ def near_pairs(fingerprints, distance, colours=None):
 def _same_colours(a, b):
     if a is None or b is None:
         return True
+    a, b = (np.frombuffer(v, dtype=np.uint8) if isinstance(v, bytes) else v for v in (a, b))
     return float(np.abs(np.subtract(a, b, dtype=np.float64)).mean()) <= MAX_COLOUR_DIFFERENCE
 
 
