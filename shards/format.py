@@ -145,7 +145,7 @@ class _ShardWriter:
         self.pending_labels, self.pending_names, self.pending_extras = [], [], []
         self.count = 0
         self.checksum = ContentChecksum()
-        self.extras_checksum = 0
+        self.extras_checksum = (0, 0)
 
     def append(self, image, label, name, fingerprint=0, orig_size=(0, 0)):
         self.buffer[len(self.pending_labels)] = image
@@ -186,11 +186,19 @@ def extras_arrays(extras):
     return fingerprints, sizes
 
 
-def extras_crc(fingerprints, sizes, crc=0):
-    """Running CRC-32 of fingerprints and original sizes, as little-endian bytes, in row order."""
-    for array in (fingerprints, sizes):
-        crc = zlib.crc32(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes(), crc)
-    return crc
+def extras_crc(fingerprints, sizes, crcs=(0, 0)):
+    """Running CRC-32s (fingerprints, original sizes) of their little-endian bytes, in row order.
+
+    One CRC per dataset, so the value does not depend on how rows are
+    grouped into blocks (the writer's flushes, a reader's one read).
+    """
+    return tuple(zlib.crc32(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes(), crc)
+                 for array, crc in zip((fingerprints, sizes), crcs))
+
+
+def extras_value(crcs):
+    """The EXTRAS_ATTR text of the two running CRCs."""
+    return f"{ContentChecksum.PREFIX}{crcs[0]:08x}-{crcs[1]:08x}"
 
 
 @contextlib.contextmanager
@@ -223,7 +231,7 @@ def write_shard(path, *, height, width, capacity, attrs, classes, compression="n
                 "class_counts": json.dumps(count_classes(labels, len(classes))),
                 **writer.attrs,
                 CONTENT_ATTR: writer.checksum.value(),
-                EXTRAS_ATTR: f"{ContentChecksum.PREFIX}{writer.extras_checksum:08x}",
+                EXTRAS_ATTR: extras_value(writer.extras_checksum),
             })
 
 
@@ -353,7 +361,7 @@ class ShardReader:
         if len(fingerprints) != self.count or sizes.shape != (self.count, 2):
             raise ShardError(self.path, f"fingerprints/orig_sizes hold {len(fingerprints)}/{len(sizes)} rows "
                                         f"for {self.count} images")
-        if stored != f"{ContentChecksum.PREFIX}{extras_crc(fingerprints, sizes):08x}":
+        if stored != extras_value(extras_crc(fingerprints, sizes)):
             raise ShardError(self.path, f"fingerprints or orig_sizes differ from its {EXTRAS_ATTR} (damaged)")
 
     def read(self, start, stop):

@@ -128,3 +128,13 @@ def test_a_file_the_scan_cannot_fingerprint_is_skipped_with_its_reason(tmp_path,
                     progress=False)
     [entry] = [s for s in result["skipped"] if s["name"] == name]
     assert reason in entry["reason"] and result["totals"]["images"] == 12
+
+
+def test_the_extras_checksum_holds_for_a_shard_written_in_several_blocks(tmp_path):
+    """A shard of more than one 64-row block: the writer's block-by-block CRCs equal a reader's whole read."""
+    src = folder_with_copies(str(tmp_path / "train"), cats=40, dogs=40, copies=())
+    ingest(src, str(tmp_path / "out"), IngestSettings(size=(8, 8), shard_size=100, val=0, test=0), scheduler="sync",
+           progress=False)
+    with ShardReader(str(tmp_path / "out" / "train-00000.h5")) as shard:
+        assert shard.count == 80
+        shard.verify_content()
