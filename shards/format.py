@@ -16,7 +16,7 @@ Layout of a shard (schema version 2):
             plan (digest of the settings and file list that made the shard),
             skipped (JSON list of files that could not be decoded),
             content_checksum (CRC-32 of images, labels and names; see below)
-            extras_checksum (CRC-32 of fingerprints and orig_sizes)
+            extras_checksum (a CRC-32 of fingerprints, one of orig_sizes)
 
 fingerprints and orig_sizes came later within schema version 2: readers
 that do not know them ignore them, and content_checksum covers exactly what
