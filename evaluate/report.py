@@ -171,9 +171,52 @@ def _write_markdown(path, metrics, figures, history):
     lines = (_summary_lines(metrics, history)
              + ["", "## Metrics", ""] + _metrics_table(results, threshold) + _undefined_lines(results)
              + ["", "### Accuracy at the 10 coarse thresholds", ""] + _coarse_table(results)
+             + _check_labels_lines(results, _binary_guess(threshold))
              + ["", "## Pictures", ""] + _picture_lines(figures)
              + _missing_picture_lines(figures, results, threshold))
     write_text_atomic(path, "\n".join(lines).rstrip() + "\n")
+
+
+# Rows of the "Check these labels" list: a short list a person reads through.
+CHECK_LABELS_SHOWN = 10
+CHECK_LABELS_SPLIT = "val"
+
+
+def _check_labels_lines(results, guess):
+    """The "Check these labels" section: validation's most confident mistakes, as a Markdown table.
+
+    A model that is very sure and wrong is often right about a wrong label
+    (the kind of error ingest's near-duplicate conflicts catch only when a
+    copy exists). `guess(mistake)` gives (given label, predicted class,
+    confidence in it). Validation, not test: relabelling test images after
+    looking at the model's answers would bias the test figure.
+    """
+    mistakes = (results.get(CHECK_LABELS_SPLIT) or {}).get("confident_mistakes") or []
+    if not mistakes:
+        return []
+    lines = ["", "## Check these labels", "",
+             f"The {min(len(mistakes), CHECK_LABELS_SHOWN)} most confident mistakes on {CHECK_LABELS_SPLIT}: "
+             "if the picture shows the predicted class, the label is wrong; fix it at the source and ingest again.",
+             "", "| image | given label | predicted | confidence |", "|---|---|---|---:|"]
+    for mistake in mistakes[:CHECK_LABELS_SHOWN]:
+        given, predicted, confidence = guess(mistake)
+        name = str(mistake["name"]).replace("|", "\\|")
+        lines.append(f"| `{name}` | {given} | {predicted} | {confidence:.3f} |")
+    return lines
+
+
+def _binary_guess(threshold):
+    def guess(mistake):
+        cat = mistake["score"] > threshold
+        return ("cat" if mistake["label"] == 1 else "dog", "cat" if cat else "dog",
+                mistake["score"] if cat else 1 - mistake["score"])
+    return guess
+
+
+def _class_guess(classes):
+    def guess(mistake):
+        return classes[mistake["label"]], classes[mistake["predicted"]], mistake["probability"]
+    return guess
 
 
 def _summary_lines(metrics, history):
@@ -269,6 +312,7 @@ def _write_multiclass_report(out, metrics, history, mistake_images, figures, sav
     lines = (_multiclass_summary_lines(metrics, history)
              + ["", "## Metrics", ""] + _multiclass_table(results) + _undefined_lines(results)
              + ["", "## Per class", ""] + _per_class_lines(results, classes)
+             + _check_labels_lines(results, _class_guess(classes))
              + ["", "## Pictures", ""] + _picture_lines(figures)
              + (["No training curves: history.csv is empty or missing.", ""] if not history else [])
              + [f"No mistakes on {s}." for s, r in results.items() if not r["confident_mistakes"]])

@@ -1,21 +1,21 @@
-"""Decide, before any decoding, which file goes to which split and shard.
+"""Decide which file goes to which split and shard.
 
-Everything here is a pure function of the file list, the files' bytes (for
-duplicate detection) and the settings, so the same input and seed always
-give the same plan, and an interrupted ingest can recognise the shards it
-already finished.
+Everything here is a pure function of the file list, the scan's small
+record of each file (its sha256 for exact duplicates, its perceptual
+fingerprint for near-duplicate groups; see ingest.scan) and the settings,
+so the same input and seed always give the same plan, whatever ran the
+scan, and an interrupted ingest can recognise the shards it already
+finished. Nothing here reads a file.
 """
 import hashlib
 import json
 import math
 import os
-import zipfile
-import zlib
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ingest.fingerprint import DEFAULT_DISTANCE, MAX_DISTANCE, groups, near_pairs
 from ingest.sources import UNLABELED, Item
 from shards.errors import UserError
 from shards.format import COMPRESSIONS, SCHEMA_VERSION
@@ -26,7 +26,6 @@ LABEL_CONFLICTS = ("drop", "first")
 # Upper bounds that keep a typo from turning into a silly request.
 MAX_SEED = 2**63 - 1
 MAX_COUNT = 2**31 - 1
-_HASH_BLOCK = 1 << 20
 
 
 def zip_member_limit(max_pixels):
@@ -76,6 +75,10 @@ class IngestSettings:
     # Ignore the splits a pre-split input's folders give; split every
     # labelled image by `seed`, `val` and `test` instead.
     resplit: bool = False
+    # Images whose fingerprints (ingest.fingerprint) differ in at most this
+    # many of 64 bits are near-duplicates: one group, one split (unless the
+    # input's own folders split them). Chosen from docs/benchmarks.md.
+    near_distance: int = DEFAULT_DISTANCE
 
     def validate(self):
         """Raise UserError naming the first bad field and its value."""
@@ -101,6 +104,9 @@ class IngestSettings:
         if self.label_conflicts not in LABEL_CONFLICTS:
             raise UserError(f"label_conflicts must be one of {LABEL_CONFLICTS}. "
                             f"Received: label_conflicts={self.label_conflicts!r}")
+        if not _is_int(self.near_distance) or not 0 <= self.near_distance <= MAX_DISTANCE:
+            raise UserError(f"near_distance must be a whole number of bits from 0 to {MAX_DISTANCE}. "
+                            f"Received: near_distance={self.near_distance!r}")
         if self.classes is not None:
             names = list(self.classes)
             if (not names or not all(isinstance(n, str) and n.strip() == n and n for n in names)
@@ -136,7 +142,12 @@ def share_problem(value):
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """One unit of work: the files (name, label) that make one shard file."""
+    """One unit of work: the files that make one shard file.
+
+    `items` are (name, label, fingerprint, original height, original width):
+    the last three from the scan (ingest.scan), 0 where it could not decode
+    the file, stored beside each image in the shard.
+    """
 
     file: str
     split: str
@@ -150,55 +161,14 @@ def _digest(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _content_hash(source, name, archive):
-    """(hash, None) or (None, reason) for one item, read in blocks of bounded size."""
-    digest = hashlib.sha256()
-    try:
-        with source.open(name, archive) as f:
-            for block in iter(lambda: f.read(_HASH_BLOCK), b""):
-                digest.update(block)
-    except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}"
-    except (KeyError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as exc:
-        return None, f"unreadable zip member: {exc}"
-    return digest.hexdigest(), None
-
-
-def hash_items(source, items, max_member_bytes=None):
-    """Content key of every item; returns ({name: key}, [skipped]).
-
-    Only files that share their byte size with another can be duplicates, so
-    only those are read and hashed; the others are keyed by size alone. Reads
-    are serial: from the page cache that is faster than threads fighting
-    over the GIL (0.4 s versus 3.8 s for 25,000 files here). Files that are
-    not regular (FIFOs, devices) and zip members declaring more than
-    `max_member_bytes` are skipped here, before anything reads them.
-    """
-    archive = zipfile.ZipFile(source.path) if source.kind == "zip" else None
-    try:
-        sizes, skipped = {}, []
-        for item in items:
-            size, reason = source.size_of(item.name, archive, max_member_bytes)
-            if reason:
-                skipped.append({"name": item.name, "reason": reason})
-            else:
-                sizes[item.name] = size
-        per_size = Counter(sizes.values())
-        keys = {}
-        for name, size in sizes.items():
-            if size == 0:
-                skipped.append({"name": name, "reason": "empty file (0 bytes)"})
-            elif per_size[size] == 1:
-                keys[name] = f"size:{size}"
-            else:
-                digest, reason = _content_hash(source, name, archive)
-                if reason:
-                    skipped.append({"name": name, "reason": reason})
-                else:
-                    keys[name] = digest
-    finally:
-        if archive is not None:
-            archive.close()
+def content_keys(records):
+    """({name: sha256}, [skipped]) from the scan's records (ingest.scan.scan_chunk)."""
+    keys, skipped = {}, []
+    for record in records:
+        if "reason" in record:
+            skipped.append({"name": record["name"], "reason": record["reason"]})
+        else:
+            keys[record["name"]] = record["sha256"]
     return keys, skipped
 
 
@@ -238,6 +208,58 @@ def drop_duplicates(items, hashes, label_conflicts="drop"):
     duplicates.sort(key=lambda entry: entry["name"])
     conflicts.sort(key=lambda entry: entry["names"])
     return kept, duplicates, conflicts
+
+
+def near_duplicate_groups(items, records, distance):
+    """Groups of 2+ `items` whose fingerprints lie within `distance` bits (and colours agree), linked pairwise.
+
+    Each group is a list of items in name order; groups are ordered by their
+    first name, so the result depends on the input alone. Items without a
+    fingerprint (the scan could not decode them) belong to no group.
+    """
+    known = sorted((item for item in items if (records.get(item.name) or {}).get("fingerprint") is not None),
+                   key=lambda item: item.name)
+    fps = np.array([records[item.name]["fingerprint"] for item in known], dtype=np.uint64)
+    colours = [records[item.name].get("colour") for item in known]
+    return [[known[i] for i in members] for members in groups(len(known), near_pairs(fps, distance, colours))]
+
+
+def resolve_near_conflicts(items, near_groups, classes, label_conflicts="drop"):
+    """Take near-duplicate groups carrying different labels out of `items`; returns (kept, conflicts).
+
+    Such a group is a likely label error, handled as identical files under
+    different labels are (see `drop_duplicates`): with "drop" none of its
+    labelled members is kept, with "first" those sharing the label of the
+    first labelled member by name are. Unlabelled members stay. Each
+    conflict is {"names", "labels" (class names), "kept" (names)}.
+    """
+    dropped, conflicts = set(), []
+    for members in near_groups:
+        labelled = [item for item in members if item.label != UNLABELED]
+        if len({item.label for item in labelled}) < 2:
+            continue
+        keep = [item.name for item in labelled if item.label == labelled[0].label] if label_conflicts == "first" else []
+        dropped |= {item.name for item in labelled} - set(keep)
+        conflicts.append({"names": [item.name for item in labelled],
+                          "labels": [classes[item.label] for item in labelled], "kept": keep})
+    return [item for item in items if item.name not in dropped], conflicts
+
+
+def describe_near_duplicates(near_groups, splits, classes):
+    """The manifest's "near_duplicates": each group's members with their label and split.
+
+    `split` is where the member went, None if it was left out (a likely
+    label error); "crosses_splits" is True when the labelled members that
+    were kept lie in more than one of train, val and test.
+    """
+    where = {item.name: split for split, members in splits.items() for item in members}
+    described = []
+    for members in near_groups:
+        rows = [{"name": item.name, "label": None if item.label == UNLABELED else classes[item.label],
+                 "split": where.get(item.name)} for item in members]
+        held = {row["split"] for row in rows if row["split"] in LABELLED_SPLITS}
+        described.append({"members": rows, "crosses_splits": len(held) > 1})
+    return described
 
 
 def _round_half_up(value):
@@ -337,7 +359,7 @@ def index_classes(items, class_names, requested=None):
     return classes, kept, excluded
 
 
-def split_items(items, settings, classes):
+def split_items(items, settings, classes, near_groups=(), leave_out=frozenset()):
     """Stratified, seeded assignment of labelled items to train/val/test.
 
     Returns ({split: [items in shuffled order]}, [warnings]). Unlabelled
@@ -345,6 +367,18 @@ def split_items(items, settings, classes):
     pre-split input) keep it unless `settings.resplit`; a held-out split the
     input does not give is taken from its train folder by the settings'
     share.
+
+    `near_groups` (lists of items, see `near_duplicate_groups`) go whole
+    into one split. Within a class, the images are shuffled by the seed as
+    they always were; that order, with each group in the place of its first
+    member and the names in `leave_out` (likely label errors) taken out,
+    gives the units; each unit in turn goes to validation if it fits in what
+    validation still needs, else to test if it fits there, else to training.
+    The counts stay exact unless only groups too large for what is left
+    remain (a warning says so). The shuffle is drawn over every image of
+    the class, those left out included, so that a group or a left-out image
+    moves only the images near the split boundaries, not the whole split:
+    without groups it is exactly the seeded split of before groups existed.
     """
     rng = np.random.default_rng(settings.seed)
     labelled = [item for item in items if item.label != UNLABELED]
@@ -359,32 +393,62 @@ def split_items(items, settings, classes):
                 splits[item.split].append(item)
     else:
         val, test, pool = settings.val, settings.test, labelled
+    for name in ("val", "test"):
+        splits[name] = [item for item in splits[name] if item.name not in leave_out]
     wanted = sum(int(share) for share in (val, test) if share >= 1)
-    if wanted > len(pool):
+    kept = [item for item in pool if item.name not in leave_out]
+    if wanted > len(kept):
         raise UserError(f"val={val:g} and test={test:g} ask for {wanted} images "
-                        f"but only {len(pool)} labelled images are left to split")
+                        f"but only {len(kept)} labelled images are left to split")
     members = [[item for item in pool if item.label == label] for label in range(len(classes))]
     # Highest index first: the order kibble always drew Dogs vs. Cats in
     # (cat, then dog), so the same seed still gives the same splits, and
     # exact-count ties still go to cats for val, to dogs for test.
     drawn = list(reversed(range(len(classes))))
-    n_vals, n_tests = held_out_counts(settings, [len(members[label]) for label in drawn], val, test)
-    for label, n_val, n_test in zip(drawn, n_vals, n_tests):
+    sizes = [sum(item.name not in leave_out for item in members[label]) for label in drawn]
+    n_vals, n_tests = held_out_counts(settings, sizes, val, test)
+    group_of = {item.name: index for index, members in enumerate(near_groups) for item in members}
+    short = []
+    for label, size, n_val, n_test in zip(drawn, sizes, n_vals, n_tests):
         mine = members[label]
-        order = rng.permutation(len(mine))
-        if n_val + n_test > len(mine):
+        if n_val + n_test > size:
             raise UserError(
                 f"val={val:g} and test={test:g} ask for {n_val + n_test} "
-                f"{classes[label]} images but only {len(mine)} exist")
-        shuffled = [mine[i] for i in order]
-        splits["val"] += shuffled[:n_val]
-        splits["test"] += shuffled[n_val:n_val + n_test]
-        splits["train"] += shuffled[n_val + n_test:]
+                f"{classes[label]} images but only {size} exist")
+        shuffled = [mine[i] for i in rng.permutation(len(mine))]
+        left = {"val": n_val, "test": n_test}
+        for unit in _units([item for item in shuffled if item.name not in leave_out], group_of):
+            split = next((name for name in ("val", "test") if len(unit) <= left[name]), "train")
+            if split != "train":
+                left[split] -= len(unit)
+            splits[split] += unit
+        short += [f"{split} holds {wanted - left[split]} of the {wanted} {classes[label]!r} images asked for: "
+                  "the near-duplicate groups left were too large to fit"
+                  for split, wanted in (("val", n_val), ("test", n_test)) if left[split]]
     for name in LABELLED_SPLITS:  # mix the classes within each split
         order = rng.permutation(len(splits[name]))
         splits[name] = [splits[name][i] for i in order]
-    splits["unlabeled"] = [item for item in items if item.label == UNLABELED]
-    return splits, _small_class_warnings(splits, classes, settings, given, val, test)
+    splits["unlabeled"] = [item for item in items if item.label == UNLABELED and item.name not in leave_out]
+    return splits, _small_class_warnings(splits, classes, settings, given, val, test) + short
+
+
+def _units(items, group_of):
+    """`items` cut into the units a split moves whole: one per near-duplicate group, one per other item.
+
+    In the order of each unit's first item, so that with no groups the
+    units are the items themselves, in their order.
+    """
+    units, index = [], {}
+    for item in items:
+        group = group_of.get(item.name)
+        if group is None:
+            units.append([item])
+        elif group in index:
+            units[index[group]].append(item)
+        else:
+            index[group] = len(units)
+            units.append([item])
+    return units
 
 
 def _small_class_warnings(splits, classes, settings, given, val, test):
@@ -424,21 +488,34 @@ def class_counts(items, num_classes):
     return counts
 
 
-def shard_specs(splits, settings, classes):
-    """Cut each split into shards of `settings.shard_size` files."""
+def shard_specs(splits, settings, classes, records=None):
+    """Cut each split into shards of `settings.shard_size` files.
+
+    `records` ({name: scan record}) give each item's fingerprint and
+    original size (0 when unknown).
+    """
+    records = records or {}
     # Only what changes a shard's contents goes into its digest, so a shard
     # stays reusable when, say, the conflict policy changes other shards.
     pixel_settings = {k: v for k, v in settings.to_json().items()
-                      if k not in ("seed", "val", "test", "shard_size", "label_conflicts", "classes", "resplit")}
+                      if k not in ("seed", "val", "test", "shard_size", "label_conflicts", "classes", "resplit",
+                                   "near_distance")}
     specs = []
     for split, items in splits.items():
         for index, start in enumerate(range(0, len(items), settings.shard_size)):
-            chunk = tuple((item.name, item.label) for item in items[start:start + settings.shard_size])
+            chunk = tuple((item.name, item.label, *_scanned(records.get(item.name)))
+                          for item in items[start:start + settings.shard_size])
             specs.append(ShardSpec(
                 file=f"{split}-{index:05d}.h5", split=split, index=index, items=chunk,
                 digest=_digest(SCHEMA_VERSION, pixel_settings, list(classes), split, chunk),
                 classes=tuple(classes)))
     return specs
+
+
+def _scanned(record):
+    """(fingerprint, original height, original width) of a scan record, 0 for what is unknown."""
+    record = record or {}
+    return tuple(record.get(key) or 0 for key in ("fingerprint", "height", "width"))
 
 
 def read_exclusions(path):

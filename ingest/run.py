@@ -7,20 +7,29 @@ import os
 import re
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
+
+import numpy as np
 
 from ingest.plan import (
     IngestSettings,
     apply_exclusions,
     class_order,
+    content_keys,
+    describe_near_duplicates,
     drop_duplicates,
-    hash_items,
     index_classes,
+    near_duplicate_groups,
     read_exclusions,
+    resolve_near_conflicts,
     shard_specs,
     split_items,
     zip_member_limit,
 )
+from ingest.scan import chunks, scan_chunk
+from ingest.fingerprint import BITS as FINGERPRINT_BITS
+from ingest.fingerprint import KIND as FINGERPRINT_KIND
 from ingest.sources import Source, discover
 from ingest.tasks import LOCAL_SCHEDULERS, run_tasks
 from ingest.worker import build_shard_or_disk_error
@@ -62,6 +71,12 @@ class _Plan:
     classes: list
     # Classes too small for their share of validation or test, with their counts.
     warnings: list
+    # Near-duplicate groups, as the manifest lists them (plan.describe_near_duplicates).
+    near_duplicates: list
+    # Near-duplicate groups under different labels: [{"names", "labels", "kept"}].
+    near_conflicts: list
+    # {name: scan record} of every file scanned (ingest.scan).
+    records: dict
 
 
 def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes", workers=None,
@@ -87,7 +102,7 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     out = storage.local_path(out)
     started = time.monotonic()
     settings.validate()
-    plan = _plan(input_path, settings, exclude, strict, labels)
+    plan = _plan(input_path, settings, exclude, strict, scheduler, workers, progress, labels)
     _check_free_space(out, plan.specs, settings)
     with _disk_errors_as_user_errors(out, scheduler), FolderLock(out, "shard folder"):
         remove_temp_files(out)  # left by a killed ingest: the lock proves nobody is writing them
@@ -103,22 +118,48 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
             "seconds": round(time.monotonic() - started, 2)}
 
 
-def _plan(input_path, settings, exclude, strict, labels=None):
-    """Find the images, leave out exclusions and copies, split them and cut the splits into shards."""
+def _plan(input_path, settings, exclude, strict, scheduler="sync", workers=None, progress=False, labels=None):
+    """Find the images, scan them, leave out exclusions and copies, split them and cut the splits into shards."""
     source = discover(input_path, labels)
     classes, items, class_excluded = index_classes(source.items, source.class_names, settings.classes)
     items, excluded = apply_exclusions(items, read_exclusions(exclude))
     excluded += class_excluded + source.excluded
-    hashes, unreadable = hash_items(source, items, zip_member_limit(settings.max_pixels))
+    records = _scan(source, items, settings, scheduler, workers, progress)
+    hashes, unreadable = content_keys(records[item.name] for item in items)
     items, duplicates, conflicts = drop_duplicates(items, hashes, settings.label_conflicts)
     skipped = source.skipped + unreadable
     if strict and skipped:
         raise UserError(f"--strict: {len(skipped)} file(s) cannot be used, first: "
                         f"{skipped[0]['name']}: {skipped[0]['reason']}")
-    splits, warnings = split_items(items, settings, classes)
-    specs = shard_specs(splits, settings, classes)
+    near_groups = near_duplicate_groups(items, records, settings.near_distance)
+    kept, near_conflicts = resolve_near_conflicts(items, near_groups, classes, settings.label_conflicts)
+    left_out = {item.name for item in items} - {item.name for item in kept}
+    splits, warnings = split_items(items, settings, classes, near_groups, left_out)
+    specs = shard_specs(splits, settings, classes, records)
+    near_duplicates = describe_near_duplicates(near_groups, splits, classes)
+    crossing = sum(group["crosses_splits"] for group in near_duplicates)
+    if crossing:
+        warnings.append(f"{crossing} near-duplicate group(s) cross the train/val/test folders the input gives; "
+                        "kept as given (listed in manifest.json 'near_duplicates'; --resplit keeps each group "
+                        "in one split)")
     return _Plan(source, settings, specs, _plan_digest(specs, settings), skipped, excluded, duplicates,
-                 conflicts, classes, warnings)
+                 conflicts, classes, warnings, near_duplicates, near_conflicts, records)
+
+
+def _scan(source, items, settings, scheduler, workers, progress):
+    """{name: record} of every item, from scan tasks on the workers (see ingest.scan)."""
+    bar = Progress(len(items), "scan", enabled=progress)
+    records = {}
+
+    def done(chunk_records):
+        records.update((record["name"], record) for record in chunk_records)
+        bar.update(len(chunk_records))
+
+    job = functools.partial(scan_chunk, source_path=source.path, source_kind=source.kind,
+                            max_member_bytes=zip_member_limit(settings.max_pixels), max_pixels=settings.max_pixels)
+    run_tasks(chunks(items), job, scheduler, workers, done)
+    bar.close()
+    return records
 
 
 def _plan_digest(specs, settings):
@@ -246,6 +287,15 @@ def _manifest(plan, summaries, decode_skipped):
         "duplicates": plan.duplicates,
         # Identical files under different labels: {"names", "labels", "kept"}.
         "label_conflicts": plan.conflicts,
+        # How near-duplicates were found (docs/shard-format.md).
+        "fingerprint": {"kind": FINGERPRINT_KIND, "bits": FINGERPRINT_BITS,
+                        "near_distance": plan.settings.near_distance},
+        # Groups of 2+ images within near_distance bits: {"members": [{"name", "label", "split"}], "crosses_splits"}.
+        "near_duplicates": plan.near_duplicates,
+        # Near-duplicate groups under different labels (likely label errors): {"names", "labels", "kept"}.
+        "near_duplicate_conflicts": plan.near_conflicts,
+        # Upright width x height of the images as found, before resizing.
+        "original_sizes": original_sizes(plan.records.values()),
         "totals": {
             "images": sum(s["count"] for s in summaries),
             "shards": len(summaries),
@@ -254,8 +304,29 @@ def _manifest(plan, summaries, decode_skipped):
             "excluded": len(plan.excluded),
             "duplicates": len(plan.duplicates),
             "label_conflicts": len(plan.conflicts),
+            "near_duplicate_groups": len(plan.near_duplicates),
+            "near_duplicate_images": sum(len(group["members"]) for group in plan.near_duplicates),
+            "near_duplicate_groups_crossing_splits": sum(g["crosses_splits"] for g in plan.near_duplicates),
+            "near_duplicate_conflicts": len(plan.near_conflicts),
         },
     }
+
+
+def original_sizes(records):
+    """A compact summary of the images' sizes before resizing, for a data report.
+
+    {"count", "width": [min, median, max], "height": [...], "aspect": {bucket: count}}:
+    aspect is width / height rounded to one decimal, as a string key.
+    """
+    sizes = [(r["width"], r["height"]) for r in records if r.get("width") and r.get("height")]
+    if not sizes:
+        return {"count": 0, "width": None, "height": None, "aspect": {}}
+    widths, heights = np.array(sizes).T
+    aspects = Counter(f"{w / h:.1f}" for w, h in sizes)
+    return {"count": len(sizes),
+            "width": [int(widths.min()), float(np.median(widths)), int(widths.max())],
+            "height": [int(heights.min()), float(np.median(heights)), int(heights.max())],
+            "aspect": dict(sorted(aspects.items(), key=lambda kv: float(kv[0])))}
 
 
 def _write_manifest(path, manifest):

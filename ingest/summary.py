@@ -38,6 +38,8 @@ def format_summary(result, out):
         f"{totals['images']} images of {len(result['classes'])} classes in {totals['shards']} shards "
         f"({totals['bytes'] / 1e6:,.1f} MB) in {out}; "
         f"{totals['duplicates']} duplicates, {totals['label_conflicts']} label conflicts, "
+        f"{totals['near_duplicate_groups']} near-duplicate groups "
+        f"({totals['near_duplicate_conflicts']} under different labels), "
         f"{totals['skipped']} skipped, {totals['excluded']} excluded; "
         f"{result['seconds']:.1f} s ({rate:,.0f} img/s)"
         + (f"; {result['reused_shards']} shards kept from an earlier run" if result["reused_shards"] else ""))
@@ -48,6 +50,11 @@ def format_summary(result, out):
     if totals["label_conflicts"]:
         lines.append(f"identical files under different labels: {manifest} "
                      "('label_conflicts'; --label-conflicts first keeps the first copy)")
+    if totals["near_duplicate_groups"]:
+        lines.append(f"near-duplicate groups (each kept in one split): {manifest} ('near_duplicates')")
+    if totals["near_duplicate_conflicts"]:
+        lines.append(f"near-duplicates under different labels, likely label errors: {manifest} "
+                     "('near_duplicate_conflicts'; left out unless --label-conflicts first)")
     return "\n".join(lines)
 
 

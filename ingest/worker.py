@@ -59,14 +59,15 @@ def build_shard(spec, source_path, source_kind, settings, out):
                 compression=settings.compression, classes=spec.classes,
                 attrs={"split": spec.split, "index": spec.index, "fit": settings.fit,
                        "plan": spec.digest, "skipped": "[]"}))
-            for name, label in spec.items:
+            for name, label, fingerprint, height, width in spec.items:
                 try:
                     data = _read_member(archive, name, limit) if archive else os.path.join(source_path, name)
                     image = load_image(data, settings.size, settings.fit, settings.max_pixels, settings.draft)
                 except BadImage as exc:
                     skipped.append({"name": name, "reason": str(exc)})
                     continue
-                writer.append(image, label, name)
+                # The scan's fingerprint and original size: no second decode for them.
+                writer.append(image, label, name, fingerprint, (height, width))
                 count += 1
                 if label >= 0:
                     written[label] += 1

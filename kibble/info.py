@@ -24,7 +24,9 @@ def info(data_dir, runs_root):
         "data" holds folder, classes (names in index order), splits
         ({split: {count, class_counts, shards}}),
         image_size [h, w], fit, shards, bytes, images, skipped, excluded,
-        duplicates and source. Each run holds run, model, epochs_done, epochs,
+        duplicates, source and near_duplicates ({near_duplicate_groups,
+        near_duplicate_groups_crossing_splits, near_duplicate_conflicts}, None
+        for a manifest from before near-duplicates were looked for). Each run holds run, model, epochs_done, epochs,
         train_size, val_size, best_val_accuracy (None before the first
         epoch), test_accuracy (None until evaluated on test) and classes
         (the class names the run recorded, None for a run that records none).
@@ -56,6 +58,10 @@ def _data(data_dir):
             "image_size": list(settings["size"]),
             "fit": settings["fit"],
             **{key: totals[key] for key in ("images", "shards", "bytes", "skipped", "excluded", "duplicates")},
+            # None for a manifest written before near-duplicates were looked for.
+            "near_duplicates": ({key: totals[key] for key in (
+                "near_duplicate_groups", "near_duplicate_groups_crossing_splits", "near_duplicate_conflicts")}
+                if "near_duplicate_groups" in totals else None),
             "source": data.get("source", {}).get("path"),
         }, None
     except UserError as exc:
@@ -120,6 +126,11 @@ def info_text(facts, data_dir):
                  f"{data['bytes'] / 1e6:,.1f} MB; {data['skipped']} skipped, {data['excluded']} excluded, "
                  f"{data['duplicates']} duplicates; {len(data['classes'])} classes",
                  *class_table(data["classes"], data["splits"], indent="  ")]
+        near = data.get("near_duplicates")
+        if near is not None:
+            lines.insert(1, f"  near-duplicate groups: {near['near_duplicate_groups']} "
+                            f"({near['near_duplicate_groups_crossing_splits']} crossing splits, "
+                            f"{near['near_duplicate_conflicts']} under different labels)")
     if not facts["runs"]:
         lines.append(f"runs: none in {facts['runs_root']}/")
     else:

@@ -6,12 +6,22 @@ Layout of a shard (schema version 2):
     labels  int8   (N,)          class index, -1 = unlabelled (int16 beyond
                                  127 classes: the smallest type that fits)
     names   str    (N,)          source file name of each image
+    fingerprints uint64 (N,)     perceptual fingerprint of each image (64-bit
+                                 pHash, see ingest/fingerprint.py; 0 unknown)
+    orig_sizes   uint32 (N, 2)   (height, width) of each image as found,
+                                 upright, before resizing (0 0 unknown)
     attrs   schema_version, split, height, width, fit, count,
             classes (JSON list of class names in index order),
             class_counts (JSON list: images per class index),
             plan (digest of the settings and file list that made the shard),
             skipped (JSON list of files that could not be decoded),
             content_checksum (CRC-32 of images, labels and names; see below)
+            extras_checksum (CRC-32 of fingerprints and orig_sizes)
+
+fingerprints and orig_sizes came later within schema version 2: readers
+that do not know them ignore them, and content_checksum covers exactly what
+it always covered; extras_checksum covers them. A shard without them (an
+older ingest) reads as before; `ShardReader.fingerprints` is then None.
 
 A shard proves its own content without the manifest: `content_checksum` is
 computed while the datasets are written and `ShardReader.verify_content`
@@ -46,6 +56,7 @@ COMPRESSIONS = ("none", "lzf", "gzip")
 # forger, who could rewrite the attribute as easily (the manifest's sha256
 # and the folder's owner are the guard there).
 CONTENT_ATTR = "content_checksum"
+EXTRAS_ATTR = "extras_checksum"
 # Bytes of images hashed per read when a checksum is recomputed.
 CHECK_BLOCK_BYTES = 16 << 20
 
@@ -137,14 +148,18 @@ class _ShardWriter:
         self.names = h5.create_dataset(
             "names", shape=(capacity,), dtype=h5py.string_dtype(), maxshape=(None,))
         self.buffer = np.empty((rows, height, width, 3), dtype=np.uint8)
-        self.pending_labels, self.pending_names = [], []
+        self.fingerprints = h5.create_dataset("fingerprints", shape=(capacity,), dtype="uint64", maxshape=(None,))
+        self.orig_sizes = h5.create_dataset("orig_sizes", shape=(capacity, 2), dtype="uint32", maxshape=(None, 2))
+        self.pending_labels, self.pending_names, self.pending_extras = [], [], []
         self.count = 0
         self.checksum = ContentChecksum()
+        self.extras_checksum = 0
 
-    def append(self, image, label, name):
+    def append(self, image, label, name, fingerprint=0, orig_size=(0, 0)):
         self.buffer[len(self.pending_labels)] = image
         self.pending_labels.append(label)
         self.pending_names.append(name)
+        self.pending_extras.append((fingerprint, *orig_size))
         if len(self.pending_labels) == len(self.buffer):
             self.flush()
 
@@ -154,18 +169,36 @@ class _ShardWriter:
             return
         end = self.count + n
         if end > self.images.shape[0]:
-            for ds in (self.images, self.labels, self.names):
+            for ds in (self.images, self.labels, self.names, self.fingerprints, self.orig_sizes):
                 ds.resize(end, axis=0)
         labels = np.asarray(self.pending_labels, dtype=self.label_dtype)
         self.images[self.count:end] = self.buffer[:n]
         self.labels[self.count:end] = labels
         self.names[self.count:end] = self.pending_names
+        fingerprints, sizes = extras_arrays(self.pending_extras)
+        self.fingerprints[self.count:end] = fingerprints
+        self.orig_sizes[self.count:end] = sizes
+        self.extras_checksum = extras_crc(fingerprints, sizes, self.extras_checksum)
         # Hashed from the same buffers just written: no second pass over the pixels.
         self.checksum.update_images(self.buffer[:n])
         self.checksum.update_labels(labels)
         self.checksum.update_names(self.pending_names)
         self.count = end
-        self.pending_labels, self.pending_names = [], []
+        self.pending_labels, self.pending_names, self.pending_extras = [], [], []
+
+
+def extras_arrays(extras):
+    """(fingerprints uint64 (n,), orig_sizes uint32 (n, 2)) from (fingerprint, height, width) tuples."""
+    fingerprints = np.array([int(e[0]) for e in extras], dtype=np.uint64)
+    sizes = np.array([(int(e[1]), int(e[2])) for e in extras], dtype=np.uint32).reshape(-1, 2)
+    return fingerprints, sizes
+
+
+def extras_crc(fingerprints, sizes, crc=0):
+    """Running CRC-32 of fingerprints and original sizes, as little-endian bytes, in row order."""
+    for array in (fingerprints, sizes):
+        crc = zlib.crc32(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes(), crc)
+    return crc
 
 
 @contextlib.contextmanager
@@ -186,7 +219,7 @@ def write_shard(path, *, height, width, capacity, attrs, classes, compression="n
             writer.attrs = dict(attrs)  # the caller may add to it while writing
             yield writer
             writer.flush()
-            for ds in (writer.images, writer.labels, writer.names):
+            for ds in (writer.images, writer.labels, writer.names, writer.fingerprints, writer.orig_sizes):
                 ds.resize(writer.count, axis=0)
             labels = writer.labels[:]
             h5.attrs.update({
@@ -198,6 +231,7 @@ def write_shard(path, *, height, width, capacity, attrs, classes, compression="n
                 "class_counts": json.dumps(count_classes(labels, len(classes))),
                 **writer.attrs,
                 CONTENT_ATTR: writer.checksum.value(),
+                EXTRAS_ATTR: f"{ContentChecksum.PREFIX}{writer.extras_checksum:08x}",
             })
 
 
@@ -257,6 +291,16 @@ class ShardReader:
         return [n.decode() if isinstance(n, bytes) else n for n in self._h5["names"][:]]
 
     @property
+    def fingerprints(self):
+        """uint64 perceptual fingerprints (0 unknown), or None for a shard written before they existed."""
+        return self._h5["fingerprints"][:] if "fingerprints" in self._h5 else None
+
+    @property
+    def orig_sizes(self):
+        """uint32 (N, 2): (height, width) of each image as found (0 0 unknown), or None (older shard)."""
+        return self._h5["orig_sizes"][:] if "orig_sizes" in self._h5 else None
+
+    @property
     def skipped(self):
         return json.loads(self.attrs.get("skipped", "[]"))
 
@@ -303,6 +347,22 @@ class ShardReader:
             raise ShardError(self.path, f"datasets hold {found}, its attributes say {expected}")
         if self.content_checksum() != stored:
             raise ShardError(self.path, f"content differs from its {CONTENT_ATTR} (images damaged)")
+        self._verify_extras()
+
+    def _verify_extras(self):
+        """Check fingerprints and orig_sizes against EXTRAS_ATTR, when the shard has them."""
+        stored = self.attrs.get(EXTRAS_ATTR)
+        if stored is None and "fingerprints" not in self._h5:
+            return  # an older shard: nothing to check
+        try:
+            fingerprints, sizes = self._h5["fingerprints"][:], self._h5["orig_sizes"][:]
+        except (OSError, KeyError) as exc:
+            raise ShardError(self.path, f"fingerprints or orig_sizes cannot be read ({exc})") from None
+        if len(fingerprints) != self.count or sizes.shape != (self.count, 2):
+            raise ShardError(self.path, f"fingerprints/orig_sizes hold {len(fingerprints)}/{len(sizes)} rows "
+                                        f"for {self.count} images")
+        if stored != f"{ContentChecksum.PREFIX}{extras_crc(fingerprints, sizes):08x}":
+            raise ShardError(self.path, f"fingerprints or orig_sizes differ from its {EXTRAS_ATTR} (damaged)")
 
     def read(self, start, stop):
         try:

@@ -145,6 +145,8 @@ class _Schema:
             "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT,
             "side": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE,
             "sha256": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+            "flag": lambda v: isinstance(v, bool),
+            "text or null": lambda v: v is None or isinstance(v, str),
         }[kind]
         if not ok(value):
             self.fail(field, f"must be {_KINDS[kind]}, found {self.found(value)}")
@@ -156,10 +158,15 @@ MAX_COUNT = 2 ** 53
 MAX_SIDE = 4096  # ingest's --size limit
 _KINDS = {"object": "a JSON object", "list": "a list", "text": "a string",
           "count": "a whole number >= 0", "side": f"a whole number of pixels in 1..{MAX_SIDE}",
-          "sha256": "64 lowercase hex digits"}
+          "sha256": "64 lowercase hex digits", "flag": "true or false", "text or null": "a string or null"}
 _COUNTS = ("count",)
 _TOTALS = ("images", "shards", "bytes", "skipped", "excluded", "duplicates", "label_conflicts")
 _LISTS = ("skipped", "excluded", "duplicates", "label_conflicts")
+# The near-duplicate section (see docs/shard-format.md): absent from manifests
+# written before it existed (they still load), all of it or none.
+_NEAR_LISTS = ("near_duplicates", "near_duplicate_conflicts")
+_NEAR_TOTALS = ("near_duplicate_groups", "near_duplicate_images", "near_duplicate_groups_crossing_splits",
+                "near_duplicate_conflicts")
 
 
 def _validate(data, folder, path):
@@ -192,6 +199,38 @@ def _validate(data, folder, path):
         schema.get(totals, key, f"totals.{key}", "count")
     expected = {"images": sum(e["count"] for e in shards), "shards": len(shards),
                 "bytes": sum(e["bytes"] for e in shards), **{key: len(data[key]) for key in _LISTS}}
+    for key, value in expected.items():
+        if totals[key] != value:
+            schema.fail(f"totals.{key}", f"is {totals[key]} but the manifest lists {value}")
+    _validate_near_duplicates(schema, data, totals)
+
+
+def _validate_near_duplicates(schema, data, totals):
+    """The near-duplicate lists and their totals, when the manifest has them (all or none)."""
+    present = [key for key in _NEAR_LISTS if key in data] + [f"totals.{key}" for key in _NEAR_TOTALS if key in totals]
+    if not present:
+        return
+    for key in _NEAR_LISTS:
+        schema.get(data, key, key, "list")
+    for key in _NEAR_TOTALS:
+        schema.get(totals, key, f"totals.{key}", "count")
+    groups = data["near_duplicates"]
+    for i, group in enumerate(groups):
+        field = f"near_duplicates[{i}]"
+        schema.check(group, field, "object")
+        members = schema.get(group, "members", f"{field}.members", "list")
+        if len(members) < 2:
+            schema.fail(f"{field}.members", f"must list 2 or more images, found {len(members)}")
+        for j, member in enumerate(members):
+            schema.check(member, f"{field}.members[{j}]", "object")
+            schema.get(member, "name", f"{field}.members[{j}].name", "text")
+            for key in ("label", "split"):
+                schema.get(member, key, f"{field}.members[{j}].{key}", "text or null")
+        schema.get(group, "crosses_splits", f"{field}.crosses_splits", "flag")
+    expected = {"near_duplicate_groups": len(groups),
+                "near_duplicate_images": sum(len(g["members"]) for g in groups),
+                "near_duplicate_groups_crossing_splits": sum(g["crosses_splits"] for g in groups),
+                "near_duplicate_conflicts": len(data["near_duplicate_conflicts"])}
     for key, value in expected.items():
         if totals[key] != value:
             schema.fail(f"totals.{key}", f"is {totals[key]} but the manifest lists {value}")

@@ -50,8 +50,10 @@ def test_ingest_summary_gives_the_manifests_counts(kaggle_dir, tmp_path):
 
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0
-    assert again.stderr.strip() == (f"{out} already holds this ingest (40 images); nothing to do "
-                                    "(--force rebuilds it).")
+    # A re-run scans the files again (the plan depends on their fingerprints): its progress line, then the verdict.
+    *progress, verdict = again.stderr.strip().splitlines()
+    assert [line.split(" [")[0] for line in progress] == ["scan"]
+    assert verdict == f"{out} already holds this ingest (40 images); nothing to do (--force rebuilds it)."
 
 
 def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path):

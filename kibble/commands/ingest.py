@@ -5,6 +5,7 @@ import sys
 import click
 
 from shards.image import DEFAULT_MAX_PIXELS, FITS
+from ingest.fingerprint import DEFAULT_DISTANCE, MAX_DISTANCE
 from ingest.plan import LABEL_CONFLICTS, MAX_SEED
 from kibble.group import say
 from kibble.options import (DEFAULT_SHARDS, FolderOrURL, LocalFolder, class_list, local_input, seed_option,
@@ -41,7 +42,7 @@ from shards.format import COMPRESSIONS
               help="Skip images with more pixels than this (decompression bombs).")
 @click.option("--label-conflicts", type=click.Choice(LABEL_CONFLICTS), default=LABEL_CONFLICTS[0],
               show_default=True,
-              help="Identical files under different labels (cat.1.jpg = dog.9.jpg): drop keeps none, "
+              help="Identical files (cat.1.jpg = dog.9.jpg) or near-duplicates under different labels: drop keeps none, "
                    "first keeps the first by name. Listed in manifest.json either way.")
 @click.option("--classes", default=None, callback=class_list, metavar="A,B,...",
               help="Classes to keep, in index order (default: every class, sorted by name; "
@@ -50,22 +51,30 @@ from shards.format import COMPRESSIONS
               metavar="FILE",
               help="CSV of image paths (relative to INPUT) and labels, for sets whose layout carries none; "
                    "images it does not name are excluded (details above).")
+@click.option("--near-distance", type=click.IntRange(0, MAX_DISTANCE), default=DEFAULT_DISTANCE, show_default=True,
+              help="Images whose 64-bit fingerprints differ in at most this many bits are near-duplicates: "
+                   "kept in one split; under different labels, handled as --label-conflicts says.")
 @click.option("--resplit", is_flag=True,
               help="Ignore the train/validation/test folders of a pre-split input; split by --seed, --val, --test.")
 @click.option("--strict", is_flag=True, help="Fail instead of skipping files that cannot be used.")
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds a complete ingest.")
 @click.pass_context
 def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size, compression, scheduler,
-           workers, exclude, max_pixels, label_conflicts, classes, labels_file, resplit, strict, force):
+           workers, exclude, max_pixels, label_conflicts, classes, labels_file, near_distance, resplit, strict,
+           force):
     """Decode, resize and shuffle every image of INPUT into HDF5 shards.
 
     INPUT is a folder (or zip) of one sub-folder per class, images at any
     depth inside (INPUT/<class>/**/<image>); pre-split folders
     INPUT/{train,validation|val|valid,test}/<class>/..., whose splits are kept
-    unless --resplit; or files named <class>.<n>.<ext> like Kaggle's train/
+    unless --resplit (near-duplicate groups that cross them are reported);
+    or files named <class>.<n>.<ext> like Kaggle's train/
     folder (or its parent holding train/ and test1/, unlabelled). JPEG, PNG,
     WebP, BMP, GIF and TIFF are read. Classes are sorted by name (Dogs vs.
-    Cats: dog = 0, cat = 1). Running it again finishes an interrupted ingest.
+    Cats: dog = 0, cat = 1). Near-duplicates (the same photo re-encoded,
+    resized, brightened or slightly cropped) go whole into one split; under
+    different labels they are likely label errors, left out by default.
+    Running it again finishes an interrupted ingest.
 
     --labels FILE gives the labels instead (UTF-8 CSV, comma-separated, or
     tab/semicolon when the first row has no comma). A first row naming its
@@ -90,7 +99,7 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
 
     settings = IngestSettings(size=size, fit=fit, seed=seed, val=val, test=test, shard_size=shard_size,
                               compression=compression, max_pixels=max_pixels, label_conflicts=label_conflicts,
-                              classes=classes, resplit=resplit)
+                              classes=classes, resplit=resplit, near_distance=near_distance)
     try:
         result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
                             strict=strict, force=force, progress=not ctx.obj["quiet"], staging=staging,

@@ -259,11 +259,13 @@ def _must_fail(original, path, op):
     Not checked: the items of the skipped/excluded/duplicates/label_conflicts
     lists (only their number, which totals repeats), settings other than
     size and fit, what is inside "source", and the informational
-    "excluded_classes" and "warnings": no stage relies on them.
+    "excluded_classes", "warnings", "fingerprint" and "original_sizes": no
+    stage relies on them. The near-duplicate lists and totals are optional
+    (older manifests lack them) but all or none: deleting one still fails.
     """
-    if path[0] in ("excluded_classes", "warnings"):
+    if path[0] in ("excluded_classes", "warnings", "fingerprint", "original_sizes"):
         return False
-    if path[0] in ("skipped", "excluded", "duplicates", "label_conflicts") and len(path) > 1:
+    if path[0] in ("skipped", "excluded", "duplicates", "label_conflicts", "near_duplicate_conflicts") and len(path) > 1:
         return len(path) == 2 and op == "delete"
     if path[0] in ("settings", "source") and len(path) > 1 and path[1] not in ("size", "fit"):
         return False
