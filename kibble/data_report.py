@@ -54,6 +54,8 @@ def write_data_report(data, out, settings=ReportSettings(), progress=False):
         UserError: no shards at `data`, or `out` cannot be a report folder.
     """
     out = _check_out(out, data)
+    figures_dir = os.path.join(out, FIGURES_DIR)
+    _make_folder(figures_dir)  # before any shard is read: a bad OUT fails at once
     manifest = storage.open_shards(data, storage.Access(stream=True))
     doc = manifest.data
     groups = doc.get("near_duplicates")
@@ -61,8 +63,6 @@ def write_data_report(data, out, settings=ReportSettings(), progress=False):
     wanted = {m["name"] for g in drawn for m in g["members"][:settings.members] if m["split"]}
     sizes, where = _read_sizes_and_rows(manifest, need_names=bool(wanted), progress=progress)
 
-    figures_dir = os.path.join(out, FIGURES_DIR)
-    _make_folder(figures_dir)
     for stale in glob.glob(os.path.join(figures_dir, GROUP_FIGURE.replace("{:02d}", "[0-9]*"))):
         os.remove(stale)  # a previous report's extra groups; only our own file names
     figures = {}

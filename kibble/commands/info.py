@@ -3,16 +3,18 @@ import json
 
 import click
 
+from kibble.data_report import DEFAULT_OUT
 from kibble.group import say
-from kibble.options import LocalFolder, data_option, runs_option
+from kibble.options import data_option, runs_option
 
 
 @click.command()
 @data_option()
 @runs_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the same facts as one JSON document.")
-@click.option("--report", "report_out", metavar="[OUT]", type=LocalFolder(), is_flag=False,
-              flag_value="data-report", default=None,
+# A plain string: write_data_report checks OUT itself (a URL, a file, the shard folder) in one `Error:` line.
+@click.option("--report", "report_out", metavar="[OUT]", is_flag=False,
+              flag_value=DEFAULT_OUT, default=None,
               help="Also write a data report (report.md and figures/) into the local folder OUT, "
                    "default ./data-report; OUT may not be inside the shard folder.")
 @click.option("--report-groups", type=click.IntRange(0, 500), default=12, show_default=True,
@@ -37,24 +39,16 @@ def info(ctx, data, runs_root, as_json, report_out, report_groups):
       python cli.py info --data s3://my-bucket/shards
       python cli.py info --data data/shards --report reports/data
     """
+    from kibble.data_report import ReportSettings, write_data_report
     from kibble.info import info as gather, info_text
 
-    facts = gather(data, runs_root)
+    facts = gather(data, runs_root, need_data="--report" if report_out is not None else None)
     if report_out is not None:
-        facts["report"] = _report(ctx, facts, data, report_out, report_groups)
+        facts["report"] = write_data_report(data, report_out, ReportSettings(groups=report_groups),
+                                            progress=not ctx.find_root().obj.get("quiet"))
     click.echo(json.dumps(facts, indent=2) if as_json else info_text(facts, data))
     if report_out is not None:
         say(ctx, _report_summary(facts["report"]))
-
-
-def _report(ctx, facts, data, out, groups):
-    from kibble.data_report import ReportSettings, write_data_report
-    from shards.errors import UserError
-
-    if facts["data"] is None:
-        raise UserError(f"--report needs shards, but there are none in {data} ({facts['data_problem']}); "
-                        "run `ingest` first or pass --data")
-    return write_data_report(data, out, ReportSettings(groups=groups), progress=not ctx.find_root().obj.get("quiet"))
 
 
 def _report_summary(report):
