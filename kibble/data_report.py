@@ -78,9 +78,10 @@ def write_data_report(data, out, settings=ReportSettings(), progress=False):
     thumbs = _thumbnails(manifest, drawn, where, settings)
     counts = {"thumbnails": 0, "placeholders": 0}
     for i, (group, panels) in enumerate(zip(drawn, thumbs), 1):
-        save(GROUP_FIGURE.format(i), _group_figure(group, panels, settings))
-        for image, _ in panels:
-            counts["thumbnails" if image is not None else "placeholders"] += 1
+        fig, pictures, named = _group_figure(group, panels)
+        save(GROUP_FIGURE.format(i), fig)
+        counts["thumbnails"] += pictures
+        counts["placeholders"] += named
     text = _markdown(manifest, sizes, figures, settings)
     report = os.path.join(out, REPORT_NAME)
     write_text_atomic(report, text)
@@ -261,18 +262,22 @@ def _size_figure(sizes):
     return fig
 
 
-def _group_figure(group, panels, settings):
-    fig, axes = _figure(2.2 * len(panels), 2.2)
+def _group_figure(group, panels):
+    """(figure, images drawn, members shown by name only): the members side by side."""
+    fig, axes = _figure(2.2 * len(panels), 2.2, ncols=len(panels))
+    drawn = named = 0
     for ax, member, (image, caption) in zip(axes, group["members"], panels):
         if image is not None:
             ax.imshow(image)
+            drawn += 1
         else:
             ax.set_facecolor("0.85")
             ax.text(0.5, 0.5, "not shown", ha="center", va="center", transform=ax.transAxes, color="0.3")
+            named += 1
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{_short_name(member['name'])}\n{caption}", fontsize=7)
-    return fig
+    return fig, drawn, named
 
 
 def _short_name(name, limit=28):

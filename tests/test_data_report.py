@@ -101,6 +101,8 @@ def test_figures_are_valid_pngs_linked_from_the_report_and_every_member_has_a_th
     assert ("data report: " + os.path.join(out, "report.md") +
             " (4 figures; 5 thumbnails of 2 near-duplicate groups, 0 shown by name only)") in result.stderr
     assert "shards: " in result.stdout  # info's usual text comes first
+    widths = [Image.open(os.path.join(out, "figures", f"near-0{i}.png")).size[0] for i in (1, 2)]
+    assert widths[0] / widths[1] == pytest.approx(3 / 2, rel=0.05)  # members side by side: 3, then 2
 
 
 def test_a_url_is_streamed_and_members_left_out_without_their_input_are_named_only(tmp_path):
