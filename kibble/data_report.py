@@ -290,7 +290,7 @@ def _short_name(name, limit=28):
 def _markdown(manifest, sizes, figures, settings):
     doc = manifest.data
     totals, shape = doc["totals"], manifest.image_shape
-    lines = [f"# Data report: {storage.public(manifest.folder)}", "",
+    lines = [f"# Data report: {storage.absolute(manifest.folder)}", "",
              f"{totals['images']} images of {shape[0]}x{shape[1]} ({manifest.settings['fit']}) in "
              f"{totals['shards']} shards, {len(manifest.classes)} classes; source "
              f"{(doc.get('source') or {}).get('path', '-')} ({(doc.get('source') or {}).get('layout', '-')}).", ""]
