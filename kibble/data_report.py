@@ -60,8 +60,9 @@ def write_data_report(data, out, settings=ReportSettings(), progress=False):
     doc = manifest.data
     groups = doc.get("near_duplicates")
     drawn = (groups or [])[:settings.groups]
-    wanted = {m["name"] for g in drawn for m in g["members"][:settings.members] if m["split"]}
-    sizes, where = _read_sizes_and_rows(manifest, need_names=bool(wanted), progress=progress)
+    # names are read only from shards of the splits holding a member to draw
+    name_splits = {m["split"] for g in drawn for m in g["members"][:settings.members] if m["split"]}
+    sizes, where = _read_sizes_and_rows(manifest, name_splits, progress=progress)
 
     for stale in glob.glob(os.path.join(figures_dir, GROUP_FIGURE.replace("{:02d}", "[0-9]*"))):
         os.remove(stale)  # a previous report's extra groups; only our own file names
@@ -119,11 +120,11 @@ def _make_folder(path):
 # -- reading the shards --------------------------------------------------------------------------
 
 
-def _read_sizes_and_rows(manifest, need_names, progress):
+def _read_sizes_and_rows(manifest, name_splits, progress):
     """(sizes, where): (width, height) of each image as found, and {name: (shard entry, row)}.
 
     `sizes` holds only known sizes (an older shard records none, a size the
-    scan could not read is 0 0); `where` is filled only when `need_names`.
+    scan could not read is 0 0); `where` covers the shards of `name_splits`.
     """
     entries = manifest.shards()
     bar = Progress(len(entries), "report", unit="shards", enabled=progress and bool(entries))
@@ -134,7 +135,7 @@ def _read_sizes_and_rows(manifest, need_names, progress):
             if recorded is not None and len(recorded):
                 known = recorded[(recorded[:, 0] > 0) & (recorded[:, 1] > 0)]
                 sizes.append(known[:, ::-1].astype(np.int64))  # stored (height, width)
-            if need_names:
+            if entry["split"] in name_splits:
                 where.update((name, (entry, row)) for row, name in enumerate(shard.names))
         bar.update()
     bar.close()
