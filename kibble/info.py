@@ -15,8 +15,11 @@ from shards.manifest import MANIFEST_NAME, SPLITS, load_manifest
 from train.rundir import Runs
 
 
-def info(data_dir, runs_root):
+def info(data_dir, runs_root, need_data=None):
     """Describe the shards in `data_dir` and the runs in `runs_root`.
+
+    `need_data` names what needs the shards (e.g. "--report"): without
+    them it is then an error, whatever runs there are.
 
     Returns:
         {"data": {...} or None, "data_problem": str or None,
@@ -32,9 +35,12 @@ def info(data_dir, runs_root):
         (the class names the run recorded, None for a run that records none).
 
     Raises:
-        UserError: neither a shard folder nor any run is there.
+        UserError: neither a shard folder nor any run is there, or no shards and `need_data`.
     """
     data, problem = _data(data_dir)
+    if data is None and need_data:
+        raise UserError(f"{need_data} needs shards, but there are none in {storage.public(str(data_dir))} "
+                        f"({problem}); run `ingest` first or pass --data")
     runs = _runs(runs_root)
     if data is None and not runs:
         raise UserError(f"nothing to show: no shards in {data_dir} ({problem}) and no run in {runs_root}/; "
