@@ -38,6 +38,17 @@ def make_kaggle_folder(folder, cats=20, dogs=20, start=0):
     return folder
 
 
+def make_kaggle_shards(root, cats=20, dogs=20, size=(8, 8), shard_size=8, val=0.2, test=0.1):
+    """Shards (root/shards) of a generated Kaggle-style folder (root/train), ingested in this process."""
+    from ingest import IngestSettings, ingest
+
+    src = make_kaggle_folder(os.path.join(str(root), "train"), cats=cats, dogs=dogs)
+    out = os.path.join(str(root), "shards")
+    ingest(src, out, IngestSettings(size=size, shard_size=shard_size, val=val, test=test),
+           scheduler="sync", progress=False)
+    return out
+
+
 @pytest.fixture
 def kaggle_dir(tmp_path):
     return make_kaggle_folder(str(tmp_path / "train"))

@@ -16,20 +16,14 @@ import pytest
 
 from shards.iterate import worker_batches
 from shards.manifest import load_manifest
-from tests.conftest import ROOT, make_kaggle_folder
+from tests.conftest import ROOT, make_kaggle_shards
 
 EPOCHS, BATCH = 3, 4
 
 
 @pytest.fixture(scope="module")
 def shards_dir(tmp_path_factory):
-    from ingest import IngestSettings, ingest
-
-    root = tmp_path_factory.mktemp("multi-worker")
-    src = make_kaggle_folder(str(root / "train"), cats=20, dogs=21)
-    ingest(src, str(root / "shards"), IngestSettings(size=(8, 8), shard_size=8, val=0.2, test=0.1),
-           scheduler="sync", progress=False)
-    return str(root / "shards")
+    return make_kaggle_shards(tmp_path_factory.mktemp("multi-worker"), cats=20, dogs=21, val=0.2, test=0.1)
 
 
 def _free_ports(count):

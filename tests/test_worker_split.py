@@ -17,7 +17,7 @@ from shards.errors import UserError
 from shards.manifest import load_manifest
 from shards.format import write_shard
 from shards.stream import Block
-from tests.conftest import ROOT, make_kaggle_folder
+from tests.conftest import ROOT, make_kaggle_shards
 
 # (images, batch size, workers)
 COMBOS = [(60, 8, 2), (61, 4, 3), (100, 7, 4), (23, 5, 5), (37, 32, 2), (50, 3, 1), (130, 8, 3), (90, 4, 2)]
@@ -134,13 +134,7 @@ def test_impossible_worker_settings_are_refused_naming_them(count, worker, worke
 
 @pytest.fixture(scope="module")
 def shards_dir(tmp_path_factory):
-    from ingest import IngestSettings, ingest
-
-    root = tmp_path_factory.mktemp("split-shards")
-    src = make_kaggle_folder(str(root / "train"), cats=15, dogs=16)
-    ingest(src, str(root / "shards"), IngestSettings(size=(8, 8), shard_size=8, val=0.1, test=0.1),
-           scheduler="sync", progress=False)
-    return str(root / "shards")
+    return make_kaggle_shards(tmp_path_factory.mktemp("split-shards"), cats=15, dogs=16, val=0.1, test=0.1)
 
 
 def test_keras_dataset_of_a_worker_is_its_numpy_batches(shards_dir):

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from shards.errors import UserError  # noqa: E402
-from tests.conftest import make_kaggle_folder  # noqa: E402
+from tests.conftest import make_kaggle_shards  # noqa: E402
 from train.rundir import COMMIT_STEPS, CRASH_ENV, CRASH_EXIT  # noqa: E402
 
 EPOCHS, TRAIN_SIZE, VAL_SIZE, BATCH = 2, 48, 16, 4
@@ -66,13 +66,8 @@ def _settings(shards):
 
 @pytest.fixture(scope="module")
 def tiny_shards(tmp_path_factory):
-    from ingest import IngestSettings, ingest
-
-    root = tmp_path_factory.mktemp("train-faults")
-    src = make_kaggle_folder(str(root / "train"), cats=40, dogs=40)
-    ingest(src, str(root / "shards"), IngestSettings(size=(16, 16), shard_size=16, val=0.2, test=0.1),
-           scheduler="sync", progress=False)
-    return str(root / "shards")
+    return make_kaggle_shards(tmp_path_factory.mktemp("train-faults"), cats=40, dogs=40, size=(16, 16),
+                              shard_size=16, val=0.2, test=0.1)
 
 
 @pytest.fixture(scope="module")
