@@ -50,6 +50,8 @@ SHAPE = (94, 125, 3)
 BATCH = 32
 MODELS = ("mlp", "conv1", "conv2", "conv2-wide", "kibble")
 REF_CHANNELS = 64
+# (prefetch batches, environment) of the memory probes: train's default, no prefetch, glibc malloc settings.
+MEMORY_CONFIGS = ((2, {}), (0, {}), (2, {"MALLOC_ARENA_MAX": "2"}), (2, {"MALLOC_TRIM_THRESHOLD_": "0"}))
 VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch64", "dense3x3", "dense3x3-narrow", "threads-2-1")
 
 
@@ -114,6 +116,24 @@ def _rss_mb():
     import psutil
 
     return round(psutil.Process().memory_info().rss / 1e6, 1)
+
+
+def _reset_peak():
+    """Reset the kernel's peak RSS of this process (Linux: /proc/self/clear_refs, 5); whether it could."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_mb(field):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    return None
 
 
 def _timed(fn, steps, warmup):
@@ -285,9 +305,18 @@ def probe_memory(shards, prefetch, steps):
     row["rss_batch_mb"] = _rss_mb()
     model.train_on_batch(images, labels)
     row["rss_step1_mb"] = _rss_mb()
+    row["peak_to_step1_mb"] = _peak_mb()
+    steady = _reset_peak()
+    times = []
     for _ in range(steps - 1):
+        start = time.perf_counter()
         model.train_on_batch(*next(data))
-    row[f"rss_step{steps}_mb"] = _rss_mb()
+        times.append(time.perf_counter() - start)
+    row["rss_stepN_mb"] = _rss_mb()
+    row["steps"] = steps
+    row["ms_step"] = round(statistics.median(times) * 1000, 1)
+    # The high-water mark of the later steps alone: the activations a step holds for its backward pass.
+    row["peak_steps_2_N_mb"] = _status_mb("VmHWM") if steady else None
     row["peak_mb"] = _peak_mb()
     return row
 
@@ -365,11 +394,14 @@ def print_layers(result):
 
 def print_memory(rows):
     print("\nRSS of a fresh process training the default model from shards (MB):")
-    keys = [k for k in rows[0] if k.startswith("rss_")] + ["peak_mb"]
-    print("| prefetch | " + " | ".join(keys) + " | load |")
-    print("|---:|" + "---:|" * (len(keys) + 1))
+    keys = [k for k in rows[0] if k.startswith(("rss_", "peak_"))] + ["ms_step"]
+    print(f"(rss_stepN: after {rows[0]['steps']} steps; peak_to_step1: the process's peak through step 1; "
+          "peak_steps_2_N: the peak of the later steps alone; peak_mb: the whole probe's; "
+          "ms_step: median of steps 2..N)")
+    print("| prefetch | environment | " + " | ".join(keys) + " | load |")
+    print("|---:|---|" + "---:|" * (len(keys) + 1))
     for r in rows:
-        print(f"| {r['prefetch']} | " + " | ".join(str(r.get(k)) for k in keys) + f" | {r['load']} |")
+        print(f"| {r['prefetch']} | {r['env']} | " + " | ".join(str(r.get(k)) for k in keys) + f" | {r['load']} |")
 
 
 def probe_main(argv):
@@ -409,10 +441,11 @@ def main():
             print_layers(result)
     if args.memory and args.only != "models":
         rows = []
-        for prefetch in (2, 0):
-            say(f"memory by steps, prefetch {prefetch} ...")
-            rows.append(_probe(["memory", args.memory, prefetch, max(steps, 5)]))
-        rows = [r for r in rows if r]
+        for prefetch, env in MEMORY_CONFIGS:
+            say(f"memory by steps, prefetch {prefetch} {env or ''} ...")
+            row = _probe(["memory", args.memory, prefetch, max(steps, 6)], env)
+            if row:
+                rows.append({**row, "env": " ".join(f"{k}={v}" for k, v in env.items()) or "-"})
         if rows:
             print_memory(rows)
 
