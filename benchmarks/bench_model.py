@@ -29,7 +29,10 @@ jit_compile, batch 64, dense 3x3 convolutions instead of separable ones
 backward at its input shape) and the optimizer's update, grouped by kind:
 "where the step goes". --memory SHARDS measures the RSS of a fresh process
 by steps (after import, build, first step, N steps) fed by `train`'s own
-pipeline from SHARDS (94x125 shards), with the default prefetch and none.
+pipeline from SHARDS (94x125 shards), with the default prefetch, none, and
+glibc's MALLOC_ARENA_MAX=2 and MALLOC_TRIM_THRESHOLD_=0; and the peak of
+the later steps alone (Linux: the kernel's high-water mark reset after
+step 1), which is what one step's activations add.
 
 Every row records the machine's load average (os.getloadavg) when it
 started: on a shared machine, compare rows of one run as ratios.
