@@ -39,10 +39,15 @@ def _inputs(keras, shape):
 
 
 def _head(keras, x, num_classes):
-    """The output layer: one sigmoid unit for two classes (the tutorial's), else a softmax over the classes."""
+    """The output layer: one sigmoid unit for two classes (the tutorial's), else a softmax over the classes.
+
+    Always float32, whatever the global dtype policy: under mixed bfloat16 a
+    sigmoid's 8-bit mantissa would round probabilities near 0 and 1 and the
+    loss with them (train.precision).
+    """
     if num_classes <= 2:
-        return keras.layers.Dense(1, activation="sigmoid", name="cat")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="classes")(x)
+        return keras.layers.Dense(1, activation="sigmoid", name="cat", dtype="float32")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="classes", dtype="float32")(x)
 
 
 def _mlp(keras, shape, num_classes):

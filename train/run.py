@@ -12,6 +12,7 @@ from shards.errors import UserError
 from shards.manifest import verify_shards
 from train.models import DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
+from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
 
 LAPTOP_SAMPLE = (4096, 1024)  # the tutorial's train/validation sample
@@ -43,6 +44,8 @@ class TrainSettings:
     window: int = WINDOW
     # "balanced": weigh each class's loss by n / (classes * images of the class), for uneven sets.
     class_weight: str = "none"
+    # auto, float32 or bfloat16 (train.precision); train() resolves auto, so config.json names the one used.
+    precision: str = DEFAULT_PRECISION
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -69,6 +72,8 @@ class TrainSettings:
         if self.class_weight not in CLASS_WEIGHTS:
             raise UserError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}. "
                             f"Received: class_weight={self.class_weight!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={self.precision!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr < 1):
             raise UserError(f"lr must be between 0 and 1. Received: lr={self.lr}")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -131,7 +136,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 # Settings a run keeps for good: with --resume they come from config.json,
 # and giving another value is refused. Only `epochs` may grow (extension).
 FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "seed", "window",
-                   "class_weight")
+                   "class_weight", "precision")
 
 
 def _compile(model, settings, steps_per_epoch, num_classes=2):
@@ -242,9 +247,9 @@ def _config(settings, manifest, params):
 
 
 _SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "seed",
-                  "window", "class_weight", "manifest_sha256")
+                  "window", "class_weight", "precision", "manifest_sha256")
 # What a config.json written before a setting existed meant by leaving it out.
-_OLD_DEFAULTS = {"class_weight": "none"}
+_OLD_DEFAULTS = {"class_weight": "none", "precision": "float32"}
 
 
 def _same_run(run, settings, manifest):
@@ -410,6 +415,7 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     directory another process is writing, and settings a resume cannot change.
     """
     settings.validate()
+    settings = replace(settings, precision=resolve_precision(settings.precision))
     every = parse_checkpoint_every(checkpoint_every)
     given = _given_fields(settings, given)
     exact = given & {"train_size", "val_size"} if exact_sizes is None else set(exact_sizes)
@@ -445,25 +451,14 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
 def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     import keras
 
-    from train.models import build_model
     from train.pipeline import make_dataset
 
     start_epoch = state["epoch"] if state else 0
     skip = state.get("batches", 0) if state else 0  # batches of the next epoch done before a kill
     keras.utils.set_random_seed(settings.seed + start_epoch)
     steps = worker_batches(settings.train_size, settings.batch_size)
-    if state:
-        try:
-            model = keras.models.load_model(run.checkpoint("last"))
-        except Exception as exc:  # noqa: BLE001 - any load failure means the same thing here
-            raise UserError(f"cannot load {run.checkpoint('last')} to resume ({exc}); start a new run") from None
-        state.setdefault("history", run.history())  # a run from before history was part of the state
-    else:
-        model = build_model(settings.model, manifest.image_shape, seed=settings.seed,
-                            num_classes=manifest.num_classes)
-        _compile(model, settings, steps, manifest.num_classes)
-        state = {"epoch": 0, "best_epoch": None, "best_val_loss": float("inf"), "seconds": 0.0, "history": []}
-        run.start(_config(settings, manifest, model.count_params()))
+    with dtype_policy(resolve_precision(settings.precision)):  # a resumed bfloat16 run needs a bfloat16 CPU too
+        model, state = _model(run, settings, manifest, state, steps)
     Runs(os.path.dirname(os.path.abspath(run.path))).mark_latest(run)
 
     def train_data(epoch, skip_batches=0):
@@ -501,6 +496,25 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     return _summary(run, settings, state)
 
 
+def _model(run, settings, manifest, state, steps):
+    """(model, state): the run's last checkpoint and state to resume, or a new compiled model and a started run."""
+    import keras
+
+    from train.models import build_model
+
+    if state:
+        try:
+            model = keras.models.load_model(run.checkpoint("last"))
+        except Exception as exc:  # noqa: BLE001 - any load failure means the same thing here
+            raise UserError(f"cannot load {run.checkpoint('last')} to resume ({exc}); start a new run") from None
+        state.setdefault("history", run.history())  # a run from before history was part of the state
+        return model, state
+    model = build_model(settings.model, manifest.image_shape, seed=settings.seed, num_classes=manifest.num_classes)
+    _compile(model, settings, steps, manifest.num_classes)
+    run.start(_config(settings, manifest, model.count_params()))
+    return model, {"epoch": 0, "best_epoch": None, "best_val_loss": float("inf"), "seconds": 0.0, "history": []}
+
+
 def _fit_class_weight(settings, manifest):
     """model.fit's class_weight: None, or balanced weights from the train split's class counts.
 
@@ -520,6 +534,7 @@ def _summary(run, settings, state, already_done=False):
     return {
         "run_dir": run.path,
         "model": settings.model,
+        "precision": settings.precision,
         "epochs": state["epoch"],
         "best_epoch": state.get("best_epoch"),
         "best_val_loss": best.get("val_loss"),

@@ -6,13 +6,14 @@ from kibble.group import TensorFlowCommand, say
 from kibble.options import (access_from, access_options, batch_size_option, checkpoint_interval, data_option, finite,
                             run_dir_option, runs_option, seed_option)
 from train.models import DEFAULT_MODEL, MODELS
+from train.precision import DEFAULT_PRECISION, PRECISIONS
 from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED
 
 # train's options -> the TrainSettings fields they set (for "which did the user give?").
 _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
                  "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
                  "batch_size": ("batch_size",), "lr": ("lr",), "loss": ("loss",), "seed": ("seed",),
-                 "class_weight": ("class_weight",)}
+                 "class_weight": ("class_weight",), "precision": ("precision",)}
 
 
 @click.command(cls=TensorFlowCommand)
@@ -38,6 +39,9 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                    "than two classes). Default: the model's recipe; cross-entropy for more than two classes.")
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none", show_default=True,
               help="balanced: weigh each class by n / (classes x its images in the train split), for uneven sets.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
+              help="bfloat16: mixed bfloat16 (output layer float32), only on a CPU with AVX-512 BF16 or AMX; "
+                   "auto: bfloat16 where the CPU has it, else float32. Kept by --resume.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option()
@@ -48,8 +52,8 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                    "only at epochs' ends); a resumed run continues from the batch after it.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
-def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, class_weight, seed,
-          run_dir, runs_root, resume, checkpoint_every, no_verify):
+def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, class_weight,
+          precision, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
@@ -59,7 +63,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
 
     \b
     Example:
-      python cli.py train --full --model conv2
+      python cli.py train --full --model conv2 --precision auto
       python cli.py train --resume --checkpoint-every 30m
     """
     from train.run import TrainSettings, train as run_train
@@ -70,7 +74,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     sizes = FULL if full else LAPTOP_SAMPLE
     settings = TrainSettings(data=data, model=model_name, train_size=train_size or sizes[0],
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
-                             batch_size=batch_size, seed=seed, class_weight=class_weight)
+                             batch_size=batch_size, seed=seed, class_weight=class_weight, precision=precision)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     result = run_train(settings, run_dir=run_dir, runs_root=runs_root, resume=resume, verify=not no_verify,

@@ -1,0 +1,460 @@
+"""Model benchmark: where a training step's time and memory go, per model and precision.
+
+    python benchmarks/bench_model.py [--quick] [--steps N] [--models kibble,conv2] [--variants] [--layers]
+                                     [--memory SHARDS]
+
+Per model (mlp, conv1, conv2, conv2-wide, kibble) and precision (float32;
+bfloat16 only where train.precision says the CPU computes it natively):
+milliseconds per training step (batch 32 of 94x125x3 uint8 images, the
+model's own recipe: loss, optimizer and schedule as `train` compiles them;
+median of N steps after warm-up), FLOPs per image, achieved GFLOP/s, and
+its ratio to a plain 3x3 convolution's GFLOP/s (64 -> 64 channels on
+32x94x125, forward) measured in the same run (model FLOPs utilisation),
+and the peak RSS of the process. Each configuration runs in a fresh
+process so peaks do not mix; the reference convolution runs in its own
+process before and after the models (the ratio uses their mean).
+
+How FLOPs are counted: analytically from the layers' shapes, a
+multiply-add = 2 FLOPs, for Conv2D, SeparableConv2D (depthwise + pointwise)
+and Dense; batch norm, activations, pooling and augmentation are not
+counted (they are memory-bound, and that is the point: their time shows as
+lost utilisation). A training step is counted as 3x the forward pass
+(forward, gradients of the inputs, gradients of the weights).
+
+--variants times cheap changes of the default model (step time only):
+augmentation in the tf.data pipeline instead of in the model, none at all,
+jit_compile, batch 64, dense 3x3 convolutions instead of separable ones
+(same widths, and narrower at about the same FLOPs), and one thread pool.
+--layers times every layer of the default model alone (forward and
+backward at its input shape) and the optimizer's update, grouped by kind:
+"where the step goes". --memory SHARDS measures the RSS of a fresh process
+by steps (after import, build, first step, N steps) fed by `train`'s own
+pipeline from SHARDS (94x125 shards), with the default prefetch, none, and
+glibc's MALLOC_ARENA_MAX=2 and MALLOC_TRIM_THRESHOLD_=0; and the peak of
+the later steps alone (Linux: the kernel's high-water mark reset after
+step 1), which is what one step's activations add.
+
+Every row records the machine's load average (os.getloadavg) when it
+started: on a shared machine, compare rows of one run as ratios.
+Not a test; the table goes to stdout, progress to stderr.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+SHAPE = (94, 125, 3)
+BATCH = 32
+MODELS = ("mlp", "conv1", "conv2", "conv2-wide", "kibble")
+REF_CHANNELS = 64
+# (prefetch batches, environment) of the memory probes: train's default, no prefetch, glibc malloc settings.
+MEMORY_CONFIGS = ((2, {}), (0, {}), (2, {"MALLOC_ARENA_MAX": "2"}), (2, {"MALLOC_TRIM_THRESHOLD_": "0"}))
+VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch64", "dense3x3", "dense3x3-narrow", "threads-2-1")
+
+
+def say(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def load():
+    return round(os.getloadavg()[0], 2)
+
+
+# --- FLOPs ---------------------------------------------------------------------
+
+def forward_flops(model):
+    """FLOPs of one image's forward pass: 2 per multiply-add of Conv2D, SeparableConv2D and Dense layers."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.Dense)):
+            continue
+        cin = layer.input.shape[-1]
+        out = layer.output.shape
+        pixels = 1
+        for dim in out[1:-1]:
+            pixels *= dim
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            kh, kw = layer.kernel_size
+            # depthwise at the output resolution, then the 1x1 pointwise
+            total += 2 * kh * kw * cin * pixels + 2 * cin * out[-1] * pixels
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            total += 2 * kh * kw * cin * out[-1] * pixels // layer.groups
+        else:
+            total += 2 * cin * out[-1] * pixels
+    return total
+
+
+# --- probes: each runs in a fresh process and prints one JSON line ----------------
+
+def _tf(precision="float32", threads=None):
+    from train.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
+    if precision == "bfloat16":
+        import keras
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    return tf
+
+
+def _peak_mb():
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round((peak if sys.platform == "darwin" else peak * 1024) / 1e6, 1)
+
+
+def _rss_mb():
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 1e6, 1)
+
+
+def _reset_peak():
+    """Reset the kernel's peak RSS of this process (Linux: /proc/self/clear_refs, 5); whether it could."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_mb(field):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    return None
+
+
+def _timed(fn, steps, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def probe_ref(precision, steps):
+    """GFLOP/s of a plain 3x3 convolution, 64 -> 64 channels on 32x94x125, forward, in `precision`."""
+    tf = _tf()
+    dtype = tf.bfloat16 if precision == "bfloat16" else tf.float32
+    x = tf.cast(tf.random.normal((BATCH, SHAPE[0], SHAPE[1], REF_CHANNELS)), dtype)
+    w = tf.cast(tf.random.normal((3, 3, REF_CHANNELS, REF_CHANNELS)) * 0.05, dtype)
+    conv = tf.function(lambda: tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME")))
+    ms = _timed(lambda: conv().numpy(), steps, 3)
+    flops = 2 * 9 * REF_CHANNELS * REF_CHANNELS * SHAPE[0] * SHAPE[1] * BATCH
+    return {"ms": round(ms, 1), "gflops": round(flops / ms / 1e6, 1)}
+
+
+def _kibble_variant(keras, variant, seed=0):
+    """The default model with its separable convs made dense (`dense3x3`), optionally narrower, or without
+    its augmentation layers (`no-augment`). Mirrors train.models._kibble's structure."""
+    from train import models
+
+    if variant in ("no-augment", "augment-in-data"):
+        original = models._augment
+        models._augment = lambda keras_, x, seed_: x
+        try:
+            return models.build_model("kibble", SHAPE, seed=seed)
+        finally:
+            models._augment = original
+    widths = (64, 128, 256, 384) if variant == "dense3x3" else (24, 48, 88, 128)
+    separable = keras.layers.SeparableConv2D
+    keras.layers.SeparableConv2D = lambda filters, size, **kw: keras.layers.Conv2D(filters, size, **kw)
+    try:
+        return models._kibble(keras, SHAPE, 2, seed, widths=widths)
+    finally:
+        keras.layers.SeparableConv2D = separable
+
+
+def _build(name, variant):
+    import keras
+
+    from train.models import build_model
+    from train.run import TrainSettings, _compile
+
+    if variant in ("base", "jit", "batch64", "threads-2-1") or name != "kibble":
+        model = build_model(name, SHAPE)
+    else:
+        model = _kibble_variant(keras, variant)
+    batch = 64 if variant == "batch64" else BATCH
+    settings = TrainSettings(model=name, batch_size=batch).resolved()
+    if variant == "batch64":  # the linear scaling rule: twice the batch, twice the rate
+        settings = TrainSettings(model=name, batch_size=batch, lr=settings.lr * 2).resolved()
+    _compile(model, settings, steps_per_epoch=10000 // batch)
+    if variant == "jit":
+        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
+    return model, batch
+
+
+def _augment_fn(tf, seed=0):
+    """The default model's augmentation layers as a tf.data map (the same layers, outside the model)."""
+    import keras
+
+    from train.models import _augment
+
+    inputs = keras.Input(shape=SHAPE, dtype="float32")
+    augment = keras.Model(inputs, _augment(keras, inputs, seed))
+
+    def fn(images, labels):
+        return tf.cast(augment(tf.cast(images, tf.float32), training=True), tf.uint8), labels
+    return fn
+
+
+def probe_step(name, precision, variant, steps, warmup):
+    import numpy as np
+
+    threads = (2, 1) if variant == "threads-2-1" else None
+    tf = _tf(precision, threads)
+    row = {"model": name, "precision": precision, "variant": variant, "load": load(), "rss_import_mb": _rss_mb()}
+    model, batch = _build(name, variant)
+    row["flops_per_image"] = forward_flops(model)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, *SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, 2, (batch, 1)).astype(np.float32)
+    if variant == "augment-in-data":
+        # A stream of batches augmented by tf.data's parallel map, prefetched, as make_dataset would feed them.
+        data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+        data = data.map(_augment_fn(tf), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+        iterator = iter(data)
+        model.train_on_batch(*next(iterator))
+
+        def step():
+            model.train_on_batch(*next(iterator))
+    else:
+        def step():
+            model.train_on_batch(images, labels)
+    row["ms_step"] = round(_timed(step, steps, warmup), 1)
+    row["ms_per_image"] = round(row["ms_step"] / batch, 2)
+    row["gflops"] = round(3 * row["flops_per_image"] * batch / row["ms_step"] / 1e6, 1)
+    row["peak_mb"] = _peak_mb()
+    return row
+
+
+def probe_layers(steps):
+    """Forward + backward time of each layer of the default model alone, and the optimizer's update."""
+    import keras
+    import numpy as np
+
+    tf = _tf()
+    from train.models import build_model
+    from train.run import TrainSettings, _compile
+
+    model = build_model("kibble", SHAPE)
+    _compile(model, TrainSettings().resolved(), steps_per_epoch=312)
+    rows = []
+    for layer in model.layers[1:]:
+        inputs = layer.input if isinstance(layer.input, list) else [layer.input]
+        xs = [tf.constant(np.random.default_rng(0).random((BATCH, *t.shape[1:])).astype(np.float32) * 255)
+              for t in inputs]
+        weights = layer.trainable_variables
+        augment = "random" in layer.name
+
+        @tf.function
+        def run(xs=xs, layer=layer, weights=weights, augment=augment):
+            with tf.GradientTape() as tape:
+                tape.watch(xs)
+                y = layer(xs if len(xs) > 1 else xs[0], training=True)
+                total = tf.reduce_sum(tf.cast(y, tf.float32))
+            if augment:  # no weights, and the step never asks for the gradient of the image
+                return total
+            return tape.gradient(total, [*xs, *weights])
+
+        ms = _timed(lambda run=run: run(), steps, 2)
+        rows.append({"layer": layer.name, "kind": type(layer).__name__, "ms": round(ms, 2)})
+    grads = [tf.zeros_like(v) for v in model.trainable_variables]
+    update = tf.function(lambda: model.optimizer.apply_gradients(zip(grads, model.trainable_variables)))
+    rows.append({"layer": "optimizer", "kind": type(model.optimizer).__name__,
+                 "ms": round(_timed(update, steps, 2), 2)})
+    images = np.random.default_rng(0).integers(0, 256, (BATCH, *SHAPE), dtype=np.uint8)
+    labels = np.ones((BATCH, 1), np.float32)
+    whole = _timed(lambda: model.train_on_batch(images, labels), steps, 3)
+    return {"load": load(), "layers": rows, "ms_step": round(whole, 1), "keras": keras.__version__}
+
+
+def probe_memory(shards, prefetch, steps):
+    """RSS of this process by steps of the default model's training, fed by train's pipeline from `shards`."""
+    row = {"prefetch": prefetch, "load": load(), "rss_start_mb": _rss_mb()}
+    _tf()
+    row["rss_import_mb"] = _rss_mb()
+    from shards import load_manifest
+    from train.models import build_model
+    from train.pipeline import make_dataset
+    from train.run import TrainSettings, _compile
+
+    manifest = load_manifest(shards)
+    model = build_model("kibble", manifest.image_shape)
+    _compile(model, TrainSettings().resolved(), steps_per_epoch=312)
+    row["rss_build_mb"] = _rss_mb()
+    data = iter(make_dataset(manifest, "train", BATCH, None, 0, shuffle=True, prefetch=prefetch).repeat())
+    row["rss_dataset_mb"] = _rss_mb()
+    images, labels = next(data)
+    row["rss_batch_mb"] = _rss_mb()
+    model.train_on_batch(images, labels)
+    row["rss_step1_mb"] = _rss_mb()
+    row["peak_to_step1_mb"] = _peak_mb()
+    steady = _reset_peak()
+    times = []
+    for _ in range(steps - 1):
+        start = time.perf_counter()
+        model.train_on_batch(*next(data))
+        times.append(time.perf_counter() - start)
+    row["rss_stepN_mb"] = _rss_mb()
+    row["steps"] = steps
+    row["ms_step"] = round(statistics.median(times) * 1000, 1)
+    # The high-water mark of the later steps alone: the activations a step holds for its backward pass.
+    row["peak_steps_2_N_mb"] = _status_mb("VmHWM") if steady else None
+    row["peak_mb"] = _peak_mb()
+    return row
+
+
+# --- the driver ------------------------------------------------------------------
+
+def _probe(args, env=None):
+    """Run this file as a probe in a fresh process (niced); its JSON line as a dict, or None if it failed."""
+    cmd = ["nice", "-n", "5", sys.executable, os.path.abspath(__file__), "--probe", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        say(f"  probe {' '.join(map(str, args))} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(lines[-1])
+
+
+def precisions():
+    from train.precision import read_cpuinfo, supports_bfloat16
+
+    return ("float32", "bfloat16") if supports_bfloat16(read_cpuinfo() or "") else ("float32",)
+
+
+def run_models(models, steps, warmup, variants):
+    ref = {}
+    for precision in precisions():
+        say(f"reference convolution ({precision}) ...")
+        ref[precision] = [_probe(["ref", precision, steps])]
+    rows = []
+    configs = [(m, p, "base") for m in models for p in precisions()]
+    if variants:
+        configs += [("kibble", "float32", v) for v in VARIANTS if v != "base"]
+    for name, precision, variant in configs:
+        say(f"{name} {precision} {variant} ...")
+        row = _probe(["step", name, precision, variant, steps, warmup])
+        if row:
+            rows.append(row)
+    for precision in ref:
+        say(f"reference convolution ({precision}) again ...")
+        ref[precision].append(_probe(["ref", precision, steps]))
+    ref_gflops = {p: statistics.mean(r["gflops"] for r in runs if r) for p, runs in ref.items()}
+    for row in rows:
+        row["mfu"] = round(row["gflops"] / ref_gflops[row["precision"]], 3)
+    return ref, rows
+
+
+def print_models(ref, rows):
+    print(f"machine: {os.cpu_count()} cores; reference 3x3 conv {REF_CHANNELS}->{REF_CHANNELS} on "
+          f"{BATCH}x{SHAPE[0]}x{SHAPE[1]} (forward):")
+    for precision, runs in ref.items():
+        print(f"  {precision}: " + ", ".join(f"{r['gflops']} GFLOP/s ({r['ms']} ms)" for r in runs if r))
+    print(f"\n| model | precision | variant | ms/step | ms/image | MFLOP/image (fwd) | GFLOP/s (3x fwd) | "
+          f"MFU | peak MB | load |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['precision']} | {r['variant']} | {r['ms_step']} | {r['ms_per_image']} | "
+              f"{r['flops_per_image'] / 1e6:.0f} | {r['gflops']} | {r['mfu']:.2f} | {r['peak_mb']:.0f} | {r['load']} |")
+
+
+def print_layers(result):
+    groups = {}
+    for row in result["layers"]:
+        kind = "augmentation" if "Random" in row["kind"] else row["kind"]
+        groups[kind] = groups.get(kind, 0) + row["ms"]
+    total = sum(groups.values())
+    print(f"\nwhere the default model's step goes (each layer alone, forward + backward, batch {BATCH}; "
+          f"load {result['load']}); whole train step {result['ms_step']} ms, sum of parts {total:.0f} ms")
+    print("| kind | ms | share of the parts |\n|---|---:|---:|")
+    for kind, ms in sorted(groups.items(), key=lambda item: -item[1]):
+        print(f"| {kind} | {ms:.1f} | {ms / total:.0%} |")
+    print("\n| layer | kind | ms |\n|---|---|---:|")
+    for row in result["layers"]:
+        print(f"| {row['layer']} | {row['kind']} | {row['ms']} |")
+
+
+def print_memory(rows):
+    print("\nRSS of a fresh process training the default model from shards (MB):")
+    keys = [k for k in rows[0] if k.startswith(("rss_", "peak_"))] + ["ms_step"]
+    print(f"(rss_stepN: after {rows[0]['steps']} steps; peak_to_step1: the process's peak through step 1; "
+          "peak_steps_2_N: the peak of the later steps alone; peak_mb: the whole probe's; "
+          "ms_step: median of steps 2..N)")
+    print("| prefetch | environment | " + " | ".join(keys) + " | load |")
+    print("|---:|---|" + "---:|" * (len(keys) + 1))
+    for r in rows:
+        print(f"| {r['prefetch']} | {r['env']} | " + " | ".join(str(r.get(k)) for k in keys) + f" | {r['load']} |")
+
+
+def probe_main(argv):
+    kind = argv[0]
+    if kind == "ref":
+        result = probe_ref(argv[1], int(argv[2]))
+    elif kind == "step":
+        result = probe_step(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]))
+    elif kind == "layers":
+        result = probe_layers(int(argv[1]))
+    else:
+        result = probe_memory(argv[1], int(argv[2]), int(argv[3]))
+    print(json.dumps(result), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 steps after 1 warm-up, conv1 and kibble")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (median)")
+    parser.add_argument("--models", help="comma-separated models (default: all; with --quick: conv1,kibble)")
+    parser.add_argument("--variants", action="store_true", help="also time the default model's cheap variants")
+    parser.add_argument("--layers", action="store_true", help="also time each layer of the default model")
+    parser.add_argument("--memory", metavar="SHARDS", help="also measure RSS by steps, fed from these shards")
+    parser.add_argument("--only", choices=("models", "extras"), help="skip the model table, or the extras")
+    args = parser.parse_args()
+    steps, warmup = (3, 1) if args.quick else (args.steps, 3)
+    models = tuple(args.models.split(",")) if args.models else ("conv1", "kibble") if args.quick else MODELS
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
+    if args.only != "extras":
+        print_models(*run_models(models, steps, warmup, args.variants))
+    if args.layers and args.only != "models":
+        say("per-layer timing ...")
+        result = _probe(["layers", steps])
+        if result:
+            print_layers(result)
+    if args.memory and args.only != "models":
+        rows = []
+        for prefetch, env in MEMORY_CONFIGS:
+            say(f"memory by steps, prefetch {prefetch} {env or ''} ...")
+            row = _probe(["memory", args.memory, prefetch, max(steps, 6)], env)
+            if row:
+                rows.append({**row, "env": " ".join(f"{k}={v}" for k, v in env.items()) or "-"})
+        if rows:
+            print_memory(rows)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
+        probe_main(sys.argv[2:])
+    else:
+        main()

@@ -1,0 +1,86 @@
+"""Numeric precision of training: float32, or bfloat16 where the CPU computes it natively.
+
+bfloat16 pays only on CPUs with AVX-512 BF16 or AMX units (oneDNN then runs
+dense convolutions and matrix products several times faster); elsewhere
+TensorFlow emulates it, and a step of the default model takes about 40
+times longer than in float32 (16 s against 0.4 s, measured on an AVX2-only
+EPYC). So `bfloat16` is refused on such a CPU, and `auto` picks it only
+where the flags say the hardware is there.
+"""
+import contextlib
+import sys
+
+from shards.errors import UserError
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+# float32 until bfloat16's accuracy has been shown to hold on a bfloat16 CPU
+# (the machine this was built on has none); `auto` is the explicit opt-in.
+DEFAULT_PRECISION = "float32"
+# Keras's global dtype policy per resolved precision.
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_flags(cpuinfo_text):
+    """The set of CPU flags on the first `flags` line of a /proc/cpuinfo text (empty when there is none)."""
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def supports_bfloat16(cpuinfo_text):
+    """Whether a /proc/cpuinfo text shows native bfloat16 arithmetic: AVX-512 BF16, or AMX tiles with BF16."""
+    flags = cpu_flags(cpuinfo_text or "")
+    return "avx512_bf16" in flags or {"amx_bf16", "amx_tile"} <= flags
+
+
+def read_cpuinfo():
+    """This machine's /proc/cpuinfo text, or None where there is none (macOS, Windows) or it cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def resolve_precision(requested, cpuinfo_text=None):
+    """"float32" or "bfloat16" for a requested "auto", "float32" or "bfloat16".
+
+    `cpuinfo_text` defaults to this machine's. "auto" is bfloat16 only when
+    the CPU computes it natively; unknown means float32. An explicit
+    "bfloat16" on a CPU without it is refused (UserError): emulated, a step
+    is tens of times slower, which no one would choose knowingly.
+    """
+    if requested not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={requested!r}")
+    if requested == "float32":
+        return "float32"
+    native = supports_bfloat16(read_cpuinfo() if cpuinfo_text is None else cpuinfo_text)
+    if requested == "auto":
+        return "bfloat16" if native else "float32"
+    if not native:
+        raise UserError("--precision bfloat16 needs a CPU with AVX-512 BF16 or AMX (flags avx512_bf16 or amx_bf16 "
+                        "in /proc/cpuinfo), and this one has neither; emulated, training would be tens of times "
+                        "slower. Use --precision float32 (or auto)")
+    return "bfloat16"
+
+
+@contextlib.contextmanager
+def dtype_policy(precision):
+    """Keras's global dtype policy set for `precision` ("float32"/"bfloat16") inside the block, restored after.
+
+    Layers take the policy when they are built, so a model built (or loaded)
+    inside keeps it; the process-wide setting does not leak into later runs.
+    """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
