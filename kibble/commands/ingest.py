@@ -36,6 +36,9 @@ from shards.format import COMPRESSIONS
               help="processes | threads | sync, or a dask.distributed address (tcp://host:8786).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Local worker count (default: every core).")
+@click.option("--shared-disk", is_flag=True,
+              help="With a tcp:// --scheduler: every Dask worker sees INPUT and --out at the same paths as this "
+                   "machine (a network file system). Without it, both must be URLs.")
 @click.option("--exclude", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File listing names to leave out, one per line.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
@@ -60,7 +63,7 @@ from shards.format import COMPRESSIONS
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds a complete ingest.")
 @click.pass_context
 def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size, compression, scheduler,
-           workers, exclude, max_pixels, label_conflicts, classes, labels_file, near_distance, resplit, strict,
+           workers, shared_disk, exclude, max_pixels, label_conflicts, classes, labels_file, near_distance, resplit, strict,
            force):
     """Decode, resize and shuffle every image of INPUT into HDF5 shards.
 
@@ -75,6 +78,13 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
     resized, brightened or slightly cropped) go whole into one split; under
     different labels they are likely label errors, left out by default.
     Running it again finishes an interrupted ingest.
+
+    INPUT and --out may be URLs (s3://bucket/images/, gs://..., memory://):
+    INPUT is listed here and each worker reads its files itself. With a
+    Dask cluster (--scheduler tcp://host:8786) whose workers share no disk
+    with this machine, both must be URLs: each worker builds its shards in
+    its own temporary folder, checks and uploads them; manifest.json goes
+    up last. Credentials come from each machine's environment or config.
 
     --labels FILE gives the labels instead (UTF-8 CSV, comma-separated, or
     tab/semicolon when the first row has no comma). A first row naming its
@@ -91,6 +101,7 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
     Examples:
       python cli.py ingest ~/kaggle/train --out data/shards --size 94x125
       python cli.py ingest flowers.zip --labels flowers.csv --out data/flowers
+      python cli.py ingest s3://bucket/images/ --out s3://bucket/shards --scheduler tcp://10.0.0.5:8786
     """
     from ingest import IngestSettings, ingest as run_ingest
     from ingest.summary import format_summary, format_warnings
@@ -103,7 +114,7 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
     try:
         result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
                             strict=strict, force=force, progress=not ctx.obj["quiet"], staging=staging,
-                            labels=labels_file)
+                            labels=labels_file, shared_disk=shared_disk)
     except UserError as exc:
         if getattr(exc, "hdf5_unusable", False):
             _exit_now(exc)
