@@ -194,7 +194,7 @@ REFUSALS = [
     (["train", "--data", "s3://b/shards", "--run-dir", "s3://b/runs/x"], "--run-dir must be a local folder"),
     (["train", "--runs", "memory://runs"], "--runs must be a local folder"),
     (["evaluate", "s3://b/runs/x"], "must be a local folder"),
-    (["ingest", "s3://kibble-no-such-bucket/images", "--out", "memory://x"], "holds no files"),
+    (["ingest", "s3://kibble-no-such-bucket/images", "--out", "memory://x"], "cannot list s3://kibble-no-such-bucket/images"),
     (["ingest", f"s3://AKIDX:{S3_SECRET}@b/images", "--out", "memory://x"], "not in the URL"),
     (["ingest", "s3://b/images", "--out", "shards", "--scheduler", "tcp://127.0.0.1:9"], "--shared-disk"),
     (["ingest", "images", "--out", "s3://b/shards", "--scheduler", "tcp://127.0.0.1:9"], "Received: INPUT=images"),
