@@ -101,8 +101,13 @@ class Source:
         Raises OSError (or zipfile's errors) when it cannot be read, and
         ValueError naming the limit when it holds more.
         """
-        with self.open(name, archive) as f:
-            data = f.read(limit + 1)
+        if self.remote and self.kind == "folder":
+            fs, inner = storage.filesystem(self.path)
+            # One ranged GET; no HEAD first (an object shorter than the range comes whole).
+            data = fs.cat_file(f"{inner.rstrip('/')}/{name}", start=0, end=limit + 1)
+        else:
+            with self.open(name, archive) as f:
+                data = f.read(limit + 1)
         if len(data) > limit:
             what = "zip member" if self.kind == "zip" else "object"
             raise ValueError(f"{what} holds over {limit:,} bytes, the limit for --max-pixels")

@@ -215,3 +215,10 @@ def test_local_out_with_a_cluster_is_refused_unless_the_disk_is_shared(cluster, 
                                       "--scheduler", cluster.address, *INGEST])
     assert result.exit_code == 2 and "--shared-disk" in result.output
     assert not (tmp_path / "shards").exists()
+
+
+@pytest.mark.parametrize("scheduler", ["processes"])
+def test_s3_input_with_local_workers_equals_the_local_ingest(local, s3_images, tmp_path, scheduler):
+    # Forked worker processes open the objects with their own connections, as cluster workers do.
+    from_s3 = ingest(s3_images, str(tmp_path / "shards"), SETTINGS, scheduler=scheduler, workers=2, progress=False)
+    _same_ingest(from_s3, local)

@@ -20,7 +20,8 @@ from shards.format import COMPRESSIONS
                    "built in --staging, then uploaded, manifest last; a re-run uploads only what is "
                    "missing or wrong.")
 @click.option("--staging", type=LocalFolder(), default=None,
-              help="With a URL --out: local folder the shards are built in before upload, kept afterwards. "
+              help="With a URL --out: local folder the shards are built in before upload, kept afterwards "
+                   "(with a tcp:// --scheduler the workers build them; it keeps only the upload record). "
                    "Default: one under the system's temporary folder, removed once uploaded.")
 @size_option
 @click.option("--fit", type=click.Choice(FITS), default=FITS[0], show_default=True,
