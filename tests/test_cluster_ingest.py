@@ -222,3 +222,25 @@ def test_s3_input_with_local_workers_equals_the_local_ingest(local, s3_images, t
     # Forked worker processes open the objects with their own connections, as cluster workers do.
     from_s3 = ingest(s3_images, str(tmp_path / "shards"), SETTINGS, scheduler=scheduler, workers=2, progress=False)
     _same_ingest(from_s3, local)
+
+
+def test_zip_and_folder_at_a_memory_url_equal_the_local_ingest(images, local, tmp_path):
+    import zipfile
+
+    archive = tmp_path / "train.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in sorted(os.listdir(images)):
+            z.write(os.path.join(images, name), f"train/{name}")
+    fs = fsspec.filesystem("memory")
+    fs.put_file(str(archive), "/cluster-test/train.zip")
+    for name in sorted(os.listdir(images)):
+        fs.put_file(os.path.join(images, name), f"/cluster-test/images/{name}")
+    from_zip = ingest("memory://cluster-test/train.zip", str(tmp_path / "z"), SETTINGS, scheduler="sync",
+                      progress=False)
+    from_folder = ingest("memory://cluster-test/images", str(tmp_path / "f"), SETTINGS, scheduler="sync",
+                         progress=False)
+    fs.rm("/cluster-test", recursive=True)
+    assert from_zip["source"]["kind"] == "zip" and from_folder["source"]["path"] == "memory://cluster-test/images"
+    _same_ingest(from_folder, local)
+    # A zip's member names carry its top folder: compared with the same zip read from this disk.
+    _same_ingest(from_zip, ingest(str(archive), str(tmp_path / "lz"), SETTINGS, scheduler="sync", progress=False))
