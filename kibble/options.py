@@ -107,7 +107,7 @@ class LocalFolder(click.Path):
         return super().convert(value, param, ctx)
 
 
-def local_input(ctx, param, value):
+def input_location(ctx, param, value):
     """ingest's INPUT: a local folder or zip (file:// too), or a URL without credentials in it."""
     value = storage.local_path(value)
     return storage.check_url(value) if storage.is_url(value) else value

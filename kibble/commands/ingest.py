@@ -8,13 +8,13 @@ from shards.image import DEFAULT_MAX_PIXELS, FITS
 from ingest.fingerprint import DEFAULT_DISTANCE, MAX_DISTANCE
 from ingest.plan import LABEL_CONFLICTS, MAX_SEED
 from kibble.group import say
-from kibble.options import (DEFAULT_SHARDS, FolderOrURL, LocalFolder, class_list, local_input, seed_option,
+from kibble.options import (DEFAULT_SHARDS, FolderOrURL, LocalFolder, class_list, input_location, seed_option,
                             share_option, size_option)
 from shards.format import COMPRESSIONS
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(), callback=local_input)
+@click.argument("input_path", metavar="INPUT", type=click.Path(), callback=input_location)
 @click.option("--out", default=DEFAULT_SHARDS, show_default=True, type=FolderOrURL(),
               help="Folder for the shards and manifest.json, or a URL (s3://bucket/shards, gs://...): "
                    "built in --staging, then uploaded, manifest last; a re-run uploads only what is "
