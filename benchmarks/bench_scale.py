@@ -13,6 +13,7 @@ processes`, a subprocess, 32x32 shards of 1,000 images) from a warm page
 cache. Measured: wall seconds and milliseconds per image (wall and CPU of the
 whole process tree), the peak RSS of the
 driver process alone and of the whole process tree (psutil, every 50 ms),
+the tree's peak PSS (every 0.5 s; forked workers' shared pages counted once),
 manifest.json's size and the time to load it (shards.manifest.load_manifest,
 best of 5), and the cores other jobs kept busy meanwhile. The table goes to
 stdout (and JSON with --json); progress to stderr. Not a test.
@@ -90,22 +91,50 @@ def warm(folder):
 
 # --- one measured ingest ----------------------------------------------------------
 
+# PSS reads every mapping of every process (/proc/PID/smaps): sampled less often.
+PSS_SECONDS = 0.5
+
+
+def tree_pss(root):
+    """Summed PSS of `root` and its descendants: a page shared by n processes counts 1/n in each.
+
+    Forked workers share the driver's pages copy-on-write; their RSS counts
+    those pages again in every process, their PSS once in all.
+    """
+    total = 0
+    try:
+        top = psutil.Process(root)
+        members = [top] + top.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    for process in members:
+        try:
+            total += process.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            pass
+    return total
+
+
 class _Peaks(threading.Thread):
-    """Peak RSS of one process and of its whole tree, sampled every SAMPLE_SECONDS."""
+    """Peak RSS of one process, and peak RSS and PSS of its whole tree, sampled every SAMPLE_SECONDS."""
 
     def __init__(self, pid):
         super().__init__(daemon=True)
-        self.pid, self.driver, self.tree = pid, 0, 0
+        self.pid, self.driver, self.tree, self.tree_pss = pid, 0, 0, 0
         self._done = threading.Event()
 
     def run(self):
         process = psutil.Process(self.pid)
+        last_pss = 0.0
         while not self._done.is_set():
             try:
                 self.driver = max(self.driver, process.memory_info().rss)
             except psutil.NoSuchProcess:
                 return
             self.tree = max(self.tree, tree_rss(self.pid)[0])
+            if time.monotonic() - last_pss >= PSS_SECONDS:
+                self.tree_pss = max(self.tree_pss, tree_pss(self.pid))
+                last_pss = time.monotonic()
             self._done.wait(SAMPLE_SECONDS)
 
     def stop(self):
@@ -137,6 +166,7 @@ def ingest_once(folder, out, count):
     return {"images": count, "stored": manifest["totals"]["images"], "seconds": round(seconds, 1),
             "ms_per_image": round(seconds / count * 1000, 3), "cpu_ms_per_image": round(cpu / count * 1000, 3),
             "driver_peak_mb": round(peaks.driver / MB), "tree_peak_mb": round(peaks.tree / MB),
+            "tree_pss_peak_mb": round(peaks.tree_pss / MB),
             "manifest_kb": round(os.path.getsize(manifest_path) / 1e3, 1),
             "manifest_load_ms": round(_load_ms(out), 1), "shard_mb": round(_shard_bytes(out) / MB),
             "other_cores": round(other.cores, 2)}
@@ -171,8 +201,8 @@ def main():
         rows.append(ingest_once(folder, os.path.join(args.root, f"shards-{count}"), count))
         say(f"  {rows[-1]}")
         shutil.rmtree(os.path.join(args.root, f"shards-{count}"), ignore_errors=True)
-    header = ("images", "seconds", "ms_per_image", "cpu_ms_per_image", "driver_peak_mb", "tree_peak_mb", "manifest_kb",
-              "manifest_load_ms", "shard_mb", "other_cores")
+    header = ("images", "seconds", "ms_per_image", "cpu_ms_per_image", "driver_peak_mb", "tree_peak_mb",
+              "tree_pss_peak_mb", "manifest_kb", "manifest_load_ms", "shard_mb", "other_cores")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:

@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 
 from ingest.fingerprint import fingerprint
-from ingest.sources import Source, open_archive
+from ingest.sources import OverLimit, Source, open_archive
 from shards.image import BadImage
 
 # Files per scan task: large enough that a task's overhead (a pickle, a
@@ -82,7 +82,7 @@ def _scan_one(source, archive, name, max_member_bytes, max_pixels):
                               colour=list(found.colour))
             except BadImage:
                 pass  # the shard worker decodes it in full and reports why it fails
-    except ValueError as exc:  # over the limit (Source.read)
+    except OverLimit as exc:
         return {"name": name, "reason": str(exc)}
     except OSError as exc:
         return {"name": name, "reason": f"unreadable: {exc.strerror or exc}"}

@@ -50,6 +50,10 @@ _NOT_IMAGE = f"not an image file name ({', '.join(IMAGE_EXTENSIONS)}, any case)"
 _NO_CLASS = "no class in its name (<class>.<n>.<ext>) or folder"
 
 
+class OverLimit(ValueError):
+    """An object or zip member holds more bytes than --max-pixels allows reading."""
+
+
 @dataclass(frozen=True)
 class Item:
     name: str  # path relative to the input (member name inside a zip)
@@ -99,7 +103,7 @@ class Source:
         """The bytes of one object at a URL or zip member, never more than `limit` in memory.
 
         Raises OSError (or zipfile's errors) when it cannot be read, and
-        ValueError naming the limit when it holds more.
+        OverLimit naming the limit when it holds more.
         """
         if self.remote and self.kind == "folder":
             fs, inner = storage.filesystem(self.path)
@@ -110,7 +114,7 @@ class Source:
                 data = f.read(limit + 1)
         if len(data) > limit:
             what = "zip member" if self.kind == "zip" else "object"
-            raise ValueError(f"{what} holds over {limit:,} bytes, the limit for --max-pixels")
+            raise OverLimit(f"{what} holds over {limit:,} bytes, the limit for --max-pixels")
         return data
 
     def size_of(self, name, archive=None, max_member_bytes=None):

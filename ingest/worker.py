@@ -10,7 +10,7 @@ import shutil
 import tempfile
 
 from ingest.plan import zip_member_limit
-from ingest.sources import Source, open_archive
+from ingest.sources import OverLimit, Source, open_archive
 from shards import storage
 from shards.errors import ShardError, UserError
 from shards.format import ShardReader, sha256_file, write_shard
@@ -113,7 +113,7 @@ def _read_member(source, archive, name, limit):
         return source.read(name, archive, limit)
     except MemoryError:
         raise
-    except ValueError as exc:
+    except OverLimit as exc:
         raise BadImage(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - zipfile and fsspec raise many kinds (BadZipFile, zlib.error...)
         what = "zip member" if archive is not None else "object"
