@@ -80,7 +80,8 @@ class _Plan:
 
 
 def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes", workers=None,
-           exclude=None, strict=False, force=False, progress=True, staging=None, labels=None):
+           exclude=None, strict=False, force=False, progress=True, staging=None, labels=None,
+           shared_disk=False):
     """Stream every image of `input_path` into shuffled shards in `out`.
 
     `out` may be a URL (s3://bucket/shards): the shards are built in the
@@ -90,10 +91,26 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     Returns the summary dict that is also written as the manifest, with an
     extra key "unchanged" (True when `out` already held this exact ingest).
     `labels` names a CSV giving each image's label (ingest.labels_file).
+
+    `input_path` may be a URL too. With a dask.distributed `scheduler`, the
+    workers may not see this machine's disk: INPUT and `out` must then be
+    URLs (each worker builds, checks and uploads its own shards:
+    ingest.cluster), unless `shared_disk` says every worker sees them at
+    the same paths.
     Raises UserError for input or settings the user must fix, for an `out`
     that another ingest is writing, too small a disk or a write the disk
     refuses; no temporary file is left behind then.
     """
+    distributed = scheduler not in LOCAL_SCHEDULERS
+    if distributed and not shared_disk:
+        _refuse_local_paths(input_path, out, scheduler)
+    if storage.is_url(out) and distributed:
+        import sys
+
+        from ingest.cluster import ingest_on_cluster
+        return ingest_on_cluster(sys.modules[__name__], input_path, out, settings, scheduler=scheduler,
+                                 staging=staging, exclude=exclude, strict=strict, force=force,
+                                 progress=progress, labels=labels)
     if storage.is_url(out):
         from ingest.upload import ingest_to_url
         return ingest_to_url(ingest, input_path, out, settings, staging=staging, scheduler=scheduler,
@@ -116,6 +133,23 @@ def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes",
     reused = sum(1 for summary in summaries if summary["reused"])
     return {**manifest, "unchanged": False, "reused_shards": reused,
             "seconds": round(time.monotonic() - started, 2)}
+
+
+def _refuse_local_paths(input_path, out, scheduler):
+    """UserError for a local INPUT or --out with a cluster that may not see this machine's disk.
+
+    A local --out would be written on each worker's own disk, and a local
+    INPUT read from it: an output scattered over machines, or every file
+    "not found". Refused rather than guessed.
+    """
+    for what, path in (("INPUT", input_path), ("--out", out)):
+        path = storage.local_path(str(path))
+        if not storage.is_url(path):
+            raise UserError(
+                f"{what} {path} is a path on this machine, but the workers of the Dask scheduler at "
+                f"{scheduler} read and write on their own machines; give {what} as a URL every worker "
+                "can reach (s3://bucket/..., gs://...), or pass --shared-disk if every worker sees "
+                f"{path} at this very path (a network file system). Received: {what}={path}")
 
 
 def _plan(input_path, settings, exclude, strict, scheduler="sync", workers=None, progress=False, labels=None):

@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 
 from ingest.fingerprint import fingerprint
-from ingest.sources import Source
+from ingest.sources import OverLimit, Source, open_archive
 from shards.image import BadImage
 
 # Files per scan task: large enough that a task's overhead (a pickle, a
@@ -52,7 +52,7 @@ def scan_chunk(chunk, source_path, source_kind, max_member_bytes, max_pixels):
     that cannot be decoded has height, width and fingerprint None.
     """
     source = Source(source_path, source_kind, layout="")
-    archive = zipfile.ZipFile(source_path) if source_kind == "zip" else None
+    archive = open_archive(source_path) if source_kind == "zip" else None
     try:
         return [_scan_one(source, archive, name, max_member_bytes, max_pixels) for name in chunk.names]
     finally:
@@ -68,14 +68,12 @@ def _scan_one(source, archive, name, max_member_bytes, max_pixels):
         return {"name": name, "reason": "empty file (0 bytes)"}
     record = {"name": name, "height": None, "width": None, "fingerprint": None, "colour": None}
     try:
-        with source.open(name, archive) as f:
-            if archive is not None:
-                # Never more than the limit in memory, even if the archive changed since its size was read.
-                data = f.read(max_member_bytes + 1)
-                if len(data) > max_member_bytes:
-                    return {"name": name, "reason": f"zip member holds over {max_member_bytes:,} bytes, "
-                                                    "the limit for --max-pixels"}
-                f = io.BytesIO(data)
+        if archive is not None or source.remote:
+            # Never more than the limit in memory, even if the archive changed since its size was read.
+            f = io.BytesIO(source.read(name, archive, max_member_bytes))
+        else:
+            f = source.open(name)
+        with f:
             record.update(_hash(f))
             f.seek(0)
             try:
@@ -84,6 +82,8 @@ def _scan_one(source, archive, name, max_member_bytes, max_pixels):
                               colour=bytes(found.colour))  # 32 bytes: 25,000 records stay small
             except BadImage:
                 pass  # the shard worker decodes it in full and reports why it fails
+    except OverLimit as exc:
+        return {"name": name, "reason": str(exc)}
     except OSError as exc:
         return {"name": name, "reason": f"unreadable: {exc.strerror or exc}"}
     except (KeyError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as exc:

@@ -19,9 +19,14 @@ left out), then one function decides the layout from that tree:
   are excluded.
 
 A single wrapper folder (Microsoft's `PetImages/`, a zip's top folder) is
-looked through. Here a label is the class *name* (None = unlabelled); the
+looked through. INPUT may be a URL (s3://bucket/images/, gs://, memory://):
+the driver only lists it through fsspec (names and sizes, no object read),
+and whoever scans or decodes a file opens it by its URL, with the
+credentials of its own environment. A zip at a URL is read in place with
+ranged reads (its central directory, then each member). Here a label is the class *name* (None = unlabelled); the
 plan turns names into indices once the class order is known.
 """
+import io
 import os
 import posixpath
 import re
@@ -30,6 +35,7 @@ import zipfile
 from dataclasses import dataclass, field
 
 from ingest.labels_file import read_labels_file
+from shards import storage
 from shards.errors import UserError
 from shards.image import IMAGE_EXTENSIONS, file_kind, is_image_name
 
@@ -44,6 +50,10 @@ _NOT_IMAGE = f"not an image file name ({', '.join(IMAGE_EXTENSIONS)}, any case)"
 _NO_CLASS = "no class in its name (<class>.<n>.<ext>) or folder"
 
 
+class OverLimit(ValueError):
+    """An object or zip member holds more bytes than --max-pixels allows reading."""
+
+
 @dataclass(frozen=True)
 class Item:
     name: str  # path relative to the input (member name inside a zip)
@@ -56,7 +66,11 @@ class Item:
 
 @dataclass
 class Source:
-    """What was found: `path` and `kind` ("folder" or "zip") say how to read it."""
+    """What was found: `path` and `kind` ("folder" or "zip") say how to read it.
+
+    `path` is an absolute local path or a URL (without credentials: see
+    shards.storage.check_url); either way it is all a worker needs.
+    """
 
     path: str
     kind: str
@@ -70,11 +84,38 @@ class Source:
     # The labels file (absolute path) the labels came from, None when the layout gave them.
     labels: str = None
 
+    @property
+    def remote(self):
+        """Whether the files are objects at a URL (read with a size limit, as zip members are)."""
+        return storage.is_url(self.path)
+
     def open(self, name, archive=None):
         """A binary file object of one item; pass an open ZipFile as `archive` for zips."""
         if self.kind == "zip":
             return archive.open(name)
+        if self.remote:
+            fs, inner = storage.filesystem(self.path)
+            # No cache: a read of n bytes is one ranged request of n bytes.
+            return fs.open(f"{inner.rstrip('/')}/{name}", "rb", cache_type="none")
         return open(os.path.join(self.path, name), "rb")
+
+    def read(self, name, archive, limit):
+        """The bytes of one object at a URL or zip member, never more than `limit` in memory.
+
+        Raises OSError (or zipfile's errors) when it cannot be read, and
+        OverLimit naming the limit when it holds more.
+        """
+        if self.remote and self.kind == "folder":
+            fs, inner = storage.filesystem(self.path)
+            # One ranged GET; no HEAD first (an object shorter than the range comes whole).
+            data = fs.cat_file(f"{inner.rstrip('/')}/{name}", start=0, end=limit + 1)
+        else:
+            with self.open(name, archive) as f:
+                data = f.read(limit + 1)
+        if len(data) > limit:
+            what = "zip member" if self.kind == "zip" else "object"
+            raise OverLimit(f"{what} holds over {limit:,} bytes, the limit for --max-pixels")
+        return data
 
     def size_of(self, name, archive=None, max_member_bytes=None):
         """(byte size, None), or (None, reason) for an item that must not be read.
@@ -83,6 +124,10 @@ class Source:
         would block the reader, a device never ends. A zip member is judged
         by its declared uncompressed size before a byte of it is inflated.
         """
+        if self.remote and self.kind == "folder":
+            # Listed with its size by the driver, which left out empty objects;
+            # its bytes are read with a limit (Source.read).
+            return None, None
         if self.kind == "zip":
             info = archive.getinfo(name)
             if info.flag_bits & 0x1:
@@ -167,12 +212,38 @@ def _is_dir(entry):
         return False
 
 
+class _RemoteZip(zipfile.ZipFile):
+    """A zip archive read in place at a URL; closing it closes the object too."""
+
+    def __init__(self, url):
+        fs, inner = storage.filesystem(url)
+        # Read-ahead caching: the central directory and each member are read
+        # in few, larger ranged requests.
+        self._object = fs.open(inner, "rb", block_size=storage.READ_AHEAD, cache_type="readahead")
+        try:
+            super().__init__(self._object)
+        except BaseException:
+            self._object.close()
+            raise
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            self._object.close()
+
+
+def open_archive(path):
+    """An open ZipFile of a local zip or of one at a URL."""
+    return _RemoteZip(path) if storage.is_url(path) else zipfile.ZipFile(path)
+
+
 def _zip_tree(path):
     try:
-        with zipfile.ZipFile(path) as archive:
+        with storage.remote_errors(path), open_archive(path) as archive:
             infos = archive.infolist()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"cannot read zip archive {path}: {exc}") from None
+        raise UserError(f"cannot read zip archive {storage.public(path)}: {exc}") from None
     files, dirs = [], set()
     for info in infos:
         name = info.filename.rstrip("/")
@@ -400,8 +471,12 @@ def discover(path, labels=None):
     when the path is missing, empty or holds no labelled image: nothing can
     be ingested then.
     """
-    path = os.path.abspath(os.path.expanduser(str(path)))
+    path = storage.local_path(str(path))
     rows = read_labels_file(labels) if labels is not None else None
+    if storage.is_url(path):
+        source, tree = _url_source(path)
+        return _finish(source, tree, path, labels, rows)
+    path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
         raise UserError(f"input not found: {path}")
     if os.path.isfile(path):
@@ -418,6 +493,43 @@ def discover(path, labels=None):
             raise UserError(f"input folder {path} is empty")
         source = Source(path=path, kind="folder", layout="")
         tree = _walk_folder(path, source)
+    return _finish(source, tree, path, labels, rows)
+
+
+def _url_source(url):
+    """(Source, _Tree) of a URL: a zip object, or the objects under a prefix, by one listing.
+
+    Only names and sizes are asked for; empty objects are skipped here, as
+    the scan would skip an empty file.
+    """
+    storage.check_url(url)
+    fs, root = storage.filesystem(url)
+    shown = storage.public(url).rstrip("/")
+    root = root.rstrip("/")
+    with storage.remote_errors(url, "list"):
+        if fs.isfile(root):
+            return Source(path=shown, kind="zip", layout=""), _zip_tree(shown)
+        found = fs.find(root, detail=True, withdirs=False)
+    source = Source(path=shown, kind="folder", layout="")
+    files, dirs = [], set()
+    for key, info in sorted(found.items()):
+        name = key[len(root):].lstrip("/") if key.startswith(root) else None
+        parts = name.split("/") if name else []
+        if not parts or any(p.startswith(".") or p == "" for p in parts):
+            continue
+        if info.get("size") == 0:
+            source.skipped.append({"name": name, "reason": "empty file (0 bytes)"})
+            continue
+        files.append(name)
+        dirs.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
+    if not files and not source.skipped:
+        raise UserError(f"input {shown} holds no files (or cannot be listed with the credentials of this "
+                        "environment); give the folder of the images, e.g. s3://bucket/images/")
+    return source, _Tree(files, dirs)
+
+
+def _finish(source, tree, path, labels, rows):
+    """Read the layout (or the labels file's rows) from `tree` into `source`."""
     if rows is None:
         _read_layout(tree, source)
     else:

@@ -75,14 +75,13 @@ def upload_folder(folder, url, force=False, progress=True):
         raw = f.read()
     fs, root = storage.filesystem(url)
     storage.forget_listings(url)
-    remote_raw = _remote_manifest(fs, root, url, local, force)
+    remote_raw = remote_manifest(fs, root, url, local.data["plan"], force)
     committed = remote_raw == raw
-    record = _Record(folder, url)
-    report = {"uploaded": 0, "uploaded_bytes": 0, "downloaded_to_check": 0, "kept": 0,
-              "manifest": "unchanged" if committed else "uploaded"}
+    record = Record(folder, url)
+    report = new_report(committed)
     if remote_raw is not None and not committed:
         with storage.remote_errors(url, "replace the manifest in"):
-            fs.rm_file(_key(root, MANIFEST_NAME))  # the bucket is incomplete until ours goes up
+            fs.rm_file(object_key(root, MANIFEST_NAME))  # the bucket is incomplete until ours goes up
     entries = local.shards()
     bar = Progress(len(entries), "upload", unit="shards", enabled=progress and bool(entries))
     for entry in entries:
@@ -90,54 +89,70 @@ def upload_folder(folder, url, force=False, progress=True):
         bar.update()
     bar.close()
     if force:
-        _remove_stale(fs, root, url, local)
+        remove_stale(fs, root, url, {entry["file"] for entry in local.shards()})
     if not committed:
         with storage.remote_errors(url, "upload to"):
-            fs.pipe_file(_key(root, MANIFEST_NAME), raw)  # the commit point, last
+            fs.pipe_file(object_key(root, MANIFEST_NAME), raw)  # the commit point, last
     return report
 
 
-def _key(root, name):
+def object_key(root, name):
     return f"{root.rstrip('/')}/{name}"
 
 
-def _remote_manifest(fs, root, url, local, force):
-    """The bytes of the bucket's manifest (None if absent); UserError if it is another ingest and not `force`."""
+def remote_manifest(fs, root, url, plan, force):
+    """The bytes of the bucket's manifest (None if absent); UserError if it is not of ingest `plan` and not `force`."""
     with storage.remote_errors(url):
         try:
-            raw = fs.cat_file(_key(root, MANIFEST_NAME))
+            raw = fs.cat_file(object_key(root, MANIFEST_NAME))
         except FileNotFoundError:
             return None
     try:
-        plan = json.loads(raw).get("plan")
+        found = json.loads(raw).get("plan")
     except (ValueError, AttributeError):
-        plan = None  # unreadable: replaced like any other manifest that is not ours
-    if plan != local.data["plan"] and not force:
+        found = None  # unreadable: replaced like any other manifest that is not ours
+    if found != plan and not force:
         raise UserError(f"{storage.public(url)} already holds shards from a different ingest (other files or "
                         "settings); pass --force to replace them or choose another --out")
     return raw
 
 
-def _upload_shard(fs, root, url, local, entry, record, committed, report):
-    key = _key(root, entry["file"])
+def bucket_holds(fs, root, url, entry, record, committed, report):
+    """Whether the object url/entry["file"] is the shard `entry` describes, cheapest proof first (see above).
+
+    `committed`: the bucket's manifest is this very ingest. A proved object
+    is recorded and counted in report["kept"].
+    """
+    key = object_key(root, entry["file"])
     with storage.remote_errors(url, "check"):
         try:
             info = fs.info(key)
         except FileNotFoundError:
             info = None
         token = str(fs.checksum(key)) if info is not None else None
-    if info is not None and info.get("size") == entry["bytes"]:
-        # The bucket's manifest vouches only for objects this staging folder has no
-        # other knowledge of: one it uploaded and that changed since is re-checked.
-        if record.vouches(entry, token) or (committed and not record.knows(entry)):
-            record.keep(entry, token)
-            report["kept"] += 1
-            return
+    if info is None or info.get("size") != entry["bytes"]:
+        return False
+    # The bucket's manifest vouches only for objects this staging folder has no
+    # other knowledge of: one it uploaded and that changed since is re-checked.
+    if not (record.vouches(entry, token) or (committed and not record.knows(entry))):
         report["downloaded_to_check"] += 1
-        if storage.sha256(storage.join(url, entry["file"])) == entry["sha256"]:
-            record.keep(entry, token)
-            report["kept"] += 1
-            return
+        if storage.sha256(storage.join(url, entry["file"])) != entry["sha256"]:
+            return False
+    record.keep(entry, token)
+    report["kept"] += 1
+    return True
+
+
+def new_report(committed):
+    """The upload report of upload_folder and of a cluster ingest (ingest.cluster)."""
+    return {"uploaded": 0, "uploaded_bytes": 0, "downloaded_to_check": 0, "kept": 0,
+            "manifest": "unchanged" if committed else "uploaded"}
+
+
+def _upload_shard(fs, root, url, local, entry, record, committed, report):
+    key = object_key(root, entry["file"])
+    if bucket_holds(fs, root, url, entry, record, committed, report):
+        return
     with storage.remote_errors(url, "upload to"):
         fs.put_file(local.shard_path(entry), key)
         token = str(fs.checksum(key))
@@ -147,16 +162,15 @@ def _upload_shard(fs, root, url, local, entry, record, committed, report):
     report["uploaded_bytes"] += entry["bytes"]
 
 
-def _remove_stale(fs, root, url, local):
-    """With --force: shard files of an earlier ingest that this one does not list (as a local --force does)."""
-    listed = {entry["file"] for entry in local.shards()}
+def remove_stale(fs, root, url, listed):
+    """With --force: shard files of an earlier ingest not in `listed` (as a local --force does)."""
     for name in storage.list_names(url):
         if _SHARD_FILE.match(name) and name not in listed:
             with storage.remote_errors(url, "remove a stale shard from"):
-                fs.rm_file(_key(root, name))
+                fs.rm_file(object_key(root, name))
 
 
-class _Record:
+class Record:
     """STAGING/upload.json: the version token of each object this folder uploaded or checked."""
 
     def __init__(self, folder, url):
@@ -177,8 +191,14 @@ class _Record:
         return isinstance(known, dict) and token is not None and known.get("token") == token \
             and known.get("sha256") == entry["sha256"]
 
-    def keep(self, entry, token):
-        self.objects[entry["file"]] = {"sha256": entry["sha256"], "token": token}
+    def entry(self, name):
+        """What was recorded of object `name` (a dict), or None."""
+        known = self.objects.get(name)
+        return known if isinstance(known, dict) else None
+
+    def keep(self, entry, token, **extra):
+        # `extra`: what a cluster ingest needs to reuse the object without a manifest (ingest.cluster).
+        self.objects[entry["file"]] = {"sha256": entry["sha256"], "token": token, **extra}
         # Saved at once: an interrupted upload keeps what it has proved.
         write_json_atomic(self.path, {"url": self.url, "objects": self.objects})
 

@@ -6,16 +6,19 @@ local process or on a distributed worker, and can be tested without Dask.
 import contextlib
 import json
 import os
-import zipfile
+import shutil
+import tempfile
 
 from ingest.plan import zip_member_limit
-from shards.errors import ShardError
+from ingest.sources import OverLimit, Source, open_archive
+from shards import storage
+from shards.errors import ShardError, UserError
 from shards.format import ShardReader, sha256_file, write_shard
 from shards.fsio import CRASH_ENV, CRASH_EXIT, crash_point, disk_errno  # noqa: F401 - the hook's names for tests
 from shards.image import BadImage, load_image
 
 # Steps of a shard's commit that the crash tests stop at (shards.fsio.crash_point).
-CRASH_STEPS = ("shard-writing", "shard-renamed", "manifest-before", "manifest-temp-written",
+CRASH_STEPS = ("shard-writing", "shard-renamed", "shard-uploaded", "manifest-before", "manifest-temp-written",
                "manifest-renamed")
 
 
@@ -52,8 +55,9 @@ def build_shard(spec, source_path, source_kind, settings, out):
         skipped, written = [], [0] * len(spec.classes)
         count = 0
         limit = zip_member_limit(settings.max_pixels)
+        source = Source(source_path, source_kind, layout="")
         with contextlib.ExitStack() as stack:
-            archive = stack.enter_context(zipfile.ZipFile(source_path)) if source_kind == "zip" else None
+            archive = stack.enter_context(open_archive(source_path)) if source_kind == "zip" else None
             writer = stack.enter_context(write_shard(
                 path, height=settings.size[0], width=settings.size[1], capacity=len(spec.items),
                 compression=settings.compression, classes=spec.classes,
@@ -61,7 +65,8 @@ def build_shard(spec, source_path, source_kind, settings, out):
                        "plan": spec.digest, "skipped": "[]"}))
             for name, label, fingerprint, height, width in spec.items:
                 try:
-                    data = _read_member(archive, name, limit) if archive else os.path.join(source_path, name)
+                    data = (_read_member(source, archive, name, limit) if archive or source.remote
+                            else os.path.join(source_path, name))
                     image = load_image(data, settings.size, settings.fit, settings.max_pixels, settings.draft)
                 except BadImage as exc:
                     skipped.append({"name": name, "reason": str(exc)})
@@ -98,19 +103,54 @@ def build_shard_or_disk_error(spec, source_path, source_kind, settings, out):
         raise error from None
 
 
-def _read_member(archive, name, limit):
-    """The bytes of one zip member, never more than `limit` of them in memory.
+def _read_member(source, archive, name, limit):
+    """The bytes of one zip member or object at a URL, never more than `limit` of them in memory.
 
     Members declaring more were skipped while planning; reading at most
     limit + 1 bytes keeps that promise even if the archive changed since.
     """
     try:
-        with archive.open(name) as member:
-            data = member.read(limit + 1)
+        return source.read(name, archive, limit)
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - zipfile raises many kinds (BadZipFile, zlib.error, NotImplementedError...)
-        raise BadImage(f"unreadable zip member: {exc}") from None
-    if len(data) > limit:
-        raise BadImage(f"zip member holds over {limit:,} bytes, the limit for --max-pixels")
-    return data
+    except OverLimit as exc:
+        raise BadImage(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - zipfile and fsspec raise many kinds (BadZipFile, zlib.error...)
+        what = "zip member" if archive is not None else "object"
+        raise BadImage(f"unreadable {what}: {exc}") from None
+
+
+def build_and_upload(spec, source_path, source_kind, settings, url):
+    """On a worker of a cluster with no shared disk: build one shard locally, check it, upload it to `url`.
+
+    The shard is written in a temporary folder of this worker (its TMPDIR),
+    read back and checked against the content checksum it was written with,
+    and put whole at url/spec.file (an object store shows a put object
+    entirely or not at all, so a worker killed mid-upload leaves the old
+    object or none). Returns build_shard's summary plus the object's version
+    token; nothing but the URL, which carries no credentials, is needed:
+    this worker's storage credentials come from its own environment.
+    Errors come back as UserError, which pickles for the driver.
+    """
+    folder = tempfile.mkdtemp(prefix="kibble-shard-")
+    try:
+        summary = build_shard_or_disk_error(spec, source_path, source_kind, settings, folder)
+        path = os.path.join(folder, spec.file)
+        try:
+            with ShardReader(path) as shard:
+                shard.verify_content()
+        except ShardError as exc:
+            raise UserError(f"shard {spec.file} built on worker failed its check before upload: {exc.problem}") \
+                from None
+        fs, root = storage.filesystem(url)
+        key = f"{root.rstrip('/')}/{spec.file}"
+        with storage.remote_errors(url, "upload to"):
+            fs.put_file(path, key)
+            crash_point("shard-uploaded")
+            size, token = fs.info(key).get("size"), str(fs.checksum(key))
+        if size != summary["bytes"]:
+            raise UserError(f"{storage.public(url)}/{spec.file} holds {size} bytes after upload, "
+                            f"{summary['bytes']} were sent; run ingest again")
+        return {**summary, "token": token}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -107,14 +107,10 @@ class LocalFolder(click.Path):
         return super().convert(value, param, ctx)
 
 
-def local_input(ctx, param, value):
-    """ingest's INPUT: a local folder or zip (file:// too); a URL is one `Error:` line, for now."""
+def input_location(ctx, param, value):
+    """ingest's INPUT: a local folder or zip (file:// too), or a URL without credentials in it."""
     value = storage.local_path(value)
-    if storage.is_url(value):
-        raise UserError("INPUT must be a local folder or zip for now: reading images from object storage "
-                        "is not supported yet; copy them first (e.g. `aws s3 sync s3://bucket/images images/`). "
-                        f"Received: INPUT={storage.public(value)}")
-    return value
+    return storage.check_url(value) if storage.is_url(value) else value
 
 
 def _name(param):

@@ -14,12 +14,14 @@ from tests.help_examples import help_examples, parse_example
 
 def test_ingest_help_example_is_an_ingest_command_that_parses(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    example, with_labels = help_examples("ingest")
+    example, with_labels, on_cluster = help_examples("ingest")
     name, params = parse_example(example, str(tmp_path / "home"))
     assert name == "ingest" and params["input_path"] == str(tmp_path / "home" / "kaggle" / "train")
     assert params["size"] == (94, 125) and params["out"] == os.path.join("data", "shards")
     name, params = parse_example(with_labels, str(tmp_path / "home"))
     assert name == "ingest" and params["labels_file"] == "flowers.csv" and params["input_path"] == "flowers.zip"
+    name, params = parse_example(on_cluster, str(tmp_path / "home"))
+    assert params["input_path"].startswith("s3://") and params["scheduler"].startswith("tcp://")
 
 
 def test_ingest_summary_gives_the_manifests_counts(kaggle_dir, tmp_path):

@@ -218,7 +218,8 @@ def test_local_cluster_run_equals_local_run(kaggle_dir, tmp_path):
     settings = IngestSettings(size=(16, 20), shard_size=8, val=0.2, test=0.2, max_pixels=50_000)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
-        on_cluster = run(kaggle_dir, tmp_path / "cluster", settings, scheduler=cluster.scheduler_address)
+        on_cluster = run(kaggle_dir, tmp_path / "cluster", settings, scheduler=cluster.scheduler_address,
+                         shared_disk=True)
     local = run(kaggle_dir, tmp_path / "local", settings)
     assert on_cluster["shards"] == local["shards"] and on_cluster["skipped"] == local["skipped"]
     assert len(on_cluster["skipped"]) == 6
@@ -226,7 +227,7 @@ def test_local_cluster_run_equals_local_run(kaggle_dir, tmp_path):
 
 def test_unreachable_scheduler_is_a_user_error(kaggle_dir, tmp_path):
     with pytest.raises(UserError, match="cannot reach Dask scheduler"):
-        run(kaggle_dir, tmp_path / "out", scheduler="tcp://127.0.0.1:9")
+        run(kaggle_dir, tmp_path / "out", scheduler="tcp://127.0.0.1:9", shared_disk=True)
 
 
 def test_zip_is_read_in_place_with_test1_as_unlabeled(kaggle_dir, tmp_path):

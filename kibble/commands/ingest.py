@@ -8,19 +8,20 @@ from shards.image import DEFAULT_MAX_PIXELS, FITS
 from ingest.fingerprint import DEFAULT_DISTANCE, MAX_DISTANCE
 from ingest.plan import LABEL_CONFLICTS, MAX_SEED
 from kibble.group import say
-from kibble.options import (DEFAULT_SHARDS, FolderOrURL, LocalFolder, class_list, local_input, seed_option,
+from kibble.options import (DEFAULT_SHARDS, FolderOrURL, LocalFolder, class_list, input_location, seed_option,
                             share_option, size_option)
 from shards.format import COMPRESSIONS
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(), callback=local_input)
+@click.argument("input_path", metavar="INPUT", type=click.Path(), callback=input_location)
 @click.option("--out", default=DEFAULT_SHARDS, show_default=True, type=FolderOrURL(),
               help="Folder for the shards and manifest.json, or a URL (s3://bucket/shards, gs://...): "
                    "built in --staging, then uploaded, manifest last; a re-run uploads only what is "
                    "missing or wrong.")
 @click.option("--staging", type=LocalFolder(), default=None,
-              help="With a URL --out: local folder the shards are built in before upload, kept afterwards. "
+              help="With a URL --out: local folder the shards are built in before upload, kept afterwards "
+                   "(with a tcp:// --scheduler the workers build them; it keeps only the upload record). "
                    "Default: one under the system's temporary folder, removed once uploaded.")
 @size_option
 @click.option("--fit", type=click.Choice(FITS), default=FITS[0], show_default=True,
@@ -36,6 +37,9 @@ from shards.format import COMPRESSIONS
               help="processes | threads | sync, or a dask.distributed address (tcp://host:8786).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Local worker count (default: every core).")
+@click.option("--shared-disk", is_flag=True,
+              help="With a tcp:// --scheduler: every Dask worker sees INPUT and --out at the same paths as this "
+                   "machine (a network file system). Without it, both must be URLs.")
 @click.option("--exclude", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File listing names to leave out, one per line.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
@@ -60,7 +64,7 @@ from shards.format import COMPRESSIONS
 @click.option("--force", is_flag=True, help="Rebuild even if --out already holds a complete ingest.")
 @click.pass_context
 def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size, compression, scheduler,
-           workers, exclude, max_pixels, label_conflicts, classes, labels_file, near_distance, resplit, strict,
+           workers, shared_disk, exclude, max_pixels, label_conflicts, classes, labels_file, near_distance, resplit, strict,
            force):
     """Decode, resize and shuffle every image of INPUT into HDF5 shards.
 
@@ -75,6 +79,13 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
     resized, brightened or slightly cropped) go whole into one split; under
     different labels they are likely label errors, left out by default.
     Running it again finishes an interrupted ingest.
+
+    INPUT and --out may be URLs (s3://bucket/images/, gs://..., memory://):
+    INPUT is listed here and each worker reads its files itself. With a
+    Dask cluster (--scheduler tcp://host:8786) whose workers share no disk
+    with this machine, both must be URLs: each worker builds its shards in
+    its own temporary folder, checks and uploads them; manifest.json goes
+    up last. Credentials come from each machine's environment or config.
 
     --labels FILE gives the labels instead (UTF-8 CSV, comma-separated, or
     tab/semicolon when the first row has no comma). A first row naming its
@@ -91,6 +102,7 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
     Examples:
       python cli.py ingest ~/kaggle/train --out data/shards --size 94x125
       python cli.py ingest flowers.zip --labels flowers.csv --out data/flowers
+      python cli.py ingest s3://bucket/images/ --out s3://bucket/shards --scheduler tcp://10.0.0.5:8786
     """
     from ingest import IngestSettings, ingest as run_ingest
     from ingest.summary import format_summary, format_warnings
@@ -103,7 +115,7 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
     try:
         result = run_ingest(input_path, out, settings, scheduler=scheduler, workers=workers, exclude=exclude,
                             strict=strict, force=force, progress=not ctx.obj["quiet"], staging=staging,
-                            labels=labels_file)
+                            labels=labels_file, shared_disk=shared_disk)
     except UserError as exc:
         if getattr(exc, "hdf5_unusable", False):
             _exit_now(exc)
