@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,11 +71,17 @@ def test_figures(metrics):
             "macro_f1": test["macro"]["f1"]}
 
 
-def run_kibble(args, scratch):
+def pinned(core):
+    """Command prefix that keeps a side on one core (--side-by-side), or none."""
+    return [] if core is None else ["taskset", "-c", str(core)]
+
+
+def run_kibble(args, scratch, core=None):
     shards, probe, main_run = (os.path.join(scratch, name) for name in ("shards", "probe", "run"))
     size = ["--size", args.size]
-    ingest = step("kibble ingest", [PY, CLI, "--quiet", "ingest", args.dataset, "--out", shards, *size])
-    train_common = [PY, CLI, "--quiet", "train", "--data", shards, "--model", "kibble",
+    ingest = step("kibble ingest", [*pinned(core), PY, CLI, "--quiet", "ingest", args.dataset, "--out", shards,
+                                    *size, "--workers", "1"])
+    train_common = [*pinned(core), PY, CLI, "--quiet", "train", "--data", shards, "--model", "kibble",
                     "--class-weight", args.class_weight, "--seed", str(args.seed)]
     budget = args.minutes * 60
     probe_step = step("kibble probe", [*train_common, "--epochs", "1", "--run-dir", probe])
@@ -84,7 +91,7 @@ def run_kibble(args, scratch):
     epochs = max(1, math.floor((budget - probe_step["seconds"] - overhead) / per_epoch))
     say(f"kibble: {per_epoch:.0f} s an epoch, {overhead:.0f} s overhead -> {epochs} epoch(s)")
     train = step("kibble train", [*train_common, "--epochs", str(epochs), "--run-dir", main_run])
-    evaluate = step("kibble evaluate", [PY, CLI, "--quiet", "evaluate", main_run, "--split", "test"])
+    evaluate = step("kibble evaluate", [*pinned(core), PY, CLI, "--quiet", "evaluate", main_run, "--split", "test"])
     with open(os.path.join(main_run, "metrics.json")) as f:
         metrics = json.load(f)
     with open(os.path.join(main_run, "state.json")) as f:
@@ -103,8 +110,9 @@ def run_kibble(args, scratch):
     }
 
 
-def run_baseline(args):
-    result = step("baseline", [PY, BASELINE, args.dataset, "--minutes", str(args.minutes), "--size", args.size,
+def run_baseline(args, core=None):
+    result = step("baseline", [*pinned(core), PY, BASELINE, args.dataset, "--minutes", str(args.minutes),
+                               "--size", args.size,
                                "--batch-size", str(args.baseline_batch_size), "--seed", str(args.seed)])
     found = json.loads(result["stdout"].strip().splitlines()[-1])
     return {
@@ -148,6 +156,29 @@ def notes(args, results):
     ]
 
 
+def run_sides(args, scratch):
+    """{"kibble": ..., "baseline": ...}: one after the other, or at once on a core each."""
+    if not args.side_by_side:
+        return {"kibble": run_kibble(args, scratch), "baseline": run_baseline(args)}
+    results, errors = {}, []
+
+    def side(name, run, *extra):
+        try:
+            results[name] = run(args, *extra)
+        except BaseException as exc:  # re-raised below, in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=side, args=("kibble", run_kibble, scratch, 0)),
+               threading.Thread(target=side, args=("baseline", run_baseline, 1))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", nargs="?", default=DATASET)
@@ -158,6 +189,9 @@ def main():
     parser.add_argument("--baseline-batch-size", type=int, default=128, help="The keras.io example's batch size.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_path", default=None, help="Write every figure here.")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="Run both sides at once, each pinned to one core, so that other load on a shared "
+                             "machine falls on both alike (Linux: taskset).")
     parser.add_argument("--scratch", default=None, help="Folder for kibble's shards and runs (default: a temp "
                                                         "folder, removed at the end).")
     args = parser.parse_args()
@@ -166,12 +200,13 @@ def main():
     scratch = args.scratch or tempfile.mkdtemp(prefix="kibble-clothing-")
     started = time.monotonic()
     try:
-        results = {"kibble": run_kibble(args, scratch), "baseline": run_baseline(args)}
+        results = run_sides(args, scratch)
     finally:
         if args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
     results["settings"] = {"dataset": os.path.abspath(args.dataset), "minutes": args.minutes, "size": args.size,
                            "class_weight": args.class_weight, "seed": args.seed, "cores": os.cpu_count(),
+                           "side_by_side": args.side_by_side,
                            "total_minutes": round((time.monotonic() - started) / 60, 1)}
     results["notes"] = notes(args, results)
     print("\n".join(table(results)))
