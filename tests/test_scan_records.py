@@ -44,3 +44,61 @@ def test_the_plan_digest_of_a_fixed_input_is_what_it_was(tmp_path, case, make):
     result = run(src, tmp_path / "out")
     rest = json.dumps({key: result[key] for key in REST}, sort_keys=True)
     assert (result["plan"], hashlib.sha256(rest.encode()).hexdigest()) == (PINNED[case], PINNED_REST[case])
+
+
+OFF = IngestSettings(**{**SETTINGS.__dict__, "near_distance": None})
+
+
+def test_off_forms_no_groups_and_gives_the_split_of_before_near_duplicates(tmp_path):
+    src = folder_with_copies(str(tmp_path / "train"))
+    default, off = run(src, tmp_path / "default"), run(src, tmp_path / "off", OFF)
+    assert default["totals"]["near_duplicate_groups"] == 2  # planted: still found by default
+    assert off["totals"]["near_duplicate_groups"] == 0 and off["near_duplicates"] == []
+    assert off["fingerprint"] == {"kind": None, "bits": None, "near_distance": None}
+    # The split before groups existed: the plain seeded split of every image, which for this
+    # seed puts a planted group across splits (so groups do change something here).
+    from ingest.plan import index_classes, split_items
+    from ingest.sources import discover
+    classes, items, _ = index_classes(discover(src).items, set(), None)
+    plain, _ = split_items(items, OFF, classes)
+    named = {split: sorted(names) for split, names in _names(tmp_path / "off").items()}
+    assert named == {split: sorted(item.name for item in plain[split]) for split in ("train", "val", "test")}
+    assert named != {split: sorted(n) for split, n in _names(tmp_path / "default").items()}
+    # Sizes still come from the header, and the shards store fingerprint 0 (unknown).
+    assert off["original_sizes"]["count"] == default["original_sizes"]["count"] == 29
+    manifest = load_manifest(str(tmp_path / "off"))
+    for entry in manifest.shards():
+        with ShardReader(manifest.shard_path(entry)) as shard:
+            shard.verify_content()
+            assert not shard.fingerprints.any() and (shard.orig_sizes > 0).all()
+
+
+def _names(out):
+    manifest = load_manifest(str(out))
+    found = {}
+    for entry in manifest.shards():
+        with ShardReader(manifest.shard_path(entry)) as shard:
+            found.setdefault(entry["split"], []).extend(shard.names)
+    return found
+
+
+def test_off_on_the_command_line_with_its_summary_info_and_report(tmp_path):
+    src = folder_with_copies(str(tmp_path / "train"))
+    out, runner = tmp_path / "out", CliRunner()
+    result = runner.invoke(cli, ["ingest", src, "--out", str(out), "--size", "16x20", "--val", "4", "--test", "4",
+                                 "--scheduler", "sync", "--near-distance", "off"])
+    assert result.exit_code == 0, result.output
+    assert "near-duplicates not looked for" in result.output
+    assert json.loads((out / "manifest.json").read_text())["settings"]["near_distance"] is None
+    shown = runner.invoke(cli, ["info", "--data", str(out), "--runs", str(tmp_path / "runs")])
+    assert shown.exit_code == 0 and "near-duplicate groups" not in shown.output, shown.output
+    report = runner.invoke(cli, ["info", "--data", str(out), "--report", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Not looked for: ingested with `--near-distance off`" in text
+
+
+@pytest.mark.parametrize("value", ["16", "-1", "of", "6.5"])
+def test_a_bad_near_distance_is_one_line_naming_the_option(tmp_path, value):
+    bad = CliRunner().invoke(cli, ["ingest", str(tmp_path), "--out", str(tmp_path / "x"), "--near-distance", value])
+    assert bad.exit_code == 2 and "--near-distance" in bad.output and "or off" in bad.output, bad.output
