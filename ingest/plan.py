@@ -161,6 +161,42 @@ class ShardSpec:
     classes: tuple  # class names in index order, written into the shard
 
 
+class SpecItems:
+    """A shard's (name, label, fingerprint, height, width) rows, kept as columns.
+
+    The driver holds every shard's rows until the end of an ingest: a tuple
+    of five Python objects a row costs about 170 bytes, these columns about
+    20 beside the name. Iterates, indexes and compares as the tuples would.
+    """
+
+    __slots__ = ("names", "labels", "extras")
+
+    def __init__(self, rows):
+        rows = list(rows)
+        self.names = tuple(row[0] for row in rows)
+        self.labels = np.array([row[1] for row in rows], dtype=np.int32)
+        self.extras = np.array([row[2:] for row in rows], dtype=np.uint64).reshape(len(rows), 3)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        fingerprint, height, width = (int(v) for v in self.extras[i])
+        return self.names[i], int(self.labels[i]), fingerprint, height, width
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other):
+        return tuple(self) == tuple(other)
+
+    def __hash__(self):
+        return hash(tuple(self))
+
+    def __repr__(self):
+        return f"SpecItems({tuple(self)!r})"
+
+
 def _digest(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -540,7 +576,7 @@ def shard_specs(splits, settings, classes, table=None):
             chunk = tuple((item.name, item.label, *(table.extras(item.name) if table else (0, 0, 0)))
                           for item in items[start:start + settings.shard_size])
             specs.append(ShardSpec(
-                file=f"{split}-{index:05d}.h5", split=split, index=index, items=chunk,
+                file=f"{split}-{index:05d}.h5", split=split, index=index, items=SpecItems(chunk),
                 digest=_digest(SCHEMA_VERSION, pixel_settings, list(classes), split, chunk),
                 classes=tuple(classes)))
     return specs
