@@ -203,10 +203,10 @@ def datasets(distance):
         settings = IngestSettings(near_distance=distance)
         source = discover(os.path.join(DATASETS, name))
         classes, items, _ = index_classes(source.items, source.class_names)
-        records = _scan(source, items, settings, "processes", None, False)
-        keys, _ = content_keys(records[item.name] for item in items)
+        table = _scan(source, items, settings, "processes", None, False)
+        keys, _ = content_keys(table)
         items, duplicates, _ = drop_duplicates(items, keys)
-        near = near_duplicate_groups(items, records, distance)
+        near = near_duplicate_groups(items, table, distance)
         today, _ = split_items(items, settings, classes)
         kept, conflicts = resolve_near_conflicts(items, near, classes)
         left_out = {item.name for item in items} - {item.name for item in kept}

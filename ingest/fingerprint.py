@@ -159,6 +159,31 @@ def fingerprint(opened, max_pixels):
             raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
 
 
+def header_size(opened, max_pixels):
+    """(height, width) upright, from the image header alone: nothing is decoded.
+
+    What the scan records when near-duplicates are not looked for. Raises
+    BadImage for a file Pillow cannot identify or one over `max_pixels`,
+    as `fingerprint` does.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(opened) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise BadImage(f"image too large: {width}x{height} is over the limit of {max_pixels:,} pixels")
+                if image.getexif().get(ExifTags.Base.Orientation, 1) in _ROTATED:
+                    width, height = height, width
+                return height, width
+        except BadImage:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any header failure is this file's problem
+            raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
+
+
 def _on_white(image):
     """Transparent pixels as white, as the shards store them (shards.image._to_rgb)."""
     rgba = image.convert("RGBA")
@@ -239,7 +264,10 @@ def near_pairs(fingerprints, distance, colours=None):
     if not found:
         return np.empty((0, 2), dtype=np.int64)
     pairs = np.unique(np.sort(np.concatenate(found).astype(np.int64), axis=1), axis=0)
-    if colours is not None:
+    if colours is not None and isinstance(colours, np.ndarray):  # one row of 32 per fingerprint
+        difference = np.abs(colours[pairs[:, 0]].astype(np.float64) - colours[pairs[:, 1]]).mean(axis=1)
+        pairs = pairs[difference <= MAX_COLOUR_DIFFERENCE]
+    elif colours is not None:
         pairs = pairs[[_same_colours(colours[a], colours[b]) for a, b in pairs]]
     return pairs
 

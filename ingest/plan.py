@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -78,6 +79,8 @@ class IngestSettings:
     # Images whose fingerprints (ingest.fingerprint) differ in at most this
     # many of 64 bits are near-duplicates: one group, one split (unless the
     # input's own folders split them). Chosen from docs/benchmarks.md.
+    # None (--near-distance off): no fingerprints, no groups, and a scan
+    # that reads only each file's bytes and image header (no decode).
     near_distance: int = DEFAULT_DISTANCE
 
     def validate(self):
@@ -104,8 +107,9 @@ class IngestSettings:
         if self.label_conflicts not in LABEL_CONFLICTS:
             raise UserError(f"label_conflicts must be one of {LABEL_CONFLICTS}. "
                             f"Received: label_conflicts={self.label_conflicts!r}")
-        if not _is_int(self.near_distance) or not 0 <= self.near_distance <= MAX_DISTANCE:
-            raise UserError(f"near_distance must be a whole number of bits from 0 to {MAX_DISTANCE}. "
+        if self.near_distance is not None and (not _is_int(self.near_distance)
+                                               or not 0 <= self.near_distance <= MAX_DISTANCE):
+            raise UserError(f"near_distance must be a whole number of bits from 0 to {MAX_DISTANCE}, or None (off). "
                             f"Received: near_distance={self.near_distance!r}")
         if self.classes is not None:
             names = list(self.classes)
@@ -157,19 +161,76 @@ class ShardSpec:
     classes: tuple  # class names in index order, written into the shard
 
 
+class SpecItems:
+    """A shard's (name, label, fingerprint, height, width) rows, kept as columns.
+
+    The driver holds every shard's rows until the end of an ingest: a tuple
+    of five Python objects a row costs about 170 bytes, these columns about
+    20 beside the name. Iterates, indexes and compares as the tuples would.
+    """
+
+    __slots__ = ("names", "labels", "extras")
+
+    def __init__(self, rows):
+        rows = list(rows)
+        self.names = tuple(row[0] for row in rows)
+        self.labels = np.array([row[1] for row in rows], dtype=np.int32)
+        self.extras = np.array([row[2:] for row in rows], dtype=np.uint64).reshape(len(rows), 3)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        fingerprint, height, width = (int(v) for v in self.extras[i])
+        return self.names[i], int(self.labels[i]), fingerprint, height, width
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other):
+        return tuple(self) == tuple(other)
+
+    def __hash__(self):
+        return hash(tuple(self))
+
+    def __repr__(self):
+        return f"SpecItems({tuple(self)!r})"
+
+
 def _digest(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def content_keys(records):
-    """({name: sha256}, [skipped]) from the scan's records (ingest.scan.scan_chunk)."""
-    keys, skipped = {}, []
-    for record in records:
-        if "reason" in record:
-            skipped.append({"name": record["name"], "reason": record["reason"]})
-        else:
-            keys[record["name"]] = record["sha256"]
-    return keys, skipped
+def content_keys(table):
+    """(Digests, [skipped]) from the scan's table (ingest.scan.ScanTable)."""
+    return Digests(table), table.skipped()
+
+
+class Digests:
+    """{name: raw sha256} of a ScanTable's files that were read, without a dict per file."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def get(self, name, default=None):
+        row = self.table.row.get(name)
+        if row is None or not self.table.columns["read"][row]:
+            return default
+        return self.table.columns["sha256"][row]
+
+    def repeated(self, names):
+        """The digests shared by two or more of `names`."""
+        rows = self.table.rows(names)
+        digests = self.table.columns["sha256"][rows[self.table.columns["read"][rows]]]
+        unique, counts = np.unique(digests, return_counts=True)
+        return set(unique[counts > 1].tolist())
+
+
+def _repeated(items, hashes):
+    if hasattr(hashes, "repeated"):
+        return hashes.repeated([item.name for item in items])
+    counts = Counter(hashes[item.name] for item in items if item.name in hashes)
+    return {digest for digest, count in counts.items() if count > 1}
 
 
 def drop_duplicates(items, hashes, label_conflicts="drop"):
@@ -183,12 +244,18 @@ def drop_duplicates(items, hashes, label_conflicts="drop"):
     is. Each conflict is listed as {"names", "labels", "kept"} with every
     labelled copy; unlabelled copies of it stay duplicates of the first.
     """
-    groups = {}
-    for item in sorted(items, key=lambda item: (item.label == UNLABELED, item.name)):
+    # Only the items sharing their content with another are grouped: no
+    # list per file when, as usual, nearly every file is unique.
+    repeated = _repeated(items, hashes)
+    kept, copied = [], []
+    for item in items:
         digest = hashes.get(item.name)
         if digest is not None:
-            groups.setdefault(digest, []).append(item)
-    kept, duplicates, conflicts = [], [], []
+            (copied if digest in repeated else kept).append(item)
+    groups = {}
+    for item in sorted(copied, key=lambda item: (item.label == UNLABELED, item.name)):
+        groups.setdefault(hashes.get(item.name), []).append(item)
+    duplicates, conflicts = [], []
     for copies in groups.values():
         first = copies[0]
         labelled = [item for item in copies if item.label != UNLABELED]
@@ -210,17 +277,21 @@ def drop_duplicates(items, hashes, label_conflicts="drop"):
     return kept, duplicates, conflicts
 
 
-def near_duplicate_groups(items, records, distance):
+def near_duplicate_groups(items, table, distance):
     """Groups of 2+ `items` whose fingerprints lie within `distance` bits (and colours agree), linked pairwise.
 
     Each group is a list of items in name order; groups are ordered by their
     first name, so the result depends on the input alone. Items without a
-    fingerprint (the scan could not decode them) belong to no group.
+    fingerprint (the scan could not decode them) belong to no group; with
+    `distance` None (not looked for) there are no groups.
     """
-    known = sorted((item for item in items if (records.get(item.name) or {}).get("fingerprint") is not None),
+    if distance is None:
+        return []
+    columns = table.columns
+    known = sorted((item for item in items if item.name in table.row and columns["printed"][table.row[item.name]]),
                    key=lambda item: item.name)
-    fps = np.array([records[item.name]["fingerprint"] for item in known], dtype=np.uint64)
-    colours = [records[item.name].get("colour") for item in known]
+    rows = table.rows([item.name for item in known])
+    fps, colours = columns["fingerprint"][rows], columns["colour"][rows]
     return [[known[i] for i in members] for members in groups(len(known), near_pairs(fps, distance, colours))]
 
 
@@ -488,13 +559,12 @@ def class_counts(items, num_classes):
     return counts
 
 
-def shard_specs(splits, settings, classes, records=None):
+def shard_specs(splits, settings, classes, table=None):
     """Cut each split into shards of `settings.shard_size` files.
 
-    `records` ({name: scan record}) give each item's fingerprint and
+    `table` (ingest.scan.ScanTable) gives each item's fingerprint and
     original size (0 when unknown).
     """
-    records = records or {}
     # Only what changes a shard's contents goes into its digest, so a shard
     # stays reusable when, say, the conflict policy changes other shards.
     pixel_settings = {k: v for k, v in settings.to_json().items()
@@ -503,19 +573,13 @@ def shard_specs(splits, settings, classes, records=None):
     specs = []
     for split, items in splits.items():
         for index, start in enumerate(range(0, len(items), settings.shard_size)):
-            chunk = tuple((item.name, item.label, *_scanned(records.get(item.name)))
+            chunk = tuple((item.name, item.label, *(table.extras(item.name) if table else (0, 0, 0)))
                           for item in items[start:start + settings.shard_size])
             specs.append(ShardSpec(
-                file=f"{split}-{index:05d}.h5", split=split, index=index, items=chunk,
+                file=f"{split}-{index:05d}.h5", split=split, index=index, items=SpecItems(chunk),
                 digest=_digest(SCHEMA_VERSION, pixel_settings, list(classes), split, chunk),
                 classes=tuple(classes)))
     return specs
-
-
-def _scanned(record):
-    """(fingerprint, original height, original width) of a scan record, 0 for what is unknown."""
-    record = record or {}
-    return tuple(record.get(key) or 0 for key in ("fingerprint", "height", "width"))
 
 
 def read_exclusions(path):

@@ -27,7 +27,7 @@ from ingest.plan import (
     split_items,
     zip_member_limit,
 )
-from ingest.scan import chunks, scan_chunk
+from ingest.scan import ScanTable, chunks, scan_chunk
 from ingest.fingerprint import BITS as FINGERPRINT_BITS
 from ingest.fingerprint import KIND as FINGERPRINT_KIND
 from ingest.sources import Source, discover
@@ -75,8 +75,8 @@ class _Plan:
     near_duplicates: list
     # Near-duplicate groups under different labels: [{"names", "labels", "kept"}].
     near_conflicts: list
-    # {name: scan record} of every file scanned (ingest.scan).
-    records: dict
+    # Every file scanned, one row each (ingest.scan.ScanTable).
+    table: object
 
 
 def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes", workers=None,
@@ -158,18 +158,18 @@ def _plan(input_path, settings, exclude, strict, scheduler="sync", workers=None,
     classes, items, class_excluded = index_classes(source.items, source.class_names, settings.classes)
     items, excluded = apply_exclusions(items, read_exclusions(exclude))
     excluded += class_excluded + source.excluded
-    records = _scan(source, items, settings, scheduler, workers, progress)
-    hashes, unreadable = content_keys(records[item.name] for item in items)
+    table = _scan(source, items, settings, scheduler, workers, progress)
+    hashes, unreadable = content_keys(table)
     items, duplicates, conflicts = drop_duplicates(items, hashes, settings.label_conflicts)
     skipped = source.skipped + unreadable
     if strict and skipped:
         raise UserError(f"--strict: {len(skipped)} file(s) cannot be used, first: "
                         f"{skipped[0]['name']}: {skipped[0]['reason']}")
-    near_groups = near_duplicate_groups(items, records, settings.near_distance)
+    near_groups = near_duplicate_groups(items, table, settings.near_distance)
     kept, near_conflicts = resolve_near_conflicts(items, near_groups, classes, settings.label_conflicts)
     left_out = {item.name for item in items} - {item.name for item in kept}
     splits, warnings = split_items(items, settings, classes, near_groups, left_out)
-    specs = shard_specs(splits, settings, classes, records)
+    specs = shard_specs(splits, settings, classes, table)
     near_duplicates = describe_near_duplicates(near_groups, splits, classes)
     crossing = sum(group["crosses_splits"] for group in near_duplicates)
     if crossing:
@@ -177,23 +177,23 @@ def _plan(input_path, settings, exclude, strict, scheduler="sync", workers=None,
                         "kept as given (listed in manifest.json 'near_duplicates'; --resplit keeps each group "
                         "in one split)")
     return _Plan(source, settings, specs, _plan_digest(specs, settings), skipped, excluded, duplicates,
-                 conflicts, classes, warnings, near_duplicates, near_conflicts, records)
+                 conflicts, classes, warnings, near_duplicates, near_conflicts, table)
 
 
 def _scan(source, items, settings, scheduler, workers, progress):
-    """{name: record} of every item, from scan tasks on the workers (see ingest.scan)."""
+    """A ScanTable of every item, filled by scan tasks on the workers (see ingest.scan)."""
     bar = Progress(len(items), "scan", enabled=progress)
-    records = {}
+    table = ScanTable(item.name for item in items)
 
-    def done(chunk_records):
-        records.update((record["name"], record) for record in chunk_records)
-        bar.update(len(chunk_records))
+    def done(chunk_columns):
+        bar.update(table.fill(chunk_columns))
 
     job = functools.partial(scan_chunk, source_path=source.path, source_kind=source.kind,
-                            max_member_bytes=zip_member_limit(settings.max_pixels), max_pixels=settings.max_pixels)
+                            max_member_bytes=zip_member_limit(settings.max_pixels), max_pixels=settings.max_pixels,
+                            fingerprints=settings.near_distance is not None)
     run_tasks(chunks(items), job, scheduler, workers, done)
     bar.close()
-    return records
+    return table
 
 
 def _plan_digest(specs, settings):
@@ -322,14 +322,16 @@ def _manifest(plan, summaries, decode_skipped):
         # Identical files under different labels: {"names", "labels", "kept"}.
         "label_conflicts": plan.conflicts,
         # How near-duplicates were found (docs/shard-format.md).
-        "fingerprint": {"kind": FINGERPRINT_KIND, "bits": FINGERPRINT_BITS,
-                        "near_distance": plan.settings.near_distance},
+        # near_distance None: not looked for (--near-distance off); no fingerprint in the shards (0s),
+        # and the near-duplicate lists below are empty because nobody looked, not because none exist.
+        "fingerprint": ({"kind": FINGERPRINT_KIND, "bits": FINGERPRINT_BITS, "near_distance": plan.settings.near_distance}
+                        if plan.settings.near_distance is not None else {"kind": None, "bits": None, "near_distance": None}),
         # Groups of 2+ images within near_distance bits: {"members": [{"name", "label", "split"}], "crosses_splits"}.
         "near_duplicates": plan.near_duplicates,
         # Near-duplicate groups under different labels (likely label errors): {"names", "labels", "kept"}.
         "near_duplicate_conflicts": plan.near_conflicts,
         # Upright width x height of the images as found, before resizing.
-        "original_sizes": original_sizes(plan.records.values()),
+        "original_sizes": original_sizes(plan.table),
         "totals": {
             "images": sum(s["count"] for s in summaries),
             "shards": len(summaries),
@@ -346,18 +348,21 @@ def _manifest(plan, summaries, decode_skipped):
     }
 
 
-def original_sizes(records):
+def original_sizes(table):
     """A compact summary of the images' sizes before resizing, for a data report.
 
     {"count", "width": [min, median, max], "height": [...], "aspect": {bucket: count}}:
     aspect is width / height rounded to one decimal, as a string key.
     """
-    sizes = [(r["width"], r["height"]) for r in records if r.get("width") and r.get("height")]
-    if not sizes:
+    widths, heights = table.sizes()
+    if not len(widths):
         return {"count": 0, "width": None, "height": None, "aspect": {}}
-    widths, heights = np.array(sizes).T
-    aspects = Counter(f"{w / h:.1f}" for w, h in sizes)
-    return {"count": len(sizes),
+    # One string per distinct shape, not per image: a set has few.
+    shapes, counts = np.unique(np.stack([widths, heights], axis=1), axis=0, return_counts=True)
+    aspects = Counter()
+    for (w, h), count in zip(shapes.tolist(), counts.tolist()):
+        aspects[f"{w / h:.1f}"] += count
+    return {"count": len(widths),
             "width": [int(widths.min()), float(np.median(widths)), int(widths.max())],
             "height": [int(heights.min()), float(np.median(heights)), int(heights.max())],
             "aspect": dict(sorted(aspects.items(), key=lambda kv: float(kv[0])))}

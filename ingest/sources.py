@@ -54,7 +54,7 @@ class OverLimit(ValueError):
     """An object or zip member holds more bytes than --max-pixels allows reading."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: the driver holds one per file (250,000+)
 class Item:
     name: str  # path relative to the input (member name inside a zip)
     # From discovery: the class name (str) or None (unlabelled). After

@@ -38,9 +38,10 @@ def format_summary(result, out):
         f"{totals['images']} images of {len(result['classes'])} classes in {totals['shards']} shards "
         f"({totals['bytes'] / 1e6:,.1f} MB) in {out}; "
         f"{totals['duplicates']} duplicates, {totals['label_conflicts']} label conflicts, "
-        f"{totals['near_duplicate_groups']} near-duplicate groups "
-        f"({totals['near_duplicate_conflicts']} under different labels), "
-        f"{totals['skipped']} skipped, {totals['excluded']} excluded; "
+        + (f"{totals['near_duplicate_groups']} near-duplicate groups "
+           f"({totals['near_duplicate_conflicts']} under different labels), "
+           if result["settings"].get("near_distance") is not None else "near-duplicates not looked for, ")
+        + f"{totals['skipped']} skipped, {totals['excluded']} excluded; "
         f"{result['seconds']:.1f} s ({rate:,.0f} img/s)"
         + (f"; {result['reused_shards']} shards kept from an earlier run" if result["reused_shards"] else ""))
     if totals["skipped"]:

@@ -398,6 +398,9 @@ def _near_lines(doc, figures, settings):
     if groups is None:
         return lines + ["Not looked for: this manifest was written before kibble found near-duplicates "
                         "(`ingest --force` looks for them)."]
+    if "fingerprint" in doc and (doc["fingerprint"] or {}).get("near_distance") is None:
+        return lines + ["Not looked for: ingested with `--near-distance off` (ingest again without it to "
+                        "look for them)."]
     crossing = [g for g in groups if g["crosses_splits"]]
     conflicts = doc.get("near_duplicate_conflicts") or []
     distance = (doc.get("fingerprint") or {}).get("near_distance")

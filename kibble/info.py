@@ -64,10 +64,12 @@ def _data(data_dir):
             "image_size": list(settings["size"]),
             "fit": settings["fit"],
             **{key: totals[key] for key in ("images", "shards", "bytes", "skipped", "excluded", "duplicates")},
-            # None for a manifest written before near-duplicates were looked for.
+            # None when near-duplicates were not looked for: a manifest written before they were,
+            # or an ingest with --near-distance off (its zero totals would read as "none found").
             "near_duplicates": ({key: totals[key] for key in (
                 "near_duplicate_groups", "near_duplicate_groups_crossing_splits", "near_duplicate_conflicts")}
-                if "near_duplicate_groups" in totals else None),
+                if "near_duplicate_groups" in totals
+                and (data.get("fingerprint") or {}).get("near_distance") is not None else None),
             "source": data.get("source", {}).get("path"),
         }, None
     except UserError as exc:

@@ -13,6 +13,26 @@ from kibble.options import (DEFAULT_SHARDS, FolderOrURL, LocalFolder, class_list
 from shards.format import COMPRESSIONS
 
 
+class NearDistance(click.ParamType):
+    """A number of bits 0..MAX_DISTANCE, or "off" (None): near-duplicates not looked for."""
+
+    name = "near-distance"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "off":
+            return None
+        try:
+            bits = int(value)
+        except ValueError:
+            bits = -1
+        if not 0 <= bits <= MAX_DISTANCE:
+            self.fail(f"must be a whole number of bits from 0 to {MAX_DISTANCE}, or off. Received: {value!r}",
+                      param, ctx)
+        return bits
+
+
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(), callback=input_location)
 @click.option("--out", default=DEFAULT_SHARDS, show_default=True, type=FolderOrURL(),
@@ -55,9 +75,12 @@ from shards.format import COMPRESSIONS
               metavar="FILE",
               help="CSV of image paths (relative to INPUT) and labels, for sets whose layout carries none; "
                    "images it does not name are excluded (details above).")
-@click.option("--near-distance", type=click.IntRange(0, MAX_DISTANCE), default=DEFAULT_DISTANCE, show_default=True,
+@click.option("--near-distance", type=NearDistance(), default=str(DEFAULT_DISTANCE), show_default=True,
+              metavar="0..%d|off" % MAX_DISTANCE,
               help="Images whose 64-bit fingerprints differ in at most this many bits are near-duplicates: "
-                   "kept in one split; under different labels, handled as --label-conflicts says.")
+                   "kept in one split; under different labels, handled as --label-conflicts says. "
+                   "off: do not look for them (clean data; the scan then reads only each file's bytes and "
+                   "header, no decode: a faster ingest).")
 @click.option("--resplit", is_flag=True,
               help="Ignore the train/validation/test folders of a pre-split input; split by --seed, --val, --test.")
 @click.option("--strict", is_flag=True, help="Fail instead of skipping files that cannot be used.")
@@ -78,6 +101,8 @@ def ingest(ctx, input_path, out, staging, size, fit, seed, val, test, shard_size
     Cats: dog = 0, cat = 1). Near-duplicates (the same photo re-encoded,
     resized, brightened or slightly cropped) go whole into one split; under
     different labels they are likely label errors, left out by default.
+    On data known to be clean, --near-distance off skips that search and
+    its decoding pass (the first pass then reads only bytes and headers).
     Running it again finishes an interrupted ingest.
 
     INPUT and --out may be URLs (s3://bucket/images/, gs://..., memory://):
