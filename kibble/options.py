@@ -107,6 +107,13 @@ class LocalFolder(click.Path):
         return super().convert(value, param, ctx)
 
 
+class RunFolder(FolderOrURL):
+    """A run directory or runs folder: a local folder, or a URL whose run lives in a local working copy
+    kept in step with it (train.remote_run; one writer per run at a URL, as a URL cannot be locked)."""
+
+    name = "run_folder"
+
+
 def input_location(ctx, param, value):
     """ingest's INPUT: a local folder or zip (file:// too), or a URL without credentials in it."""
     value = storage.local_path(value)
@@ -149,13 +156,19 @@ def access_options(command):
                              f"~/.cache/kibble; `none` streams (as --stream).")(command)
 
 
-def runs_option(help="Folder holding the run directories."):
+_RUN_URL_HELP = (" A URL (s3://bucket/runs, memory://...) works through a local working copy under the "
+                 "cache root (see --cache) kept in step with it.")
+
+
+def runs_option(help="Folder holding the run directories.", url=False):
+    """--runs; `url`: the command reads runs at a URL through train.remote_run (others refuse one)."""
     return click.option("--runs", "runs_root", default=DEFAULT_RUNS, show_default=True,
-                        type=LocalFolder(), help=help)
+                        type=RunFolder() if url else LocalFolder(), help=help + (_RUN_URL_HELP if url else ""))
 
 
-run_dir_option = click.option("--run-dir", type=LocalFolder(), default=None,
-                              help="Run directory. Default: RUNS/<model>-<date>-<time>-<microseconds>.")
+run_dir_option = click.option("--run-dir", type=RunFolder(), default=None,
+                              help="Run directory. Default: RUNS/<model>-<date>-<time>-<microseconds>."
+                                   + _RUN_URL_HELP)
 
 size_option = click.option("--size", default=f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}", show_default=True,
                            callback=size, help="Image size HEIGHTxWIDTH stored in the shards.")

@@ -50,6 +50,11 @@ OLD_TEMP_FILE = re.compile(r"^\.tmp-\d+-(last|best)\.keras$")
 # mid-epoch commit: epoch 1-based, batches done in it).
 COMMIT_STEPS = ("epoch-end", "saved", "state-temp", "committed", "best", "last", "history")
 
+# Called as hook(run, state) after every commit has rolled forward, state naming its
+# checkpoint; train.remote_run copies the run to its URL from here. A hook that raises
+# stops the training, the local commit stays in force.
+COMMIT_HOOKS = []
+
 
 class RunDir:
     """One run directory and every file in it; the only code that reads or writes them.
@@ -229,6 +234,8 @@ class RunDir:
         _fsync_dir(self.path)
         crash_point("committed", tag)
         self._roll_forward({**state, "checkpoint": pending})
+        for hook in list(COMMIT_HOOKS):
+            hook(self, {**state, "checkpoint": pending})
 
     def _write_state(self, state):
         with atomic_path(self.file(STATE)) as tmp:

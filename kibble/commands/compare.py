@@ -2,29 +2,31 @@
 import click
 
 from kibble.group import TensorFlowCommand, say
-from kibble.options import runs_option
+from kibble.options import RunFolder, runs_option
 
 
 @click.command(cls=TensorFlowCommand)
-@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=click.Path(file_okay=False))
-@runs_option("Folder holding the run directories; every run in it is compared when none is named.")
+@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=RunFolder())
+@runs_option("Folder holding the run directories; every run in it is compared when none is named.", url=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the table to this .md file.")
 @click.pass_context
 def compare(ctx, run_dirs, runs_root, out):
     """Compare runs side by side: size, speed and validation/test metrics.
 
     Prints a Markdown table on stdout. Runs without an up-to-date
-    metrics.json are evaluated first (val and test, best.keras).
+    metrics.json are evaluated first (val and test, best.keras). Runs at a
+    URL are downloaded into local copies and only read (nothing uploaded).
 
     \b
     Example:
       python cli.py compare runs/conv2-20250101-120000 runs/kibble-20250102-090000 --out docs/compare.md
+      python cli.py compare --runs s3://my-bucket/runs
     """
     from evaluate import compare_runs, markdown_table
     from shards.errors import UserError
-    from train.rundir import Runs
+    from train.remote_run import resolve_runs
 
-    runs = list(run_dirs) or [run.path for run in Runs(runs_root).all()]
+    runs = [path for path, _ in resolve_runs(run_dirs, runs_root, everything=True)]
     if not runs:
         raise UserError(f"no run to compare in {runs_root}/: name run directories, or `train` some first")
     rows = compare_runs(runs, out=out, progress=not ctx.obj["quiet"])

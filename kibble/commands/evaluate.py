@@ -5,12 +5,13 @@ import click
 
 from evaluate.run import CHECKPOINTS
 from kibble.group import TensorFlowCommand, say
-from kibble.options import LocalFolder, access_from, access_options, batch_size_option, data_option, runs_option
+from kibble.options import (LocalFolder, RunFolder, access_from, access_options, batch_size_option, data_option,
+                            runs_option)
 
 
 @click.command(cls=TensorFlowCommand)
-@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=LocalFolder())
-@runs_option("Folder holding the run directories; its newest run is used when none is named.")
+@click.argument("run_dirs", metavar="[RUN_DIR]...", nargs=-1, type=RunFolder())
+@runs_option("Folder holding the run directories; its newest run is used when none is named.", url=True)
 @data_option(None, "Shard folder to score. Default: the one the run was trained on.")
 @access_options
 @click.option("--split", type=click.Choice(["val", "test", "both"]), default="both", show_default=True,
@@ -40,18 +41,28 @@ def evaluate(ctx, run_dirs, runs_root, data, cache, stream, split, out, checkpoi
       python cli.py evaluate                          # newest run in runs/
       python cli.py evaluate runs/conv2-20250101-120000 --split test
       python cli.py evaluate --data s3://my-bucket/shards --cache /scratch/kibble
+      python cli.py evaluate s3://my-bucket/runs/conv2-20250101-120000   # outputs uploaded beside it
     """
     from evaluate import evaluate_run
     from evaluate.summary import format_summary
-    from train.rundir import Runs
+    from train.remote_run import resolve_runs, upload_outputs
 
-    runs = list(run_dirs) or [Runs(runs_root).latest().path]
+    runs = resolve_runs(run_dirs, runs_root, _cache_root(cache))
     splits = ("val", "test") if split == "both" else (split,)
-    for run_dir in runs:
-        target = os.path.join(out, os.path.basename(os.path.normpath(run_dir))) if out and len(runs) > 1 else out
+    for run_dir, remote in runs:
+        name = os.path.basename(os.path.normpath(run_dir))
+        target = os.path.join(out, name) if out and len(runs) > 1 else out
         result = evaluate_run(run_dir, data=data, splits=splits, out=target, batch_size=batch_size,
                               checkpoint=checkpoint, progress=not ctx.obj["quiet"], tta=tta,
                               verify=not no_verify, access=access_from(cache, stream))
+        if remote is not None and not target:  # written into the working copy: they belong at the URL
+            upload_outputs(remote, run_dir)
+            result["out"] = remote.url
         for warning in result["warnings"]:
             click.echo(f"Warning: {warning}", err=True)
         say(ctx, format_summary(result))
+
+
+def _cache_root(cache):
+    """--cache DIR also roots the working copies of runs at a URL; `none` (streaming) leaves the default."""
+    return None if cache is None or cache.strip().lower() == "none" else cache

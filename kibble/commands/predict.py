@@ -5,7 +5,7 @@ import traceback
 import click
 
 from kibble.group import TensorFlowCommand, say, user_facing
-from kibble.options import LocalFolder, batch_size_option, runs_option
+from kibble.options import RunFolder, batch_size_option, runs_option
 
 # predict's exit codes beside 0 (all predicted), 2 (the group's user mistakes) and 130 (Ctrl-C).
 PREDICT_PARTLY_FAILED = 1
@@ -14,9 +14,10 @@ PREDICT_STOPPED = 3
 
 @click.command(cls=TensorFlowCommand)
 @click.argument("paths", metavar="IMAGE_OR_FOLDER...", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run_dir", type=LocalFolder(), default=None,
-              help="Run directory whose best.keras predicts. Default: the newest run in --runs.")
-@runs_option()
+@click.option("--run", "run_dir", type=RunFolder(), default=None,
+              help="Run directory whose best.keras predicts. Default: the newest run in --runs. A URL is "
+                   "downloaded into a local copy under $KIBBLE_CACHE (else ~/.cache/kibble), read only.")
+@runs_option(url=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="Output on stdout: an aligned table, CSV with a header, or a JSON array.")
 @batch_size_option(64, "Images decoded and scored together.")
@@ -56,11 +57,12 @@ def predict(ctx, paths, run_dir, runs_root, fmt, batch_size, top_k):
     Example:
       python cli.py predict photos/ --format csv > predictions.csv
       python cli.py predict cat.jpg dog.png --run runs/kibble-20250101-120000
+      python cli.py predict photos/ --run s3://my-bucket/runs/kibble-20250101-120000
     """
     from kibble.predict import DOGS_VS_CATS, predict as run_predict, prediction_writer, run_classes, run_threshold
-    from train.rundir import Runs
+    from train.remote_run import resolve_runs
 
-    run_dir = run_dir or Runs(runs_root).latest().path
+    [(run_dir, _)] = resolve_runs([run_dir] if run_dir else [], runs_root)
     classes = run_classes(run_dir) if os.path.isdir(run_dir) else None  # predict names a missing run
     threshold = None
     if classes is not None and len(classes) > 2:

@@ -1,4 +1,6 @@
 """`train`: shards -> a run directory (config, checkpoints, history)."""
+import os
+
 import click
 from click.core import ParameterSource
 
@@ -44,7 +46,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                    "auto: bfloat16 where the CPU has it, else float32. Kept by --resume.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
-@runs_option()
+@runs_option(url=True)
 @click.option("--resume", is_flag=True,
               help="Continue the newest run (or --run-dir) with its own settings; only --epochs may change.")
 @click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True, callback=checkpoint_interval,
@@ -65,7 +67,10 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     Example:
       python cli.py train --full --model conv2 --precision auto
       python cli.py train --resume --checkpoint-every 30m
+      python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
     """
+    from shards import storage
+    from train.remote_run import remote_training
     from train.run import TrainSettings, train as run_train
     from train.summary import format_summary
 
@@ -77,9 +82,17 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
                              batch_size=batch_size, seed=seed, class_weight=class_weight, precision=precision)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
-    result = run_train(settings, run_dir=run_dir, runs_root=runs_root, resume=resume, verify=not no_verify,
-                       progress=not ctx.obj["quiet"], given=_given_settings(ctx), exact_sizes=exact,
-                       access=access_from(cache, stream), checkpoint_every=checkpoint_every)
+    cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
+    with remote_training(run_dir, runs_root, resume, cache_root) as (local_run_dir, local_runs):
+        result = run_train(settings, run_dir=local_run_dir, runs_root=local_runs, resume=resume,
+                           verify=not no_verify, progress=not ctx.obj["quiet"], given=_given_settings(ctx),
+                           exact_sizes=exact, access=access_from(cache, stream), checkpoint_every=checkpoint_every)
+    remote = run_dir if storage.is_url(run_dir or "") else runs_root if storage.is_url(runs_root) else None
+    if remote is not None:
+        url = f"{storage.public(remote).rstrip('/')}" if run_dir else \
+            f"{storage.public(runs_root).rstrip('/')}/{os.path.basename(result['run_dir'])}"
+        result = {**result, "run_dir": url, "notes": [*result.get("notes", []),
+                                                       f"local working copy: {result['run_dir']}"]}
     say(ctx, format_summary(result))
 
 

@@ -191,9 +191,10 @@ def test_manifest_naming_a_file_outside_its_folder_is_refused(built, bucket, tmp
 # (command line, what the single error line says)
 REFUSALS = [
     (["verify", "--data", "gs://bucket/shards"], "pip install 'kibble[gcs]'"),
-    (["train", "--data", "s3://b/shards", "--run-dir", "s3://b/runs/x"], "--run-dir must be a local folder"),
-    (["train", "--runs", "memory://runs"], "--runs must be a local folder"),
-    (["evaluate", "s3://b/runs/x"], "must be a local folder"),
+    (["train", "--data", "s3://b/shards", "--run-dir", "s3://b"], "a folder inside a bucket"),
+    (["evaluate", "s3://kibble-no-such-bucket/runs/x"], "s3://kibble-no-such-bucket/runs/x is not a run directory"),
+    (["evaluate", "--out", "memory://b/report"], "--out must be a local folder"),
+    (["predict", "x.jpg", "--runs", "memory://kibble-no-runs/runs"], "no training run in memory://kibble-no-runs/runs/"),
     (["ingest", "s3://kibble-no-such-bucket/images", "--out", "memory://x"], "cannot list s3://kibble-no-such-bucket/images"),
     (["ingest", f"s3://AKIDX:{S3_SECRET}@b/images", "--out", "memory://x"], "not in the URL"),
     (["ingest", "s3://b/images", "--out", "shards", "--scheduler", "tcp://127.0.0.1:9"], "--shared-disk"),
