@@ -3,9 +3,11 @@
 Real parts: moto's S3 server over HTTP on loopback (conftest's `s3_server`),
 a dask.distributed scheduler in this process and worker processes started
 as `python -m distributed.cli.dask_worker`. Each worker runs in its own
-mount namespace with a private, empty /tmp (`unshare --mount` and a tmpfs):
-it cannot see the driver's scratch folders (pytest's tmp_path, the staging
-folder, the local images), so any hidden shared-disk assumption fails here.
+mount namespace with a private, empty tmpfs over pytest's base temporary
+folder (`unshare --mount`): it cannot see the driver's scratch folders
+(pytest's tmp_path, the local images), so any hidden shared-disk assumption
+about them fails here. (The driver's default staging folder, under the
+system temporary folder, stays visible to a worker on this one machine.)
 INPUT and --out exist only in the bucket.
 """
 import os
@@ -33,12 +35,18 @@ CRASH = {"KIBBLE_CRASH_AT": "shard-writing"}
 _SHARD_KEYS = ("file", "split", "index", "count", "class_counts", "sha256", "bytes")
 
 
-def _isolation_prefix():
-    """The command prefix giving a worker its own empty /tmp, or [] where mount namespaces are not allowed."""
-    probe = ["unshare", "--mount", "sh", "-c", "mount -t tmpfs kibble-worker /tmp"]
+def _isolation_prefix(hidden):
+    """The command prefix giving a worker an empty private folder over `hidden`, or [] where mount
+    namespaces are not allowed.
+
+    `hidden` is pytest's base temporary folder: the driver's tmp_path folders and local images lie
+    inside it, while the checkout and its .venv (which may themselves be under /tmp on a CI machine)
+    stay visible to the worker.
+    """
+    mount = f'mount -t tmpfs kibble-worker "{hidden}"'
     try:
-        if subprocess.run(probe, capture_output=True, timeout=10).returncode == 0:
-            return ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs kibble-worker /tmp && exec "$@"', "worker"]
+        if subprocess.run(["unshare", "--mount", "sh", "-c", mount], capture_output=True, timeout=10).returncode == 0:
+            return ["unshare", "--mount", "sh", "-c", mount + ' && exec "$@"', "worker"]
     except (OSError, subprocess.TimeoutExpired):
         pass
     return []
@@ -59,23 +67,24 @@ class _TaskArguments(distributed.diagnostics.plugin.SchedulerPlugin):
 
 
 class Cluster:
-    def __init__(self, env):
-        self.env = env
+    def __init__(self, env, hidden):
+        self.env, self.hidden = env, hidden
         self.local = distributed.LocalCluster(n_workers=0, processes=True, host="127.0.0.1",
                                               dashboard_address=None)
         self.address = self.local.scheduler_address
         self.client = distributed.Client(self.address)
-        self.prefix = _isolation_prefix()
+        self.prefix = _isolation_prefix(hidden)
         self.tasks = _TaskArguments(self.local.scheduler)
         self.local.scheduler.add_plugin(self.tasks)
         self.processes = []
 
     def add_worker(self, nanny=True, **env):
         command = [*self.prefix, sys.executable, "-m", "distributed.cli.dask_worker", self.address,
-                   "--nthreads", "1", "--no-dashboard", "--local-directory", "/tmp/dask-worker"]
+                   "--nthreads", "1", "--no-dashboard", "--local-directory",
+                   os.path.join(self.hidden, "dask-worker")]
         if not nanny:
             command.append("--no-nanny")
-        environment = {**self.env, **env, "PYTHONPATH": ROOT, "TMPDIR": "/tmp"}
+        environment = {**self.env, **env, "PYTHONPATH": ROOT, "TMPDIR": self.hidden}
         process = subprocess.Popen(command, env=environment, cwd="/", stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         self.processes.append(process)
@@ -98,9 +107,9 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server):
+def cluster(s3_server, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "KIBBLE_CRASH_AT"}
-    cluster = Cluster(env)
+    cluster = Cluster(env, str(tmp_path_factory.getbasetemp()))
     try:
         cluster.add_worker()
         cluster.add_worker()
