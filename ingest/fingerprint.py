@@ -25,6 +25,7 @@ fingerprints within `distance` bits agree exactly on at least one band, so
 only fingerprints sharing a band value are compared, never all pairs
 (`near_pairs`; with more bands, several must agree: `_keys`).
 """
+import contextlib
 import itertools
 import math
 import warnings
@@ -119,13 +120,12 @@ def colour_layout(image):
     return tuple(int(v) for v in np.rint(chroma.ravel() * 255))
 
 
-def fingerprint(opened, max_pixels):
-    """Print(fingerprint or None if flat, height, width, colour) of the image in a binary file object.
+@contextlib.contextmanager
+def _image(opened, max_pixels):
+    """(image, width, height, EXIF orientation) of a binary file object, its header read, nothing decoded.
 
-    height and width are the picture's upright size before any resizing.
-    JPEGs are decoded at the smallest DCT scale (1/8) that keeps _MIN_SIDE
-    pixels a side; other formats are decoded and reduced by an integer
-    factor first. Raises BadImage for what cannot be decoded.
+    Raises BadImage for a picture over `max_pixels` and turns any failure
+    inside the block (a decode error is this file's problem) into BadImage.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -134,29 +134,38 @@ def fingerprint(opened, max_pixels):
                 width, height = image.size
                 if width * height > max_pixels:
                     raise BadImage(f"image too large: {width}x{height} is over the limit of {max_pixels:,} pixels")
-                orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-                if image.format == "JPEG":
-                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)) if min(width, height) >= 8 * _MIN_SIDE
-                                else (_MIN_SIDE, _MIN_SIDE))
-                    image.load()
-                else:
-                    image.load()
-                    factor = min(width, height) // _MIN_SIDE
-                    if factor > 1 and image.mode not in ("P", "1"):
-                        image = image.reduce(factor)
-                if image.mode in ("RGBA", "LA", "P", "PA"):
-                    image = _on_white(image)
-                if orientation != 1:
-                    image = ImageOps.exif_transpose(image)
-                if orientation in _ROTATED:
-                    width, height = height, width
-                return Print(thumbnail_hash(image), height, width, colour_layout(image))
-        except BadImage:
-            raise
-        except MemoryError:
+                yield image, width, height, image.getexif().get(ExifTags.Base.Orientation, 1)
+        except (BadImage, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - any decode failure is this file's problem
             raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
+
+
+def fingerprint(opened, max_pixels):
+    """Print(fingerprint or None if flat, height, width, colour) of the image in a binary file object.
+
+    height and width are the picture's upright size before any resizing.
+    JPEGs are decoded at the smallest DCT scale (1/8) that keeps _MIN_SIDE
+    pixels a side; other formats are decoded and reduced by an integer
+    factor first. Raises BadImage for what cannot be decoded.
+    """
+    with _image(opened, max_pixels) as (image, width, height, orientation):
+        if image.format == "JPEG":
+            image.draft("RGB", (max(1, width // 8), max(1, height // 8)) if min(width, height) >= 8 * _MIN_SIDE
+                        else (_MIN_SIDE, _MIN_SIDE))
+            image.load()
+        else:
+            image.load()
+            factor = min(width, height) // _MIN_SIDE
+            if factor > 1 and image.mode not in ("P", "1"):
+                image = image.reduce(factor)
+        if image.mode in ("RGBA", "LA", "P", "PA"):
+            image = _on_white(image)
+        if orientation != 1:
+            image = ImageOps.exif_transpose(image)
+        if orientation in _ROTATED:
+            width, height = height, width
+        return Print(thumbnail_hash(image), height, width, colour_layout(image))
 
 
 def header_size(opened, max_pixels):
@@ -166,22 +175,8 @@ def header_size(opened, max_pixels):
     BadImage for a file Pillow cannot identify or one over `max_pixels`,
     as `fingerprint` does.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(opened) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise BadImage(f"image too large: {width}x{height} is over the limit of {max_pixels:,} pixels")
-                if image.getexif().get(ExifTags.Base.Orientation, 1) in _ROTATED:
-                    width, height = height, width
-                return height, width
-        except BadImage:
-            raise
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any header failure is this file's problem
-            raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
+    with _image(opened, max_pixels) as (_, width, height, orientation):
+        return (width, height) if orientation in _ROTATED else (height, width)
 
 
 def _on_white(image):
