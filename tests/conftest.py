@@ -49,6 +49,20 @@ def make_kaggle_shards(root, cats=20, dogs=20, size=(8, 8), shard_size=8, val=0.
     return out
 
 
+def read_split(shard_dir, split):
+    """(images, labels, names) of a whole split of a shard folder, read back from its shards."""
+    from shards import ShardReader, load_manifest
+
+    manifest = load_manifest(shard_dir)
+    images, labels, names = [], [], []
+    for entry in manifest.shards(split):
+        with ShardReader(manifest.shard_path(entry)) as shard:
+            images.append(shard.read(0, shard.count))
+            labels.append(shard.labels)
+            names += shard.names
+    return np.concatenate(images), np.concatenate(labels), names
+
+
 @pytest.fixture
 def kaggle_dir(tmp_path):
     return make_kaggle_folder(str(tmp_path / "train"))

@@ -12,7 +12,7 @@ from evaluate import compare_runs, evaluate_run, markdown_table
 from evaluate.compare import COLUMNS
 from ingest import IngestSettings, ingest
 from shards import ShardReader, UserError, load_manifest
-from tests.conftest import make_kaggle_folder
+from tests.conftest import make_kaggle_folder, read_split
 from train.rundir import Runs
 
 SIZE = (16, 20)
@@ -44,17 +44,6 @@ def ingest_small(root, name, val=0.2, test=0.2):
 def shard_dir(tmp_path_factory):
     # 30 cats + 30 dogs: val and test hold 12 images each, in shards of 8 + 4
     return ingest_small(str(tmp_path_factory.mktemp("data")), "shards")
-
-
-def read_split(shard_dir, split):
-    manifest = load_manifest(shard_dir)
-    images, labels, names = [], [], []
-    for entry in manifest.shards(split):
-        with ShardReader(manifest.shard_path(entry)) as shard:
-            images.append(shard.read(0, shard.count))
-            labels.append(shard.labels)
-            names += shard.names
-    return np.concatenate(images), np.concatenate(labels), names
 
 
 def make_run(runs_root, shard_dir, name, weights=MOSTLY_RIGHT, size=SIZE):

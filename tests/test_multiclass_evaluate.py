@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from evaluate.metrics import CALIBRATION_BINS, EPSILON, MulticlassAccumulator
+from tests.conftest import read_split
 
 CLASSES = ["a", "b", "c"]
 # Worked on paper below: labels a, b, c, a.
@@ -235,19 +236,6 @@ def make_softmax_run(runs_root, shard_dir, name, classes=3):
     return run_dir
 
 
-def _split_arrays(shard_dir, split):
-    from shards import ShardReader, load_manifest
-
-    manifest = load_manifest(shard_dir)
-    images, labels, names = [], [], []
-    for entry in manifest.shards(split):
-        with ShardReader(manifest.shard_path(entry)) as shard:
-            images.append(shard.read(0, shard.count))
-            labels.append(shard.labels)
-            names += shard.names
-    return np.concatenate(images), np.concatenate(labels), names
-
-
 SPLIT_KEYS = {"count", "class_counts", "accuracy", "per_class", "macro", "weighted", "macro_roc_auc", "log_loss",
               "ece", "calibration_bins", "confusion", "undefined", "confident_mistakes"}
 
@@ -278,7 +266,7 @@ def test_evaluate_three_classes_end_to_end(three_classes, tmp_path):
     for split in ("val", "test"):
         part = metrics["splits"][split]
         assert set(part) == SPLIT_KEYS
-        images, labels, names = _split_arrays(three_classes, split)
+        images, labels, names = read_split(three_classes, split)
         probs = model.predict(images, verbose=0).astype(np.float64)
         expected = fed(probs, labels, metrics["classes"]).summary()
         # float32 outputs of batches of 5 and of one batch differ in the last bits
@@ -391,7 +379,7 @@ def test_tta_with_n_classes_averages_n_probabilities(three_classes, tmp_path):
     run_dir = make_softmax_run(str(tmp_path), three_classes, "soft-1")
     result = evaluate_run(run_dir, splits=("val",), out=str(tmp_path / "o"), progress=False, tta=True)
     model = keras.saving.load_model(os.path.join(run_dir, "best.keras"))
-    images, labels, _ = _split_arrays(three_classes, "val")
+    images, labels, _ = read_split(three_classes, "val")
     probs = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
     expected = fed(probs.astype(np.float64), labels, ["apple", "kiwi", "plum"]).summary()
     assert result["tta"] == "flip"

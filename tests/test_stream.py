@@ -10,11 +10,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from ingest import IngestSettings, ingest
 from shards import ShardError, ShardReader, UserError, load_manifest, write_shard
 from shards import stream
 from shards.stream import Block, chunks, exact_batches, plan_blocks, read_blocks, shuffle_windows, shuffled
-from tests.conftest import decoded_label, make_kaggle_folder
+from tests.conftest import decoded_label, make_kaggle_shards
 from train.pipeline import epoch_windows, make_dataset
 
 SIZE = (24, 32)
@@ -180,11 +179,8 @@ def test_read_blocks_names_a_shard_shorter_than_its_blocks(numbered):
 
 @pytest.fixture(scope="module")
 def shards_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream-data")
-    src = make_kaggle_folder(str(root / "train"), cats=60, dogs=60)
-    ingest(src, str(root / "shards"), IngestSettings(size=SIZE, shard_size=16, val=0.2, test=0.2),
-           scheduler="sync", progress=False)
-    return str(root / "shards")
+    return make_kaggle_shards(tmp_path_factory.mktemp("stream-data"), cats=60, dogs=60, size=SIZE,
+                              shard_size=16, val=0.2, test=0.2)
 
 
 def _digests(images):

@@ -8,10 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from ingest import IngestSettings, ingest
 from shards import load_manifest
 from shards.errors import UserError
-from tests.conftest import ROOT, make_kaggle_folder
+from tests.conftest import ROOT, make_kaggle_shards
 from train.run import TrainSettings, train
 from train.rundir import RunDir, Runs
 
@@ -20,11 +19,8 @@ SIZE = (24, 32)
 
 @pytest.fixture(scope="module")
 def shards_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-data")
-    src = make_kaggle_folder(str(root / "train"), cats=60, dogs=60)
-    ingest(src, str(root / "shards"), IngestSettings(size=SIZE, shard_size=16, val=0.2, test=0.2),
-           scheduler="sync", progress=False)
-    return str(root / "shards")
+    return make_kaggle_shards(tmp_path_factory.mktemp("train-data"), cats=60, dogs=60, size=SIZE,
+                              shard_size=16, val=0.2, test=0.2)
 
 
 @pytest.mark.parametrize("model", ["mlp", "conv1", "conv2", "conv2-wide", "kibble"])
