@@ -19,10 +19,10 @@ SIZE = (16, 20)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPLIT_KEYS = {"count", "cats", "dogs", "mse", "pearson_r", "log_loss", "roc_auc", "accuracy_at",
               "best_accuracy", "best_accuracy_threshold", "threshold", "accuracy", "precision", "recall",
-              "f1", "confusion", "undefined", "confident_mistakes"}
+              "f1", "ece", "calibration_bins", "confusion", "undefined", "confident_mistakes"}
 TOP_KEYS = {"schema_version", "created", "run", "model", "checkpoint", "checkpoint_sha256", "tta", "data",
-            "manifest_sha256", "same_data_as_training", "image_size", "threshold", "accuracy_thresholds",
-            "splits", "figures", "seconds"}
+            "manifest_sha256", "same_data_as_training", "image_size", "threshold", "thresholds",
+            "accuracy_thresholds", "splits", "figures", "seconds"}
 
 # The tiny model is Rescaling -> mean colour -> Dense(sigmoid); its weights
 # act on the mean (R, G, B) in 0..1. Generated cats are red (R 200, B 55),
@@ -116,13 +116,14 @@ def test_writes_metrics_json_report_and_pictures(evaluated):
     assert metrics["threshold"]["chosen_on"] == "val"
 
     assert set(metrics["figures"]) == {"roc", "accuracy_vs_threshold", "score_histograms", "confusion",
-                                       "training_curves", "mistakes_test"}
+                                       "reliability", "training_curves", "mistakes_test"}
     with open(os.path.join(run_dir, "report.md")) as f:
         report = f.read()
     for relative in metrics["figures"].values():
         assert_png(os.path.join(run_dir, relative))
         assert f"]({relative})" in report
     assert "| MSE |" in report and "chosen on val" in report and "No mistakes on val" in report
+    assert "| expected calibration error (probability of cat) |" in report
 
 
 def test_metrics_agree_with_a_direct_computation(evaluated, shard_dir):
