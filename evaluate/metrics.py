@@ -280,6 +280,7 @@ class Calibration:
 
     def __init__(self, bins=CALIBRATION_BINS):
         self.size = bins
+        self.edges = np.linspace(0, 1, bins + 1)
         self._count = np.zeros(bins, dtype=np.int64)
         self._probability = np.zeros(bins)
         self._true = np.zeros(bins, dtype=np.int64)
@@ -294,9 +295,9 @@ class Calibration:
                                   minlength=self.size).astype(np.int64)
 
     def bin_of(self, probability):
-        """The bin of each probability: (i/B, (i+1)/B] is bin i, and 0 falls in bin 0 (scikit-learn's edges)."""
-        which = np.ceil(np.asarray(probability) * self.size).astype(np.int64) - 1
-        return np.clip(which, 0, self.size - 1)
+        """The bin of each probability: (edges[i], edges[i+1]] is bin i, 0 falls in bin 0, anything above 1
+        in the last (scikit-learn's calibration_curve bins exactly so)."""
+        return np.searchsorted(self.edges[1:-1], probability, side="left")
 
     def ece(self):
         """Sum over bins of (images in it / images) x |share come true - mean probability|; None with no image."""
@@ -311,7 +312,7 @@ class Calibration:
         result = []
         for i in range(self.size):
             n = int(self._count[i])
-            result.append({"lower": i / self.size, "upper": (i + 1) / self.size, "count": n,
+            result.append({"lower": float(self.edges[i]), "upper": float(self.edges[i + 1]), "count": n,
                            mean_key: float(self._probability[i] / n) if n else None,
                            true_key: float(self._true[i] / n) if n else None})
         return result

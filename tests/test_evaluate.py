@@ -377,7 +377,10 @@ def test_cli_evaluate_newest_run_and_compare(evaluated, shard_dir, tmp_path):
     assert os.path.exists(os.path.join(out, "metrics.json")) and os.path.exists(os.path.join(out, "report.md"))
     summary = result.stderr.splitlines()
     assert summary[-3].split()[:2] == ["split", "images"] and summary[-2].split()[:2] == ["val", "12"]
-    assert summary[-1].startswith("threshold ") and "chosen on val" in summary[-1]
+    assert summary[-3].split()[-1] == "ECE"
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert summary[-2].split()[-1] == f"{json.load(f)['splits']['val']['ece']:.3f}"
+    assert summary[-1].startswith("threshold ") and "chosen on val;" in summary[-1]
 
     table = str(tmp_path / "compare.md")
     result = CliRunner().invoke(cli, ["compare", run_dir, run_dir, "--out", table])
@@ -398,3 +401,33 @@ def test_tta_scores_are_the_mean_over_the_image_and_its_mirror(evaluated, shard_
     scores = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)).reshape(-1) / 2
     assert result["tta"] == "flip" and plain["tta"] is None
     assert result["splits"]["val"]["mse"] == pytest.approx(np.mean((scores - labels) ** 2), abs=1e-6)
+    assert result["splits"]["val"]["ece"] == pytest.approx(_ece(scores, labels), abs=1e-6)
+    assert result["splits"]["val"]["ece"] == pytest.approx(plain["splits"]["val"]["ece"], abs=1e-6)  # mirror-blind model
+
+
+def _ece(scores, labels, bins=15):
+    """Expected calibration error of the probability of cat, worked out here without evaluate's code."""
+    which = np.clip(np.ceil(scores * bins).astype(int) - 1, 0, bins - 1)
+    return sum(abs(labels[which == b].sum() - scores[which == b].sum()) for b in range(bins)) / len(scores)
+
+
+def test_plain_and_tta_thresholds_are_both_kept_for_the_same_model(evaluated, shard_dir, tmp_path):
+    run_dir, _ = evaluated
+    out = str(tmp_path / "out")
+    plain = evaluate_run(run_dir, out=out, batch_size=5, progress=False)
+    assert list(plain["thresholds"]) == ["plain"]
+    assert plain["thresholds"]["plain"]["value"] == plain["threshold"]["value"]
+    tta = evaluate_run(run_dir, out=out, batch_size=5, progress=False, tta=True)
+    assert tta["thresholds"]["plain"] == plain["thresholds"]["plain"]  # carried over as it was
+    assert tta["thresholds"]["flip"] == {"value": tta["threshold"]["value"], "chosen_on": "val",
+                                         "checkpoint": "best.keras", "checkpoint_sha256": tta["checkpoint_sha256"],
+                                         "data": tta["data"], "created": tta["created"]}
+    again = evaluate_run(run_dir, out=out, batch_size=5, progress=False)
+    assert again["thresholds"]["flip"] == tta["thresholds"]["flip"]
+    assert again["thresholds"]["plain"]["created"] == again["created"]
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert json.load(f)["thresholds"] == again["thresholds"]
+
+    # another model file: the threshold chosen for the old one is not kept
+    other = make_run(str(tmp_path / "runs"), shard_dir, "tiny-2", weights=INVERTED)
+    assert list(evaluate_run(other, out=out, batch_size=5, progress=False, tta=True)["thresholds"]) == ["flip"]
