@@ -337,6 +337,16 @@ def test_compare_evaluates_again_when_the_model_changed(shard_dir, tmp_path):
     assert first["val_roc_auc"] == 0.0 and second["val_roc_auc"] > 0.9
 
 
+def test_compare_scores_plainly_after_evaluate_tta_and_keeps_its_threshold(shard_dir, tmp_path):
+    run_dir = make_run(str(tmp_path), shard_dir, "tiny-1")
+    tta = evaluate_run(run_dir, batch_size=5, progress=False, tta=True)
+    compare_runs([run_dir], progress=False)
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["tta"] is None and metrics["created"] >= tta["created"]
+    assert metrics["thresholds"]["flip"] == tta["thresholds"]["flip"]  # predict --tta still finds it
+
+
 def test_cli_help_has_examples():
     from click.testing import CliRunner
 
