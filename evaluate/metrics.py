@@ -286,7 +286,7 @@ class Calibration:
         self._true = np.zeros(bins, dtype=np.int64)
 
     def update(self, probability, came_true):
-        """Add one batch: `probability` (n,) in [0, 1], `came_true` (n,) bools."""
+        """Add one batch: `probability` (n,) in [0, 1], `came_true` (n,) bools (the event it is the probability of)."""
         probability = np.asarray(probability, dtype=np.float64).reshape(-1)
         which = self.bin_of(probability)
         self._count += np.bincount(which, minlength=self.size)
@@ -329,8 +329,9 @@ class MulticlassAccumulator:
     A prediction is the class of highest probability (the first on ties, as
     np.argmax); there is no threshold. Counted per batch: the N x N
     confusion matrix, top-k hits, the clipped log loss, and the calibration
-    bins of the top probability against right predictions. Kept: every probability (N float64 per image), which the
-    one-vs-rest ROC AUC of each class needs.
+    bins of the top probability against right predictions. Kept: every
+    probability (N float64 per image), which the one-vs-rest ROC AUC of each
+    class needs.
     """
 
     def __init__(self, classes):

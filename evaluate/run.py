@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from evaluate.inference import PLAIN, FLIP, model_outputs, scoring
+from evaluate.inference import FLIP, PLAIN, model_outputs, scoring
 from evaluate.metrics import COARSE_GRID, Accumulator, MulticlassAccumulator
 from evaluate.report import write_report
 from shards import stream

@@ -412,7 +412,8 @@ def test_tta_scores_are_the_mean_over_the_image_and_its_mirror(evaluated, shard_
     assert result["tta"] == "flip" and plain["tta"] is None
     assert result["splits"]["val"]["mse"] == pytest.approx(np.mean((scores - labels) ** 2), abs=1e-6)
     assert result["splits"]["val"]["ece"] == pytest.approx(_ece(scores, labels), abs=1e-6)
-    assert result["splits"]["val"]["ece"] == pytest.approx(plain["splits"]["val"]["ece"], abs=1e-6)  # mirror-blind model
+    # the tiny model sees only mean colours, which a mirror keeps: the same calibration as plain
+    assert result["splits"]["val"]["ece"] == pytest.approx(plain["splits"]["val"]["ece"], abs=1e-6)
 
 
 def _ece(scores, labels, bins=15):
