@@ -337,9 +337,10 @@ def test_compare_evaluates_again_when_the_model_changed(shard_dir, tmp_path):
     assert first["val_roc_auc"] == 0.0 and second["val_roc_auc"] > 0.9
 
 
-def test_compare_scores_plainly_after_evaluate_tta_and_keeps_its_threshold(shard_dir, tmp_path):
-    run_dir = make_run(str(tmp_path), shard_dir, "tiny-1")
-    tta = evaluate_run(run_dir, batch_size=5, progress=False, tta=True)
+def test_compare_scores_plainly_after_evaluate_tta_and_keeps_its_threshold(evaluated, tmp_path):
+    run_dir = str(tmp_path / "tiny-1")
+    shutil.copytree(evaluated[0], run_dir)  # compare writes into the run: keep the shared one as it is
+    tta = evaluate_run(run_dir, splits=("val",), batch_size=6, progress=False, tta=True)
     compare_runs([run_dir], progress=False)
     with open(os.path.join(run_dir, "metrics.json")) as f:
         metrics = json.load(f)
@@ -422,23 +423,32 @@ def _ece(scores, labels, bins=15):
     return sum(abs(labels[which == b].sum() - scores[which == b].sum()) for b in range(bins)) / len(scores)
 
 
-def test_plain_and_tta_thresholds_are_both_kept_for_the_same_model(evaluated, shard_dir, tmp_path):
+def test_plain_and_tta_thresholds_are_both_kept_for_the_same_model(evaluated, tmp_path):
     run_dir, _ = evaluated
     out = str(tmp_path / "out")
-    plain = evaluate_run(run_dir, out=out, batch_size=5, progress=False)
+    plain = evaluate_run(run_dir, splits=("val",), out=out, batch_size=6, progress=False)
     assert list(plain["thresholds"]) == ["plain"]
     assert plain["thresholds"]["plain"]["value"] == plain["threshold"]["value"]
-    tta = evaluate_run(run_dir, out=out, batch_size=5, progress=False, tta=True)
+    tta = evaluate_run(run_dir, splits=("val",), out=out, batch_size=6, progress=False, tta=True)
     assert tta["thresholds"]["plain"] == plain["thresholds"]["plain"]  # carried over as it was
     assert tta["thresholds"]["flip"] == {"value": tta["threshold"]["value"], "chosen_on": "val",
                                          "checkpoint": "best.keras", "checkpoint_sha256": tta["checkpoint_sha256"],
                                          "data": tta["data"], "created": tta["created"]}
-    again = evaluate_run(run_dir, out=out, batch_size=5, progress=False)
-    assert again["thresholds"]["flip"] == tta["thresholds"]["flip"]
-    assert again["thresholds"]["plain"]["created"] == again["created"]
     with open(os.path.join(out, "metrics.json")) as f:
-        assert json.load(f)["thresholds"] == again["thresholds"]
+        assert json.load(f)["thresholds"] == tta["thresholds"]
 
-    # another model file: the threshold chosen for the old one is not kept
-    other = make_run(str(tmp_path / "runs"), shard_dir, "tiny-2", weights=INVERTED)
-    assert list(evaluate_run(other, out=out, batch_size=5, progress=False, tta=True)["thresholds"]) == ["flip"]
+
+def test_a_threshold_chosen_for_another_model_file_is_not_kept():
+    from evaluate.run import _thresholds
+
+    def document(sha, tta, value):
+        return {"tta": tta, "threshold": {"value": value, "chosen_on": "val"}, "checkpoint": "best.keras",
+                "checkpoint_sha256": sha, "data": "/d", "created": "now"}
+
+    earlier = {**document("a", None, 0.4), "thresholds": _thresholds(document("a", None, 0.4), None)}
+    assert set(_thresholds(document("a", "flip", 0.6), earlier)) == {"plain", "flip"}
+    assert set(_thresholds(document("b", "flip", 0.6), earlier)) == {"flip"}  # the model changed
+    # this way's own entry is always this evaluation's, never the earlier one
+    assert _thresholds(document("a", None, 0.2), earlier)["plain"]["value"] == 0.2
+    # a metrics.json from before thresholds were kept per way still hands its one over
+    assert _thresholds(document("a", "flip", 0.6), document("a", None, 0.4))["plain"]["value"] == 0.4
