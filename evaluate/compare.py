@@ -5,8 +5,8 @@ history.csv (epochs, seconds per epoch), the checkpoint's size on disk and
 metrics.json. With more than two classes there is no threshold ("-"), "val
 AUC" is the one-vs-rest macro AUC and "test acc. at threshold" the accuracy
 of the most probable class. A run without a current metrics.json (none yet,
-or written for another checkpoint file) is evaluated first, with the
-default settings.
+written for another checkpoint file, or by `evaluate --tta`) is evaluated
+first, with the default settings: every row is of plain scores.
 """
 import os
 
@@ -110,13 +110,14 @@ def _counts(split):
 
 
 def _current_metrics(run, progress):
-    """metrics.json of the run's best.keras, evaluating the run when it has none (or a damaged one)."""
+    """metrics.json of the run's best.keras with plain scores, evaluating the run when it has none (or a
+    damaged one, or one of `evaluate --tta`: a table mixing TTA rows with plain ones would mislead)."""
     try:
         metrics = run.metrics()
     except (OSError, UserError):
         metrics = None  # unreadable or not JSON: evaluate again
     model_path = run.checkpoint("best")
     if (isinstance(metrics, dict) and metrics.get("checkpoint") == BEST and os.path.exists(model_path)
-            and metrics.get("checkpoint_sha256") == sha256_file(model_path)):
+            and metrics.get("tta") is None and metrics.get("checkpoint_sha256") == sha256_file(model_path)):
         return metrics
     return evaluate_run(run.path, progress=progress)

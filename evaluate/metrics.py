@@ -12,7 +12,11 @@ threshold ("predict cat above t", as in the tutorial).
 - for every threshold of `FINE_GRID` (0.00, 0.01, ..., 1.00) the number of
   cats and of dogs predicted cat: accuracy on the grid comes from these;
 - every score (one float64 per image) for ROC AUC, the ROC curve, the
-  histograms and the exact confusion matrix at any threshold.
+  histograms and the exact confusion matrix at any threshold;
+- the reliability bins of `Calibration`, the one home of binning and the
+  expected calibration error for both paths (two classes: the probability
+  of cat against the share of cats; N classes: the top probability against
+  the share of right predictions).
 
 Values that do not exist for the data (Pearson r of constant predictions,
 AUC with one class, precision with no image predicted cat) are None, and
@@ -29,6 +33,9 @@ FINE_GRID = np.arange(101) / 100
 COARSE_GRID = np.arange(5, 100, 10) / 100
 # Scores are clipped to [EPSILON, 1 - EPSILON] for the log loss (Keras' value).
 EPSILON = 1e-7
+# Equal-width bins of [0, 1] for the expected calibration error and the
+# reliability diagram (torchmetrics' default; scikit-learn's is 5).
+CALIBRATION_BINS = 15
 
 
 class Accumulator:
@@ -49,6 +56,7 @@ class Accumulator:
         # cats / dogs with score > FINE_GRID[j], for every j
         self._cats_above = np.zeros(len(FINE_GRID), dtype=np.int64)
         self._dogs_above = np.zeros(len(FINE_GRID), dtype=np.int64)
+        self.calibration = Calibration()
         self._scores, self._labels = [], []
 
     @property
@@ -80,6 +88,7 @@ class Accumulator:
         self._cats_above += _count_above(s[cat])
         self._dogs_above += _count_above(s[~cat])
         self.cats += int(cat.sum())
+        self.calibration.update(s, cat)
         self._scores.append(s)
         self._labels.append(y.astype(np.int8))
 
@@ -148,6 +157,8 @@ class Accumulator:
             "best_accuracy_threshold": float(best),
             "threshold": float(threshold),
             "accuracy": (confusion["tp"] + confusion["tn"]) / n,
+            "ece": self.calibration.ece(),
+            "calibration_bins": self.calibration.bins(BINARY_BIN_KEYS),
         }
         for name, (value, reason) in precision_recall_f1(confusion).items():
             result[name] = value
@@ -253,9 +264,61 @@ def roc_curve(scores, labels):
     return np.r_[0.0, fps / dogs], np.r_[0.0, tps / cats]
 
 
+# ---- calibration (both paths) ------------------------------------------------------------------
+# Names of a bin's mean probability and of the share of its images that came true, in
+# metrics.json. Two classes: the probability of class 1 and the share of class 1 (a reliability
+# diagram as scikit-learn's calibration_curve and torchmetrics' binary ECE draw it); N classes:
+# the top probability ("confidence") and the share of right predictions ("accuracy").
+BINARY_BIN_KEYS = ("probability", "frequency")
+MULTICLASS_BIN_KEYS = ("confidence", "accuracy")
+
+
+class Calibration:
+    """Reliability bins, streamed: per bin of a predicted probability, the images, their summed
+    probability and how many of them came true. The one home of binning and of the expected
+    calibration error; each accumulator says what its probability and its outcome are."""
+
+    def __init__(self, bins=CALIBRATION_BINS):
+        self.size = bins
+        self.edges = np.linspace(0, 1, bins + 1)
+        self._count = np.zeros(bins, dtype=np.int64)
+        self._probability = np.zeros(bins)
+        self._true = np.zeros(bins, dtype=np.int64)
+
+    def update(self, probability, came_true):
+        """Add one batch: `probability` (n,) in [0, 1], `came_true` (n,) bools (the event it is the probability of)."""
+        probability = np.asarray(probability, dtype=np.float64).reshape(-1)
+        which = self.bin_of(probability)
+        self._count += np.bincount(which, minlength=self.size)
+        self._probability += np.bincount(which, weights=probability, minlength=self.size)
+        self._true += np.bincount(which, weights=np.asarray(came_true, dtype=bool).reshape(-1),
+                                  minlength=self.size).astype(np.int64)
+
+    def bin_of(self, probability):
+        """The bin of each probability: (edges[i], edges[i+1]] is bin i, 0 falls in bin 0, anything above 1
+        in the last (scikit-learn's calibration_curve bins exactly so)."""
+        return np.searchsorted(self.edges[1:-1], probability, side="left")
+
+    def ece(self):
+        """Sum over bins of (images in it / images) x |share come true - mean probability|; None with no image."""
+        total = int(self._count.sum())
+        # per bin, count x |true / count - probability / count| = |true - summed probability|
+        return float(np.abs(self._true - self._probability).sum() / total) if total else None
+
+    def bins(self, keys):
+        """[{"lower", "upper", "count", keys[0]: mean probability, keys[1]: share come true}] per bin,
+        the last two None for an empty bin."""
+        mean_key, true_key = keys
+        result = []
+        for i in range(self.size):
+            n = int(self._count[i])
+            result.append({"lower": float(self.edges[i]), "upper": float(self.edges[i + 1]), "count": n,
+                           mean_key: float(self._probability[i] / n) if n else None,
+                           true_key: float(self._true[i] / n) if n else None})
+        return result
+
+
 # ---- more than two classes ---------------------------------------------------------------------
-# Equal-width bins of the top probability for the expected calibration error.
-CALIBRATION_BINS = 15
 # top-k accuracies given, each only when there are more than k classes.
 TOP_K = (3, 5)
 
@@ -265,10 +328,10 @@ class MulticlassAccumulator:
 
     A prediction is the class of highest probability (the first on ties, as
     np.argmax); there is no threshold. Counted per batch: the N x N
-    confusion matrix, top-k hits, the clipped log loss, and per calibration
-    bin the images, their summed top probability and their correct
-    predictions. Kept: every probability (N float64 per image), which the
-    one-vs-rest ROC AUC of each class needs.
+    confusion matrix, top-k hits, the clipped log loss, and the calibration
+    bins of the top probability against right predictions. Kept: every
+    probability (N float64 per image), which the one-vs-rest ROC AUC of each
+    class needs.
     """
 
     def __init__(self, classes):
@@ -280,9 +343,7 @@ class MulticlassAccumulator:
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         self._top_k_hits = {k: 0 for k in TOP_K if self.num_classes > k}
         self._log_loss = 0.0
-        self._bin_count = np.zeros(CALIBRATION_BINS, dtype=np.int64)
-        self._bin_confidence = np.zeros(CALIBRATION_BINS)
-        self._bin_correct = np.zeros(CALIBRATION_BINS, dtype=np.int64)
+        self.calibration = Calibration()
         self._probabilities, self._labels = [], []
 
     def update(self, probabilities, labels):
@@ -312,11 +373,7 @@ class MulticlassAccumulator:
         for k in self._top_k_hits:
             self._top_k_hits[k] += int(np.sum(above < k))
         self._log_loss -= float(np.sum(np.log(np.clip(true_p, EPSILON, 1.0))))
-        confidence = p[rows, predicted]
-        bins = calibration_bin(confidence)
-        self._bin_count += np.bincount(bins, minlength=CALIBRATION_BINS)
-        self._bin_confidence += np.bincount(bins, weights=confidence, minlength=CALIBRATION_BINS)
-        self._bin_correct += np.bincount(bins, weights=predicted == y, minlength=CALIBRATION_BINS).astype(np.int64)
+        self.calibration.update(p[rows, predicted], predicted == y)
         self.count += len(y)
         self._probabilities.append(p)
         self._labels.append(y.astype(np.int16))
@@ -330,16 +387,6 @@ class MulticlassAccumulator:
     def labels(self):
         """Every label seen, in order, int16 (n,)."""
         return np.concatenate(self._labels) if self._labels else np.empty(0, dtype=np.int16)
-
-    def calibration(self):
-        """The reliability bins: [{"lower", "upper", "count", "confidence", "accuracy"}] (None when empty)."""
-        result = []
-        for i in range(CALIBRATION_BINS):
-            n = int(self._bin_count[i])
-            result.append({"lower": i / CALIBRATION_BINS, "upper": (i + 1) / CALIBRATION_BINS, "count": n,
-                           "confidence": float(self._bin_confidence[i] / n) if n else None,
-                           "accuracy": float(self._bin_correct[i] / n) if n else None})
-        return result
 
     def summary(self):
         """Every metric of the split (see evaluate/README.md); None marks an undefined value, its
@@ -378,9 +425,8 @@ class MulticlassAccumulator:
                                for metric in ("precision", "recall", "f1")}
         result["macro_roc_auc"] = _average(per_class, "roc_auc", "macro", undefined)
         result["log_loss"] = self._log_loss / n
-        bins = self.calibration()
-        result["ece"] = float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]))
-        result["calibration_bins"] = bins
+        result["ece"] = self.calibration.ece()
+        result["calibration_bins"] = self.calibration.bins(MULTICLASS_BIN_KEYS)
         rows = confusion.astype(np.float64)
         result["confusion"] = {
             "counts": confusion.tolist(),
@@ -399,12 +445,6 @@ def _class_scores(tp, predicted, support, name):
         ("f1", (2 * tp / (2 * tp + fp + fn), None) if tp + fp + fn else
          (None, f"no {name} in this split and none predicted")),
     ]
-
-
-def calibration_bin(confidence):
-    """The bin of each top probability: (i/15, (i+1)/15] is bin i, and 0 falls in bin 0."""
-    bins = np.ceil(np.asarray(confidence) * CALIBRATION_BINS).astype(np.int64) - 1
-    return np.clip(bins, 0, CALIBRATION_BINS - 1)
 
 
 def _average(per_class, metric, average, undefined):

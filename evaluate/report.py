@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 
-from evaluate.metrics import COARSE_GRID, FINE_GRID, roc_curve
+from evaluate.metrics import (BINARY_BIN_KEYS, CALIBRATION_BINS, COARSE_GRID, FINE_GRID, MULTICLASS_BIN_KEYS,
+                              roc_curve)
 from shards.fsio import write_text_atomic
 
 FIGURES_DIR = "figures"
@@ -43,6 +44,8 @@ def write_report(out, metrics, accumulators, history, mistake_images):
     save("accuracy_vs_threshold", _accuracy_figure(accumulators, threshold))
     save("score_histograms", _histogram_figure(accumulators, threshold))
     save("confusion", _confusion_figure(metrics["splits"]))
+    save("reliability", _reliability_figure(metrics["splits"], BINARY_BIN_KEYS, "probability of cat (mean of its bin)",
+                                            "share of cats in the bin"))
     if history:
         save("training_curves", _training_figure(history))
     for split, result in metrics["splits"].items():
@@ -116,6 +119,21 @@ def _confusion_figure(results):
         ax.set_xticks([0, 1], ["dog", "cat"])
         ax.set_yticks([0, 1], ["dog", "cat"])
         ax.set(xlabel="predicted", ylabel="true", title=f"{split} at threshold {result['threshold']:.2f}")
+    return fig
+
+
+def _reliability_figure(results, keys, xlabel, ylabel):
+    """Each split's non-empty calibration bins: mean probability (`keys[0]`) against what came true (`keys[1]`)."""
+    fig, (ax,) = _figure(4.5, 4.5)
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", label="perfectly calibrated")
+    mean_key, true_key = keys
+    for split, result in results.items():
+        bins = [b for b in result["calibration_bins"] if b["count"]]
+        ax.plot([b[mean_key] for b in bins], [b[true_key] for b in bins], "o-", color=COLOURS[split],
+                label=f"{split} (ECE {result['ece']:.3f})")
+    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01),
+           title=f"Reliability ({CALIBRATION_BINS} equal bins)")
+    ax.legend(loc="upper left")
     return fig
 
 
@@ -254,6 +272,7 @@ def _metrics_table(results, threshold):
         ("MSE", lambda r: _fmt(r["mse"])),
         ("Pearson r", lambda r: _fmt(r["pearson_r"])),
         ("log loss", lambda r: _fmt(r["log_loss"])),
+        ("expected calibration error (probability of cat)", lambda r: _fmt(r["ece"])),
         ("ROC AUC", lambda r: _fmt(r["roc_auc"])),
         ("best accuracy of the 10 thresholds",
          lambda r: f"{_fmt(r['best_accuracy'])} (at {r['best_accuracy_threshold']:.2f})"),
@@ -301,7 +320,8 @@ def _write_multiclass_report(out, metrics, history, mistake_images, figures, sav
     classes, results = metrics["classes"], metrics["splits"]
     save("confusion", _class_confusion_figure(results, classes, "counts"))
     save("confusion_normalized", _class_confusion_figure(results, classes, "normalized"))
-    save("reliability", _reliability_figure(results))
+    save("reliability", _reliability_figure(results, MULTICLASS_BIN_KEYS, "top probability (mean of its bin)",
+                                            "accuracy in the bin"))
     if history:
         save("training_curves", _training_figure(history))
     for split, result in results.items():
@@ -341,17 +361,6 @@ def _class_confusion_figure(results, classes, kind):
     return fig
 
 
-def _reliability_figure(results):
-    fig, (ax,) = _figure(4.5, 4.5)
-    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", label="perfectly calibrated")
-    for split, result in results.items():
-        bins = [b for b in result["calibration_bins"] if b["count"]]
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color=COLOURS[split],
-                label=f"{split} (ECE {result['ece']:.3f})")
-    ax.set(xlabel="top probability (mean of its bin)", ylabel="accuracy in the bin", xlim=(0, 1), ylim=(0, 1.01),
-           title="Reliability (15 equal bins)")
-    ax.legend(loc="upper left")
-    return fig
 
 
 def _class_caption(classes):

@@ -21,12 +21,14 @@ N floats (the one-vs-rest ROC AUC of each class needs them all).
 """
 import datetime
 import heapq
+import json
 import os
 import time
 from typing import NamedTuple
 
 import numpy as np
 
+from evaluate.inference import FLIP, PLAIN, model_outputs, scoring
 from evaluate.metrics import COARSE_GRID, Accumulator, MulticlassAccumulator
 from evaluate.report import write_report
 from shards import stream
@@ -104,6 +106,8 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
     out = out or run_dir
     os.makedirs(out, exist_ok=True)
     metrics = _metrics_document(run_dir, config, model_path, tta, data, manifest, threshold, results)
+    if threshold is not None:
+        metrics["thresholds"] = _thresholds(metrics, _earlier_metrics(os.path.join(out, METRICS_NAME)))
     metrics["figures"] = write_report(out, metrics, accumulators, run.history(), pictures)
     metrics["seconds"] = round(time.monotonic() - started, 2)
     write_json_atomic(os.path.join(out, METRICS_NAME), metrics)
@@ -206,6 +210,56 @@ def _metrics_document(run_dir, config, model_path, tta, data, manifest, threshol
                                      "highest probability (a threshold chosen on val is a two-class idea)"}
     del document["accuracy_thresholds"]
     return document
+
+
+def _thresholds(document, earlier):
+    """metrics.json's "thresholds": {way of scoring: the threshold chosen with it} for this checkpoint.
+
+    This evaluation's threshold, and the other way's from the metrics.json it
+    replaces when that one scored the same model file (same sha256): after
+    `evaluate` and `evaluate --tta`, in either order, both are there, for
+    `predict` and `predict --tta` (each way chooses its own on val).
+    """
+    mine = scoring(document["tta"] is not None)
+    kept = {way: entry for way, entry in recorded_thresholds(earlier).items()
+            if way != mine and entry.get("checkpoint_sha256") == document["checkpoint_sha256"]}
+    kept[mine] = {"value": document["threshold"]["value"], "chosen_on": document["threshold"]["chosen_on"],
+                  **{key: document[key] for key in ("checkpoint", "checkpoint_sha256", "data", "created")}}
+    return {way: kept[way] for way in (PLAIN, FLIP) if way in kept}
+
+
+def recorded_thresholds(metrics):
+    """{way of scoring ("plain", "flip"): {"value", "chosen_on", ...}} that a metrics.json document records.
+
+    Its "thresholds"; for a metrics.json written before they were kept per
+    way, its one "threshold" under the way its "tta" names. Entries without
+    a threshold in [0, 1] (N classes have none) are left out; {} for
+    anything that is not a metrics.json document.
+    """
+    if not isinstance(metrics, dict):
+        return {}
+    found = metrics.get("thresholds")
+    if not isinstance(found, dict):
+        single = metrics.get("threshold")
+        if not isinstance(single, dict):
+            return {}
+        extra = {key: metrics[key] for key in ("checkpoint", "checkpoint_sha256", "data", "created") if key in metrics}
+        found = {scoring(metrics.get("tta") is not None): {**single, **extra}}
+    return {way: entry for way, entry in found.items()
+            if way in (PLAIN, FLIP) and isinstance(entry, dict) and _is_threshold(entry.get("value"))}
+
+
+def _is_threshold(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _earlier_metrics(path):
+    """The metrics.json at `path` as it stands, or None when there is none or it cannot be read."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):  # none yet, or damaged: nothing to keep from it
+        return None
 
 
 def _warnings(metrics, data):
@@ -314,18 +368,16 @@ def _check_outputs(model, path, manifest):
 
 def _predict(model, images, tta, num_classes=2):
     """float64 scores (n,) of a batch (two classes) or probabilities (n, N); UserError when the shape is not that."""
-    scores = np.asarray(model.predict_on_batch(images))
-    if tta:  # average with the mirror image (width is axis 2)
-        scores = (scores + np.asarray(model.predict_on_batch(images[:, :, ::-1]))) / 2
+    scores = model_outputs(model, images, tta)
     if num_classes > 2:
         if scores.shape != (len(images), num_classes):
             raise UserError(f"the model outputs shape {scores.shape[1:]} per image; evaluate needs "
                             f"{num_classes} softmax probabilities per image")
-        return scores.astype(np.float64)
+        return scores
     if scores.shape not in ((len(images), 1), (len(images),)):
         raise UserError(f"the model outputs shape {scores.shape[1:]} per image; evaluate needs "
                         "one sigmoid probability of cat per image")
-    return scores.astype(np.float64).reshape(-1)
+    return scores.reshape(-1)
 
 
 class _Candidate(NamedTuple):

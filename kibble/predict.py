@@ -10,6 +10,11 @@ of class index 1, and a label by the run's threshold, as it always was. More
 classes (a softmax): the most probable class and its probability, the K best
 (class, probability) pairs and the whole distribution.
 
+`tta` scores each image as `evaluate --tta` does (the mean over it and its
+mirror, evaluate.inference.model_outputs, the one implementation of both),
+and a two-class label then uses the threshold `evaluate --tta` chose on
+validation: evaluate records one threshold per way of scoring.
+
 One file never stops the others: a file that is missing, not a regular file
 (a FIFO or device named .jpg would block or never end, so only regular files
 are opened), a symlink loop, or that the decoder cannot handle in any way,
@@ -24,7 +29,8 @@ import stat
 
 import numpy as np
 
-from evaluate.run import DEFAULT_THRESHOLD, _load_model
+from evaluate.inference import FLIP, model_outputs, scoring
+from evaluate.run import DEFAULT_THRESHOLD, _load_model, recorded_thresholds
 from shards.errors import UserError
 from shards.image import BadImage, is_image_name, load_image
 from train.rundir import METRICS, RunDir
@@ -47,14 +53,31 @@ def multiclass_fields(classes, top_k=1):
     return ("file", "label", "probability", *ranked, *(f"p_{name}" for name in classes), "error")
 
 
-def run_threshold(run_dir):
-    """(threshold, where it came from): the run's val threshold from metrics.json, else 0.5."""
+def run_threshold(run_dir, tta=False):
+    """(threshold, where it came from): the val threshold `evaluate` chose for this way of scoring.
+
+    Plain scores take the threshold of plain `evaluate`, TTA scores (`tta`)
+    that of `evaluate --tta`, both recorded in the run's metrics.json (see
+    evaluate.run.recorded_thresholds). When only the other way's is there it
+    is used, and the origin says so (the two are close, 0.5 may be far
+    off); with neither, 0.5.
+    """
     run = RunDir(run_dir)
     try:
-        threshold = run.metrics()["threshold"]
-        return float(threshold["value"]), f"chosen on {threshold['chosen_on']} ({run.file(METRICS)})"
-    except (OSError, UserError, KeyError, TypeError, ValueError):
-        return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (no usable {METRICS} in {run_dir}: run `evaluate`)"
+        recorded = recorded_thresholds(run.metrics())
+    except (OSError, UserError):
+        recorded = {}
+    command = "evaluate --tta" if tta else "evaluate"
+    wanted = scoring(tta)
+    if wanted in recorded:
+        entry = recorded[wanted]
+        return float(entry["value"]), f"chosen on {entry['chosen_on']} by `{command}` ({run.file(METRICS)})"
+    if recorded:  # only the other way's
+        way, entry = next(iter(recorded.items()))
+        other = "evaluate --tta" if way == FLIP else "evaluate"
+        return float(entry["value"]), (f"chosen on {entry['chosen_on']} by `{other}` ({run.file(METRICS)}); "
+                                       f"`{command}` records the one for these scores")
+    return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (no usable {METRICS} in {run_dir}: run `{command}`)"
 
 
 def expand_paths(paths):
@@ -117,7 +140,7 @@ def _is_folder(entry):
         return False
 
 
-def predict(paths, run_dir, batch_size=64, threshold=None, top_k=1):
+def predict(paths, run_dir, batch_size=64, threshold=None, top_k=1, tta=False):
     """Load the run's model, then return an iterator of one result per image file, in input order.
 
     Args:
@@ -126,10 +149,15 @@ def predict(paths, run_dir, batch_size=64, threshold=None, top_k=1):
         run_dir: a run directory made by `train`; its best.keras is used.
         batch_size: images decoded and scored together.
         threshold: two classes: label "cat" when p_cat is above it; None
-            takes the run's validation threshold (see `run_threshold`).
+            takes the run's validation threshold for this way of scoring
+            (see `run_threshold`).
             Unused with more classes (the most probable class is the label).
         top_k: more than two classes: the number of best (class,
             probability) pairs in each result (at most the number of classes).
+        tta: score each image as the mean of the model's outputs on it and
+            on its mirror, as `evaluate --tta` does (evaluate.inference);
+            twice the model's time. With threshold None, the threshold is
+            then the one `evaluate --tta` chose.
 
     Returns:
         An iterator of dicts. Two classes: {"file": str, "p_cat": float or
@@ -160,7 +188,7 @@ def predict(paths, run_dir, batch_size=64, threshold=None, top_k=1):
     if len(classes) < 2:
         raise UserError(f"{run.file('config.json')} names {len(classes)} class; predicting needs at least two")
     if threshold is None and len(classes) == 2:
-        threshold, _ = run_threshold(run_dir)
+        threshold, _ = run_threshold(run_dir, tta)
     model_path = run.checkpoint("best")
     model = _load_model(model_path)
     found = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
@@ -169,10 +197,10 @@ def predict(paths, run_dir, batch_size=64, threshold=None, top_k=1):
                         f"says images are {size[0]}x{size[1]}; the run directory is inconsistent: train it again")
     score = _SigmoidScorer(threshold, classes) if len(classes) == 2 else \
         _SoftmaxScorer(classes, min(int(top_k), len(classes)))
-    return _results(model, expand_paths(paths), size, fit, int(batch_size), score)
+    return _results(model, expand_paths(paths), size, fit, int(batch_size), score, bool(tta))
 
 
-def _results(model, found, size, fit, batch_size, score):
+def _results(model, found, size, fit, batch_size, score, tta):
     batch = np.empty((batch_size, *size, 3), dtype=np.uint8)
     pending = []  # (result, row of `batch` or None) for this batch's files, in input order
     filled = 0
@@ -185,10 +213,10 @@ def _results(model, found, size, fit, batch_size, score):
         pending.append(({"file": path, **score.empty, "error": None}, filled))
         filled += 1
         if filled == len(batch):
-            yield from _scored(model, batch, pending, score)
+            yield from _scored(model, batch, pending, score, tta)
             pending, filled = [], 0
     if pending:
-        yield from _scored(model, batch[:filled], pending, score)
+        yield from _scored(model, batch[:filled], pending, score, tta)
 
 
 def _decoded(path, size, fit):
@@ -270,8 +298,8 @@ class _SoftmaxScorer:
                 "probabilities": {name: float(p) for name, p in zip(self.classes, probabilities)}}
 
 
-def _scored(model, images, pending, score):
-    output = np.asarray(model.predict_on_batch(images)) if len(images) else np.empty((0, 0))
+def _scored(model, images, pending, score, tta):
+    output = model_outputs(model, images, tta) if len(images) else np.empty((0, 0))
     scores = score.scores(output, len(images)) if len(images) else ()
     for result, row in pending:
         if row is not None:

@@ -19,10 +19,10 @@ SIZE = (16, 20)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPLIT_KEYS = {"count", "cats", "dogs", "mse", "pearson_r", "log_loss", "roc_auc", "accuracy_at",
               "best_accuracy", "best_accuracy_threshold", "threshold", "accuracy", "precision", "recall",
-              "f1", "confusion", "undefined", "confident_mistakes"}
+              "f1", "ece", "calibration_bins", "confusion", "undefined", "confident_mistakes"}
 TOP_KEYS = {"schema_version", "created", "run", "model", "checkpoint", "checkpoint_sha256", "tta", "data",
-            "manifest_sha256", "same_data_as_training", "image_size", "threshold", "accuracy_thresholds",
-            "splits", "figures", "seconds"}
+            "manifest_sha256", "same_data_as_training", "image_size", "threshold", "thresholds",
+            "accuracy_thresholds", "splits", "figures", "seconds"}
 
 # The tiny model is Rescaling -> mean colour -> Dense(sigmoid); its weights
 # act on the mean (R, G, B) in 0..1. Generated cats are red (R 200, B 55),
@@ -116,13 +116,14 @@ def test_writes_metrics_json_report_and_pictures(evaluated):
     assert metrics["threshold"]["chosen_on"] == "val"
 
     assert set(metrics["figures"]) == {"roc", "accuracy_vs_threshold", "score_histograms", "confusion",
-                                       "training_curves", "mistakes_test"}
+                                       "reliability", "training_curves", "mistakes_test"}
     with open(os.path.join(run_dir, "report.md")) as f:
         report = f.read()
     for relative in metrics["figures"].values():
         assert_png(os.path.join(run_dir, relative))
         assert f"]({relative})" in report
     assert "| MSE |" in report and "chosen on val" in report and "No mistakes on val" in report
+    assert "| expected calibration error (probability of cat) |" in report
 
 
 def test_metrics_agree_with_a_direct_computation(evaluated, shard_dir):
@@ -336,6 +337,17 @@ def test_compare_evaluates_again_when_the_model_changed(shard_dir, tmp_path):
     assert first["val_roc_auc"] == 0.0 and second["val_roc_auc"] > 0.9
 
 
+def test_compare_scores_plainly_after_evaluate_tta_and_keeps_its_threshold(evaluated, tmp_path):
+    run_dir = str(tmp_path / "tiny-1")
+    shutil.copytree(evaluated[0], run_dir)  # compare writes into the run: keep the shared one as it is
+    tta = evaluate_run(run_dir, splits=("val",), batch_size=6, progress=False, tta=True)
+    compare_runs([run_dir], progress=False)
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["tta"] is None and metrics["created"] >= tta["created"]
+    assert metrics["thresholds"]["flip"] == tta["thresholds"]["flip"]  # predict --tta still finds it
+
+
 def test_cli_help_has_examples():
     from click.testing import CliRunner
 
@@ -376,7 +388,10 @@ def test_cli_evaluate_newest_run_and_compare(evaluated, shard_dir, tmp_path):
     assert os.path.exists(os.path.join(out, "metrics.json")) and os.path.exists(os.path.join(out, "report.md"))
     summary = result.stderr.splitlines()
     assert summary[-3].split()[:2] == ["split", "images"] and summary[-2].split()[:2] == ["val", "12"]
-    assert summary[-1].startswith("threshold ") and "chosen on val" in summary[-1]
+    assert summary[-3].split()[-1] == "ECE"
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert summary[-2].split()[-1] == f"{json.load(f)['splits']['val']['ece']:.3f}"
+    assert summary[-1].startswith("threshold ") and "chosen on val;" in summary[-1]
 
     table = str(tmp_path / "compare.md")
     result = CliRunner().invoke(cli, ["compare", run_dir, run_dir, "--out", table])
@@ -397,3 +412,43 @@ def test_tta_scores_are_the_mean_over_the_image_and_its_mirror(evaluated, shard_
     scores = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)).reshape(-1) / 2
     assert result["tta"] == "flip" and plain["tta"] is None
     assert result["splits"]["val"]["mse"] == pytest.approx(np.mean((scores - labels) ** 2), abs=1e-6)
+    assert result["splits"]["val"]["ece"] == pytest.approx(_ece(scores, labels), abs=1e-6)
+    # the tiny model sees only mean colours, which a mirror keeps: the same calibration as plain
+    assert result["splits"]["val"]["ece"] == pytest.approx(plain["splits"]["val"]["ece"], abs=1e-6)
+
+
+def _ece(scores, labels, bins=15):
+    """Expected calibration error of the probability of cat, worked out here without evaluate's code."""
+    which = np.clip(np.ceil(scores * bins).astype(int) - 1, 0, bins - 1)
+    return sum(abs(labels[which == b].sum() - scores[which == b].sum()) for b in range(bins)) / len(scores)
+
+
+def test_plain_and_tta_thresholds_are_both_kept_for_the_same_model(evaluated, tmp_path):
+    run_dir, _ = evaluated
+    out = str(tmp_path / "out")
+    plain = evaluate_run(run_dir, splits=("val",), out=out, batch_size=6, progress=False)
+    assert list(plain["thresholds"]) == ["plain"]
+    assert plain["thresholds"]["plain"]["value"] == plain["threshold"]["value"]
+    tta = evaluate_run(run_dir, splits=("val",), out=out, batch_size=6, progress=False, tta=True)
+    assert tta["thresholds"]["plain"] == plain["thresholds"]["plain"]  # carried over as it was
+    assert tta["thresholds"]["flip"] == {"value": tta["threshold"]["value"], "chosen_on": "val",
+                                         "checkpoint": "best.keras", "checkpoint_sha256": tta["checkpoint_sha256"],
+                                         "data": tta["data"], "created": tta["created"]}
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert json.load(f)["thresholds"] == tta["thresholds"]
+
+
+def test_a_threshold_chosen_for_another_model_file_is_not_kept():
+    from evaluate.run import _thresholds
+
+    def document(sha, tta, value):
+        return {"tta": tta, "threshold": {"value": value, "chosen_on": "val"}, "checkpoint": "best.keras",
+                "checkpoint_sha256": sha, "data": "/d", "created": "now"}
+
+    earlier = {**document("a", None, 0.4), "thresholds": _thresholds(document("a", None, 0.4), None)}
+    assert set(_thresholds(document("a", "flip", 0.6), earlier)) == {"plain", "flip"}
+    assert set(_thresholds(document("b", "flip", 0.6), earlier)) == {"flip"}  # the model changed
+    # this way's own entry is always this evaluation's, never the earlier one
+    assert _thresholds(document("a", None, 0.2), earlier)["plain"]["value"] == 0.2
+    # a metrics.json from before thresholds were kept per way still hands its one over
+    assert _thresholds(document("a", "flip", 0.6), document("a", None, 0.4))["plain"]["value"] == 0.4

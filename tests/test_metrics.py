@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 from evaluate.metrics import (
+    CALIBRATION_BINS,
     COARSE_GRID,
     EPSILON,
     FINE_GRID,
     Accumulator,
+    MulticlassAccumulator,
     confusion_at,
     roc_auc,
     roc_curve,
@@ -67,6 +69,49 @@ def test_known_case_coarse_accuracy_and_threshold_choice():
     # above 0.60); the nearest to 0.5 is 0.60
     assert acc.best_threshold() == 0.6
     assert acc.summary(0.6)["accuracy"] == pytest.approx(5 / 6)
+
+
+def test_calibration_by_hand_is_the_probability_of_cat_against_the_share_of_cats():
+    # bins of 1/15: 0.9 in bin 13 (two cats, a dog), 0.1 in bin 1 (two dogs), 0.5 in bin 7 (a cat)
+    scores, labels = [0.9, 0.9, 0.9, 0.1, 0.1, 0.5], [1, 1, 0, 0, 0, 1]
+    result = fed(scores, labels, batch=4).summary(0.5)
+    # per bin |cats - summed probability|: |2 - 2.7| + |0 - 0.2| + |1 - 0.5|, over 6 images. (The top-label
+    # reading, max(p, 1 - p) against right at 0.5, would give (|4 - 4.5| + |0 - 0.5|) / 6 = 1/6 here.)
+    assert result["ece"] == pytest.approx(1.4 / 6)
+    bins = result["calibration_bins"]
+    assert len(bins) == CALIBRATION_BINS and [b["count"] for b in bins] == [0, 2] + [0] * 5 + [1] + [0] * 5 + [3, 0]
+    assert bins[13] == pytest.approx({"lower": 13 / 15, "upper": 14 / 15, "count": 3, "probability": 0.9,
+                                      "frequency": 2 / 3})
+    assert bins[0] == {"lower": 0.0, "upper": pytest.approx(1 / 15), "count": 0, "probability": None,
+                       "frequency": None}
+    json.dumps(result, allow_nan=False)
+
+
+def test_a_perfectly_calibrated_split_has_no_calibration_error():
+    # in each bin the share of cats is the mean probability: 1 of 4 at 0.25, 3 of 4 at 0.75
+    result = fed([0.25] * 4 + [0.75] * 4, [1, 0, 0, 0, 1, 1, 1, 0]).summary(0.5)
+    assert result["ece"] == pytest.approx(0.0, abs=1e-15)
+    assert fed([1.0, 0.0], [0, 1]).summary(0.5)["ece"] == pytest.approx(1.0)  # certain and wrong: the worst
+
+
+def test_both_paths_bin_alike():
+    # One home for binning: a two-class split and an N-class split whose top probabilities are the same
+    # numbers, right where the two-class images are cats, get the same bins and the same ECE.
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.34, 1.0, 300)
+    right = rng.random(300) < p
+    binary = fed(p, right.astype(int), batch=7).summary(0.5)
+    rest = (1 - p) / 2
+    probs = np.stack([p, rest, rest], axis=1)
+    labels = np.where(right, 0, 1)
+    many = MulticlassAccumulator(["a", "b", "c"])
+    for start in range(0, 300, 11):
+        many.update(probs[start:start + 11], labels[start:start + 11])
+    multiclass = many.summary()
+    assert binary["ece"] == pytest.approx(multiclass["ece"], abs=1e-12)
+    pairs = list(zip(binary["calibration_bins"], multiclass["calibration_bins"]))
+    assert [b["count"] for b, _ in pairs] == [m["count"] for _, m in pairs]
+    assert [b["frequency"] for b, _ in pairs] == [m["accuracy"] for _, m in pairs]
 
 
 def test_grids():
@@ -269,6 +314,16 @@ def test_every_figure_matches_scikit_learn_and_scipy(scores, labels):
     else:
         fpr, tpr, _ = metrics.roc_curve(labels, scores, drop_intermediate=False)
         assert np.allclose(curve[0], fpr, rtol=0, atol=1e-12) and np.allclose(curve[1], tpr, rtol=0, atol=1e-12)
+    # calibration: scikit-learn's reliability curve (probability of the positive class against its share)
+    calibration = pytest.importorskip("sklearn.calibration")
+    share, mean = calibration.calibration_curve(labels, scores, n_bins=CALIBRATION_BINS, pos_label=1)
+    filled = [b for b in result["calibration_bins"] if b["count"]]
+    assert sum(b["count"] for b in filled) == len(scores)
+    assert np.allclose([b["probability"] for b in filled], mean, rtol=0, atol=1e-12)
+    assert np.allclose([b["frequency"] for b in filled], share, rtol=0, atol=1e-12)
+    counts = np.array([b["count"] for b in filled])
+    assert result["ece"] == pytest.approx(float(np.sum(counts / len(scores) * np.abs(share - mean))), abs=1e-12)
+
     expected_curve = [metrics.accuracy_score(labels, (scores > t).astype(int)) for t in FINE_GRID]
     assert np.allclose(acc.accuracy_curve(), expected_curve, rtol=0, atol=1e-12)
     assert result["accuracy_at"] == pytest.approx(

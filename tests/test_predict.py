@@ -139,3 +139,68 @@ def test_two_class_output_ignores_top_k(trained):
     topped = CliRunner().invoke(cli, ["predict", *files, "--run", run_dir, "--format", "csv", "--top-k", "2"])
     assert plain.exit_code == topped.exit_code == 0 and topped.stdout == plain.stdout
     assert plain.stdout.splitlines()[0] == "file,p_cat,label,error"
+
+
+# ---- predict --tta: the scores and the threshold of evaluate --tta ---------------------------------
+
+def _ece(scores, labels, bins=15):
+    """Expected calibration error of the probability of cat, worked out here without evaluate's code."""
+    which = np.clip(np.ceil(scores * bins).astype(int) - 1, 0, bins - 1)
+    return sum(abs(labels[which == b].sum() - scores[which == b].sum()) for b in range(bins)) / len(scores)
+
+
+def test_predict_tta_gives_evaluate_tta_probabilities_and_threshold(trained, tmp_path):
+    from evaluate import evaluate_run
+    from tests.conftest import read_split
+
+    images, shards, run_dir = trained
+    run = str(tmp_path / "run")
+    shutil.copytree(run_dir, run)  # evaluate writes metrics.json into the run: keep the shared one clean
+    metrics = evaluate_run(run, batch_size=5, progress=False, tta=True)
+
+    result = CliRunner().invoke(cli, ["predict", images, "--run", run, "--format", "json", "--batch-size", "7",
+                                      "--tta"])
+    assert result.exit_code == 0, result.output
+    tta = {os.path.basename(r["file"]): r for r in json.loads(result.stdout)}
+    plain = {os.path.basename(r["file"]): r["p_cat"] for r in predict(images, run, batch_size=7)}
+    assert max(abs(tta[n]["p_cat"] - plain[n]) for n in plain) > 1e-4  # the mirror does change the scores
+
+    for split in ("val", "test"):
+        _, labels, names = read_split(shards, split)
+        scores = np.array([tta[n]["p_cat"] for n in names])
+        got = metrics["splits"][split]
+        assert got["mse"] == pytest.approx(np.mean((scores - labels) ** 2), abs=1e-6)
+        assert got["ece"] == pytest.approx(_ece(scores, labels), abs=1e-6)
+        for mistake in got["confident_mistakes"]:
+            assert tta[mistake["name"]]["p_cat"] == pytest.approx(mistake["score"], abs=1e-5)
+    threshold = metrics["threshold"]["value"]
+    assert all(r["label"] == ("cat" if r["p_cat"] > threshold else "dog") for r in tta.values())
+    assert f"--tta; threshold {threshold:.2f} chosen on val by `evaluate --tta`" in result.stderr
+
+
+def _write_metrics(run, document):
+    with open(os.path.join(run, "metrics.json"), "w") as f:
+        json.dump(document, f)
+
+
+def test_each_way_of_scoring_takes_its_own_threshold_and_falls_back_to_the_other(trained, tmp_path):
+    images, _, run_dir = trained
+    run = str(tmp_path / "run")
+    shutil.copytree(run_dir, run)
+    _write_metrics(run, {"threshold": {"value": 0.2, "chosen_on": "val"}, "tta": None,
+                         "thresholds": {"plain": {"value": 0.2, "chosen_on": "val"},
+                                        "flip": {"value": 0.7, "chosen_on": "val"}}})
+    assert run_threshold(run) == (0.2, f"chosen on val by `evaluate` ({run}/metrics.json)")
+    assert run_threshold(run, tta=True) == (0.7, f"chosen on val by `evaluate --tta` ({run}/metrics.json)")
+    results = list(predict(images, run, tta=True))
+    assert all(r["label"] == ("cat" if r["p_cat"] > 0.7 else "dog") for r in results)
+
+    # a metrics.json of evaluate --tta from before thresholds were kept per way
+    _write_metrics(run, {"threshold": {"value": 0.7, "chosen_on": "val"}, "tta": "flip"})
+    assert run_threshold(run, tta=True)[0] == 0.7
+    value, origin = run_threshold(run)
+    assert value == 0.7 and "by `evaluate --tta`" in origin and "`evaluate` records the one for these scores" in origin
+    # N classes have no threshold: 0.5, and the command to run is named
+    _write_metrics(run, {"threshold": {"value": None, "chosen_on": None}, "tta": "flip"})
+    assert run_threshold(run, tta=True) == (0.5, f"default 0.5 (no usable metrics.json in {run}: run "
+                                                 "`evaluate --tta`)")

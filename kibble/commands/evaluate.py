@@ -22,7 +22,8 @@ from kibble.options import (LocalFolder, RunFolder, access_from, access_options,
 @click.option("--checkpoint", type=click.Choice(tuple(CHECKPOINTS)), default="best", show_default=True,
               help="Model file: best.keras (lowest val_loss) or last.keras.")
 @batch_size_option(256, "Images per prediction call.")
-@click.option("--tta", is_flag=True, help="Average each score with the mirror image's (twice the time).")
+@click.option("--tta", is_flag=True, help="Average each score with the mirror image's (twice the time); "
+                                         "`predict --tta` scores the same way.")
 @click.option("--no-verify", is_flag=True,
               help="Skip the shards' sha256 check (their split, size and count are still checked).")
 @click.pass_context
@@ -30,16 +31,21 @@ def evaluate(ctx, run_dirs, runs_root, data, cache, stream, split, out, checkpoi
     """Score trained runs on the val and test shards; write metrics and a report.
 
     Each run gets metrics.json, report.md and figures/ (ROC, accuracy vs
-    threshold, score histograms, confusion matrices, training curves, the
-    most confident mistakes). Two classes: the decision threshold is chosen
-    on val and applied unchanged to test. More than two: the most probable
-    class is the prediction (no threshold); top-k, per-class and macro
-    metrics, calibration (reliability diagram) and the N x N confusion matrix.
+    threshold, score histograms, confusion matrices, reliability diagram,
+    training curves, the most confident mistakes). Two classes: the
+    decision threshold is chosen on val and applied unchanged to test;
+    calibration bins the probability of cat against the share of cats.
+    With --tta the threshold is chosen from the averaged scores and kept
+    beside the plain one, for `predict --tta`. More than two: the most
+    probable class is the prediction (no threshold); top-k, per-class and
+    macro metrics, calibration of the top probability and the N x N
+    confusion matrix.
 
     \b
     Example:
       python cli.py evaluate                          # newest run in runs/
       python cli.py evaluate runs/conv2-20250101-120000 --split test
+      python cli.py evaluate --tta                    # mirror-averaged scores, their own threshold
       python cli.py evaluate --data s3://my-bucket/shards --cache /scratch/kibble
       python cli.py evaluate s3://my-bucket/runs/conv2-20250101-120000   # outputs uploaded beside it
     """

@@ -24,15 +24,21 @@ PREDICT_STOPPED = 3
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
               help="With more than two classes: the K most probable classes of each image, with their "
                    "probabilities. (Two classes: p_cat already says both.)")
+@click.option("--tta", is_flag=True,
+              help="Average each image's probabilities with its mirror image's, as `evaluate --tta` does "
+                   "(twice the time); two classes use the threshold `evaluate --tta` chose.")
 @click.pass_context
-def predict(ctx, paths, run_dir, runs_root, fmt, batch_size, top_k):
+def predict(ctx, paths, run_dir, runs_root, fmt, batch_size, top_k, tta):
     """Predict the class of image files, and of every image in folders.
 
     Each file is decoded and resized exactly as ingest did for the run's
     training images. Two classes (Dogs vs. Cats): p_cat is the model's
     probability of cat; the label is cat when p_cat is above the run's
     validation threshold (from its metrics.json, once `evaluate` has run;
-    0.5 otherwise). More classes: the label is the most probable class,
+    0.5 otherwise). With --tta each image is scored as the mean over it and
+    its mirror, exactly as `evaluate --tta` scores, and labelled at the
+    threshold `evaluate --tta` chose on validation (each way of scoring
+    has its own). More classes: the label is the most probable class,
     with its probability and the --top-k best; JSON gives every class's
     probability, CSV one p_<class> column per class. Folders are
     searched recursively for .jpg, .jpeg and .png files, following symlinks
@@ -57,6 +63,7 @@ def predict(ctx, paths, run_dir, runs_root, fmt, batch_size, top_k):
     Example:
       python cli.py predict photos/ --format csv > predictions.csv
       python cli.py predict cat.jpg dog.png --run runs/kibble-20250101-120000
+      python cli.py predict photos/ --tta      # after `evaluate --tta` on the run
       python cli.py predict photos/ --run s3://my-bucket/runs/kibble-20250101-120000
     """
     from kibble.predict import DOGS_VS_CATS, predict as run_predict, prediction_writer, run_classes, run_threshold
@@ -66,11 +73,11 @@ def predict(ctx, paths, run_dir, runs_root, fmt, batch_size, top_k):
     classes = run_classes(run_dir) if os.path.isdir(run_dir) else None  # predict names a missing run
     threshold = None
     if classes is not None and len(classes) > 2:
-        say(ctx, f"predicting with {run_dir}; {len(classes)} classes")
+        say(ctx, f"predicting with {run_dir}{'; --tta' if tta else ''}; {len(classes)} classes")
     else:
-        threshold, origin = run_threshold(run_dir)
-        say(ctx, f"predicting with {run_dir}; threshold {threshold:.2f} {origin}")
-    results = run_predict(paths, run_dir, batch_size=batch_size, threshold=threshold, top_k=top_k)
+        threshold, origin = run_threshold(run_dir, tta)
+        say(ctx, f"predicting with {run_dir}{'; --tta' if tta else ''}; threshold {threshold:.2f} {origin}")
+    results = run_predict(paths, run_dir, batch_size=batch_size, threshold=threshold, top_k=top_k, tta=tta)
     write = prediction_writer(fmt, click.echo, classes, top_k)
     # Two classes list the positive class (index 1, cat) first, as they always did.
     shown = list(classes or DOGS_VS_CATS)
