@@ -56,7 +56,7 @@ def write_report(out, metrics, accumulators, history, mistake_images):
     return figures
 
 
-def _figure(width, height, ncols=1, nrows=1):
+def new_figure(width, height, ncols=1, nrows=1):
     """A Figure on an Agg canvas and its axes, flattened row by row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -67,7 +67,7 @@ def _figure(width, height, ncols=1, nrows=1):
 
 
 def _roc_figure(accumulators):
-    fig, (ax,) = _figure(4.5, 4.5)
+    fig, (ax,) = new_figure(4.5, 4.5)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", label="chance")
     for split, acc in accumulators.items():
         curve = roc_curve(acc.scores, acc.labels)
@@ -81,7 +81,7 @@ def _roc_figure(accumulators):
 
 
 def _accuracy_figure(accumulators, threshold):
-    fig, (ax,) = _figure(6, 4)
+    fig, (ax,) = new_figure(6, 4)
     for split, acc in accumulators.items():
         curve = acc.accuracy_curve()
         ax.plot(FINE_GRID, curve, color=COLOURS[split], label=split)
@@ -95,7 +95,7 @@ def _accuracy_figure(accumulators, threshold):
 
 
 def _histogram_figure(accumulators, threshold):
-    fig, axes = _figure(4 * len(accumulators), 3.5, ncols=len(accumulators))
+    fig, axes = new_figure(4 * len(accumulators), 3.5, ncols=len(accumulators))
     bins = np.linspace(0, 1, 41)
     for ax, (split, acc) in zip(axes, accumulators.items()):
         scores, labels = np.clip(acc.scores, 0, 1), acc.labels
@@ -108,7 +108,7 @@ def _histogram_figure(accumulators, threshold):
 
 
 def _confusion_figure(results):
-    fig, axes = _figure(3.6 * len(results), 3.4, ncols=len(results))
+    fig, axes = new_figure(3.6 * len(results), 3.4, ncols=len(results))
     for ax, (split, result) in zip(axes, results.items()):
         c = result["confusion"]
         matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
@@ -124,7 +124,7 @@ def _confusion_figure(results):
 
 def _reliability_figure(results, keys, xlabel, ylabel):
     """Each split's non-empty calibration bins: mean probability (`keys[0]`) against what came true (`keys[1]`)."""
-    fig, (ax,) = _figure(4.5, 4.5)
+    fig, (ax,) = new_figure(4.5, 4.5)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", label="perfectly calibrated")
     mean_key, true_key = keys
     for split, result in results.items():
@@ -140,7 +140,7 @@ def _reliability_figure(results, keys, xlabel, ylabel):
 def _training_figure(history):
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = _figure(9, 3.5, ncols=2)
+    fig, axes = new_figure(9, 3.5, ncols=2)
     epochs = [row["epoch"] for row in history]
     for ax, key in zip(axes, ("loss", "accuracy")):
         for name, style in ((key, "-"), (f"val_{key}", "--")):
@@ -159,7 +159,7 @@ def _mistakes_figure(split, mistakes, images, caption, title_room=0.6):
     height, width = images.shape[1:3]
     panel = 2.4
     # at least 4.5 inches wide so that the title fits over a single image
-    fig, axes = _figure(max(panel * cols, 4.5), panel * rows * height / width + title_room * rows + 0.4,
+    fig, axes = new_figure(max(panel * cols, 4.5), panel * rows * height / width + title_room * rows + 0.4,
                         ncols=cols, nrows=rows)
     for ax in axes:
         ax.axis("off")
@@ -343,7 +343,7 @@ def _write_multiclass_report(out, metrics, history, mistake_images, figures, sav
 def _class_confusion_figure(results, classes, kind):
     n = len(classes)
     side = max(3.6, 0.45 * n + 1.6)
-    fig, axes = _figure(side * len(results), side, ncols=len(results))
+    fig, axes = new_figure(side * len(results), side, ncols=len(results))
     for ax, (split, result) in zip(axes, results.items()):
         rows = result["confusion"][kind]
         matrix = np.array([row if row is not None else [np.nan] * n for row in rows], dtype=np.float64)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evaluate.report import new_figure
 from shards import storage
 from shards.errors import ShardError, UserError
 from shards.fsio import inside, write_text_atomic
@@ -213,26 +214,16 @@ def _original(source, name, size, fit):
 # -- figures -------------------------------------------------------------------------------------
 
 
-def _figure(width, height, ncols=1, nrows=1):
-    """A Figure on an Agg canvas and its axes, flattened row by row."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False).ravel()
-
-
 def _class_figure(classes, splits):
     present = [s for s in SPLITS if s in splits]
     counts = {s: np.array(splits[s]["class_counts"]) for s in present}
     if len(classes) > MAX_LABELLED_BARS:  # too many names to print: the shape of the imbalance
-        fig, (ax,) = _figure(8, 4)
+        fig, (ax,) = new_figure(8, 4)
         totals = np.sort(sum(counts.values()))[::-1]
         ax.bar(np.arange(len(totals)), totals, width=1.0, color="tab:blue")
         ax.set(xlabel=f"{len(classes)} classes, largest first", ylabel="images", title="Images per class")
         return fig
-    fig, (ax,) = _figure(max(5.0, 0.5 * len(classes) + 2), 4)
+    fig, (ax,) = new_figure(max(5.0, 0.5 * len(classes) + 2), 4)
     x, bottom = np.arange(len(classes)), np.zeros(len(classes))
     for split in present:
         ax.bar(x, counts[split], bottom=bottom, color=COLOURS[split], label=split)
@@ -245,7 +236,7 @@ def _class_figure(classes, splits):
 
 def _size_figure(sizes):
     widths, heights = sizes[:, 0], sizes[:, 1]
-    fig, axes = _figure(10, 7.5, ncols=2, nrows=2)
+    fig, axes = new_figure(10, 7.5, ncols=2, nrows=2)
     axes[0].hist(widths, bins=40, color="tab:blue")
     axes[0].set(xlabel="width (pixels)", ylabel="images", title="Width as found")
     axes[1].hist(heights, bins=40, color="tab:orange")
@@ -265,7 +256,7 @@ def _size_figure(sizes):
 
 def _group_figure(group, panels):
     """(figure, images drawn, members shown by name only): the members side by side."""
-    fig, axes = _figure(2.2 * len(panels), 2.2, ncols=len(panels))
+    fig, axes = new_figure(2.2 * len(panels), 2.2, ncols=len(panels))
     drawn = named = 0
     for ax, member, (image, caption) in zip(axes, group["members"], panels):
         if image is not None:
