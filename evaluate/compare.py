@@ -10,10 +10,13 @@ first, with the default settings: every row is of plain scores.
 """
 import os
 
+import numpy as np
+
+from evaluate.report import new_figure
 from evaluate.run import evaluate_run
 from shards.errors import UserError
 from shards.format import sha256_file
-from shards.fsio import write_text_atomic
+from shards.fsio import atomic_path, write_text_atomic
 from train.rundir import BEST, RunDir
 
 # (key, column header, format) in table order.
@@ -38,19 +41,57 @@ COLUMNS = (
 )
 
 
-def compare_runs(run_dirs, out=None, progress=True):
+def compare_runs(run_dirs, out=None, progress=True, curve=None):
     """One row (dict with the COLUMNS keys; None where unknown) per run.
 
     Runs lacking an up-to-date metrics.json are evaluated first. When `out`
-    is given the Markdown table is written there too.
+    is given the Markdown table is written there too; when `curve` is given,
+    the time-to-accuracy figure (see `time_to_accuracy`) is saved there as PNG.
     """
     if not run_dirs:
         raise UserError("nothing to compare: name at least one run directory")
+    if curve and not curve.lower().endswith(".png"):
+        raise UserError(f"--curve must name a .png file. Received: {curve}")
     rows = [_row(RunDir(run_dir), progress) for run_dir in run_dirs]
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         write_text_atomic(out, markdown_table(rows) + "\n")  # an earlier table stays whole if this write fails
+    if curve:
+        save_time_to_accuracy(run_dirs, curve)
     return rows
+
+
+def time_to_accuracy(run):
+    """(minutes, validation accuracy) arrays of a run, one point per finished epoch.
+
+    The minutes are the wall-clock training time summed over history.csv's
+    epochs (the `seconds` column: the epoch and its validation pass), so a
+    resumed run's pause does not count. Epochs without both values are left
+    out.
+    """
+    rows = [h for h in run.history() if h.get("seconds") is not None and h.get("val_accuracy") is not None]
+    minutes = np.cumsum([float(h["seconds"]) for h in rows]) / 60.0
+    return minutes, np.array([float(h["val_accuracy"]) for h in rows])
+
+
+def save_time_to_accuracy(run_dirs, path):
+    """Validation accuracy against wall-clock minutes of training, one line per run, as a PNG at `path`
+    (written whole or not at all)."""
+    fig, (ax,) = new_figure(7, 4.5)
+    for run_dir in run_dirs:
+        run = RunDir(run_dir)
+        minutes, accuracy = time_to_accuracy(run)
+        if len(minutes):
+            ax.plot(minutes, accuracy, marker="o", markersize=3, label=run.name)
+    ax.set_xlabel("wall-clock minutes of training")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Time to accuracy")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as temp:
+        fig.savefig(temp, format="png", dpi=110)
 
 
 def markdown_table(rows):

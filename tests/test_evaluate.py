@@ -452,3 +452,39 @@ def test_a_threshold_chosen_for_another_model_file_is_not_kept():
     assert _thresholds(document("a", None, 0.2), earlier)["plain"]["value"] == 0.2
     # a metrics.json from before thresholds were kept per way still hands its one over
     assert _thresholds(document("a", "flip", 0.6), document("a", None, 0.4))["plain"]["value"] == 0.4
+
+
+def _history_run(folder, name, rows):
+    """A run directory holding only history.csv rows (epoch, seconds, val_accuracy); enough for the curve."""
+    run_dir = os.path.join(folder, name)
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "history.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr"])
+        for epoch, seconds, val_accuracy in rows:
+            writer.writerow([epoch, 0.5, 0.7, 0.6, val_accuracy, seconds, 0.001])
+    return run_dir
+
+
+def test_time_to_accuracy_sums_epoch_seconds_into_minutes(tmp_path):
+    from evaluate.compare import save_time_to_accuracy, time_to_accuracy
+    from train.rundir import RunDir
+
+    fast = _history_run(str(tmp_path), "fast", [(1, 30, 0.6), (2, 90, 0.8), (3, 60, 0.85)])
+    slow = _history_run(str(tmp_path), "slow", [(1, 300, 0.7)])
+    minutes, accuracy = time_to_accuracy(RunDir(fast))
+    assert minutes.tolist() == [0.5, 2.0, 3.0] and accuracy.tolist() == [0.6, 0.8, 0.85]
+    path = str(tmp_path / "figs" / "curve.png")
+    save_time_to_accuracy([fast, slow], path)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 300
+    assert os.listdir(tmp_path / "figs") == ["curve.png"]  # no temporary file left beside it
+
+
+def test_compare_curve_must_be_a_png_and_is_refused_before_any_evaluation(evaluated, tmp_path):
+    run_a, _ = evaluated
+    before = os.path.getmtime(os.path.join(run_a, "metrics.json"))
+    with pytest.raises(UserError, match=r"--curve must name a \.png file"):
+        compare_runs([run_a], curve=str(tmp_path / "curve.jpg"), progress=False)
+    assert os.path.getmtime(os.path.join(run_a, "metrics.json")) == before
+    assert not os.path.exists(tmp_path / "curve.jpg")
