@@ -286,9 +286,8 @@ def plan_items(source, requested=None, exclusions=frozenset()):
                 if label[row] != NOT_AN_ITEM and (name in exclusions or os.path.basename(name) in exclusions):
                     label[row] = NOT_AN_ITEM
                     excluded.append({"name": name, "reason": "listed in --exclude"})
-    rows = np.flatnonzero(label != NOT_AN_ITEM)
-    items = FileList(found.names, label, found.split).subset(rows)
-    source.found = None
+    rows = np.flatnonzero(label != NOT_AN_ITEM).astype(np.int32)
+    items = FileList(found.names, label.astype(np.int16), found.split).subset(rows)  # classes <= MAX_CLASSES
     return classes, items, excluded + class_excluded
 
 
@@ -387,7 +386,7 @@ def near_duplicate_groups(items, table, kept, distance):
     """
     if distance is None:
         return []
-    known = np.flatnonzero(kept & table.column("printed"))
+    known = np.flatnonzero(kept & table.column("printed")).astype(np.int32)
     pairs = near_pairs(table.column("fingerprint", known), distance)
     if len(pairs):  # the colour check, for the candidate pairs alone
         first, second = table.take(known[pairs[:, 0]], "colour"), table.take(known[pairs[:, 1]], "colour")
@@ -539,16 +538,16 @@ def split_items(items, settings, classes, near_groups=(), leave_out=frozenset())
     split = np.array([SPLIT_CODES.index(item.split) for item in items], dtype=np.int8)
     rows_of = [[index[item.name] for item in members if item.name in index] for members in near_groups]
     left_out = {index[name] for name in leave_out if name in index}
-    splits, warnings = split_rows(label, split, np.arange(len(items)), settings, classes, rows_of, left_out)
+    splits, warnings = split_rows(label, split, np.ones(len(items), bool), settings, classes, rows_of, left_out)
     return {name: [items[row] for row in rows.tolist()] for name, rows in splits.items()}, warnings
 
 
-def split_rows(label, given, rows, settings, classes, near_groups=(), leave_out=frozenset()):
+def split_rows(label, given, kept, settings, classes, near_groups=(), leave_out=frozenset()):
     """Stratified, seeded assignment of labelled `rows` to train/val/test.
 
     `label` (class index, UNLABELED -1) and `given` (the split the input
-    gives, as SPLIT_CODES) are columns indexed by row; `rows` are the
-    candidates, in name order. Returns ({split: int array of rows in
+    gives, as SPLIT_CODES) are columns indexed by row; `kept` (bool per
+    row) marks the candidates. Returns ({split: int32 array of rows in
     shuffled order}, [warnings]). Unlabelled rows go to "unlabeled" in name
     order. Rows carrying a split (a pre-split input) keep it unless
     `settings.resplit`; a held-out split the input does not give is taken
@@ -566,14 +565,16 @@ def split_rows(label, given, rows, settings, classes, near_groups=(), leave_out=
     moves only the images near the split boundaries, not the whole split:
     without groups it is exactly the seeded split of before groups existed.
     """
+    # Shuffles in place (Generator.shuffle draws exactly as .permutation
+    # does), rows as int32: nothing here costs more than a few bytes a row.
     rng = np.random.default_rng(settings.seed)
-    rows = np.asarray(rows, dtype=np.int64)
-    leave = np.array(sorted(leave_out), dtype=np.int64)
+    leave = np.array(sorted(leave_out), dtype=np.int32)
 
-    def kept(part):
+    def kept_of(part):
         return part[~np.isin(part, leave)] if len(leave) else part
 
-    labelled = rows[label[rows] != UNLABELED]
+    unlabeled = kept_of(np.flatnonzero(kept & (label == UNLABELED)).astype(np.int32))
+    labelled = np.flatnonzero(kept & (label != UNLABELED)).astype(np.int32)
     codes = given[labelled]
     has_split = not settings.resplit and bool(codes.any())
     splits = {name: [] for name in LABELLED_SPLITS}
@@ -582,7 +583,7 @@ def split_rows(label, given, rows, settings, classes, near_groups=(), leave_out=
         val, test = (0 if "val" in present else settings.val), (0 if "test" in present else settings.test)
         pool = labelled[(codes == SPLIT_CODES.index("train")) | (codes == 0)]
         for name in ("val", "test"):
-            splits[name].append(kept(labelled[codes == SPLIT_CODES.index(name)]))
+            splits[name].append(kept_of(labelled[codes == SPLIT_CODES.index(name)]))
     else:
         val, test, pool = settings.val, settings.test, labelled
     del labelled, codes
@@ -607,7 +608,8 @@ def split_rows(label, given, rows, settings, classes, near_groups=(), leave_out=
             raise UserError(
                 f"val={val:g} and test={test:g} ask for {n_val + n_test} "
                 f"{classes[label_]} images but only {size} exist")
-        shuffled = kept(mine[rng.permutation(len(mine))])
+        rng.shuffle(mine)
+        shuffled = kept_of(mine)
         del mine
         left = {"val": n_val, "test": n_test}
         for split, part in _assign_units(shuffled, group_of, left).items():
@@ -617,9 +619,11 @@ def split_rows(label, given, rows, settings, classes, near_groups=(), leave_out=
                   for split, wanted in (("val", n_val), ("test", n_test)) if left[split]]
     del pool, pool_labels
     for name in LABELLED_SPLITS:  # mix the classes within each split
-        joined = np.concatenate(splits[name]) if splits[name] else np.empty(0, dtype=np.int64)
-        splits[name] = joined[rng.permutation(len(joined))]
-    splits["unlabeled"] = kept(rows[label[rows] == UNLABELED])
+        joined = np.concatenate(splits[name]) if splits[name] else np.empty(0, dtype=np.int32)
+        splits[name] = None
+        rng.shuffle(joined)
+        splits[name] = joined
+    splits["unlabeled"] = unlabeled
     counts = {split: np.bincount(label[splits[split]], minlength=len(classes)).tolist()
               for split in LABELLED_SPLITS}
     return splits, _small_class_warnings(counts, classes, settings, has_split, val, test) + short
@@ -641,7 +645,7 @@ def _assign_units(shuffled, group_of, left):
     members = {}
     for row in grouped:
         members.setdefault(group_of[row], []).append(row)
-    placed = {name: array("q") for name in ("val", "test", "train")}
+    placed = {name: array("i") for name in ("val", "test", "train")}
     for row in shuffled.tolist():
         group = group_of.get(row)
         if group is None:
@@ -654,7 +658,7 @@ def _assign_units(shuffled, group_of, left):
         if split != "train":
             left[split] -= len(unit)
         placed[split].extend(unit)
-    return {name: np.frombuffer(rows, dtype=np.int64) if len(rows) else np.empty(0, dtype=np.int64)
+    return {name: np.frombuffer(rows, dtype=np.int32) if len(rows) else np.empty(0, dtype=np.int32)
             for name, rows in placed.items()}
 
 

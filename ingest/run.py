@@ -173,8 +173,7 @@ def _plan(input_path, settings, exclude, strict, scheduler="sync", workers=None,
                         f"{skipped[0]['name']}: {skipped[0]['reason']}")
     near_groups = near_duplicate_groups(items, table, kept, settings.near_distance)
     left_out, near_conflicts = resolve_near_conflicts(items, near_groups, classes, settings.label_conflicts)
-    splits, warnings = split_rows(items.label, items.split, np.flatnonzero(kept), settings, classes, near_groups,
-                                  left_out)
+    splits, warnings = split_rows(items.label, items.split, kept, settings, classes, near_groups, left_out)
     del kept
     specs = plan_specs(splits, items, table, settings, classes)
     near_duplicates = describe_near_duplicates(near_groups, splits, items, classes)

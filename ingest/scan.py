@@ -198,7 +198,8 @@ class ScanTable:
     def column(self, field, rows=None):
         """One field of every row, or of `rows` (increasing), as an array."""
         if rows is None:
-            parts = [records[field] for _, records in self.chunks((field,))]
+            # Copies: a view would keep its chunk's whole buffer (every field) alive.
+            parts = [records[field].copy() for _, records in self.chunks((field,))]
         else:
             rows, parts = np.asarray(rows, dtype=np.int64), []
             for start, records in self.chunks((field,)):
