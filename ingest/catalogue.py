@@ -18,8 +18,7 @@ import numpy as np
 # Names from os.scandir may hold lone surrogates (bytes that are not UTF-8):
 # stored and read back unchanged.
 _ENCODING = ("utf-8", "surrogatepass")
-# Names kept in memory before a write, and rows read back in one go.
-_BUFFERED = 4096
+# Rows read back (and names written) in one go: what a step holds at a time.
 CHUNK_ROWS = 16384
 # Split codes of FileList.split: the split the input's folders (or labels file) give.
 SPLIT_CODES = (None, "train", "val", "test")
@@ -49,7 +48,7 @@ class Names:
         self._pending.append(data)
         self._pending_ends.append(self._size)
         self._count += 1
-        if len(self._pending) >= _BUFFERED:
+        if len(self._pending) >= CHUNK_ROWS:
             self._flush()
 
     def extend(self, names):
@@ -97,8 +96,9 @@ class Names:
         self._flush()
         return [self[row] for row in rows]
 
-    def chunks(self, size=CHUNK_ROWS, start=0, stop=None):
-        """(first row, [names]) of consecutive rows, `size` at a time."""
+    def chunks(self, size=None, start=0, stop=None):
+        """(first row, [names]) of consecutive rows, `size` (default CHUNK_ROWS) at a time."""
+        size = size or CHUNK_ROWS
         stop = self._count if stop is None else min(stop, self._count)
         for first in range(start, stop, size):
             yield first, self.slice(first, min(first + size, stop))
@@ -129,14 +129,26 @@ class FileList:
     def __len__(self):
         return len(self.names)
 
-    def subset(self, rows):
-        """A FileList of `rows` (increasing), its names copied to a new file chunk by chunk."""
-        rows = np.asarray(rows, dtype=np.int64)
+    def subset(self, keep, label=None):
+        """A FileList of the rows where `keep` (bool per row) is True, its names copied chunk by chunk.
+
+        `label`, if given, replaces this list's label column.
+        """
         names = Names()
         for first, chunk in self.names.chunks():
-            lo, hi = np.searchsorted(rows, [first, first + len(chunk)])
-            names.extend(chunk[i - first] for i in rows[lo:hi].tolist())
-        return FileList(names, self.label[rows], self.split[rows])
+            names.extend(chunk[i] for i in np.flatnonzero(keep[first:first + len(chunk)]).tolist())
+        return FileList(names, (self.label if label is None else label)[keep], self.split[keep])
 
     def split_name(self, row):
         return SPLIT_CODES[int(self.split[row])]
+
+
+def rows_where(mask):
+    """The rows where `mask` is True, as int32: numpy.flatnonzero without its int64 copy of them all."""
+    rows = np.empty(int(np.count_nonzero(mask)), dtype=np.int32)
+    done = 0
+    for start in range(0, len(mask), CHUNK_ROWS):
+        found = np.flatnonzero(mask[start:start + CHUNK_ROWS])
+        rows[done:done + len(found)] = found + start
+        done += len(found)
+    return rows

@@ -258,7 +258,7 @@ def near_pairs(fingerprints, distance, colours=None):
 
 # Fingerprints per part of one key's search (see `_parts`).
 PART_SIZE = 1 << 14
-_SPREAD = np.uint64(0x9E3779B97F4A7C15)  # Knuth's multiplicative hash: any key bits reach the top ones
+_SPREAD = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing's multiplier
 
 
 def _parts(fps, mask):
@@ -270,7 +270,9 @@ def _parts(fps, mask):
     part_of = np.empty(len(fps), dtype=np.uint16)
     for start in range(0, len(fps), PART_SIZE):
         keys = fps[start:start + PART_SIZE] & mask
-        part_of[start:start + PART_SIZE] = ((keys * _SPREAD) >> np.uint64(40)) % np.uint64(count)
+        # High key bits folded down first: a product's top bits see only the factors' lower bits.
+        spread = (keys ^ (keys >> np.uint64(29))) * _SPREAD
+        part_of[start:start + PART_SIZE] = (spread >> np.uint64(40)) % np.uint64(count)
     for part in range(count):
         yield np.flatnonzero(part_of == part)
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ingest.catalogue import NOT_AN_ITEM, SPLIT_CODES, FileList
+from ingest.catalogue import NOT_AN_ITEM, SPLIT_CODES, rows_where
 from ingest.fingerprint import DEFAULT_DISTANCE, MAX_COLOUR_DIFFERENCE, MAX_DISTANCE, groups, near_pairs
 from ingest.sources import UNLABELED, Item
 from shards.errors import UserError
@@ -272,13 +272,13 @@ def plan_items(source, requested=None, exclusions=frozenset()):
     rename, classes = class_order(source.class_names | set(names))
     classes = _requested_classes(classes, requested)
     index = {name: i for i, name in enumerate(classes)}
-    # Discovery's label codes -> class index (UNLABELED -1, NOT_AN_ITEM -2, None: not in --classes).
-    lookup = [index.get(rename[name]) for name in names]
-    label = found.label.copy()
-    for code, target in enumerate(lookup):
-        label[found.label == code] = NOT_AN_ITEM if target is None else target
+    # Discovery's label codes -> class index; a class not in --classes -> NOT_AN_ITEM.
+    # Shifted by 2 for UNLABELED (-1) and NOT_AN_ITEM (-2), which stay.
+    lookup = np.array([NOT_AN_ITEM, UNLABELED] + [index.get(rename[name], NOT_AN_ITEM) for name in names],
+                      dtype=np.int16)  # classes <= MAX_CLASSES
+    label = lookup[found.label + 2]
     class_excluded = [{"name": found.names[row], "reason": f"class {rename[names[found.label[row]]]!r} is not in --classes"}
-                      for row in np.flatnonzero(label == NOT_AN_ITEM) if found.label[row] >= 0]
+                      for row in rows_where((label == NOT_AN_ITEM) & (found.label >= 0)).tolist()]
     excluded = []
     if exclusions:
         for first, chunk in found.names.chunks():
@@ -286,8 +286,7 @@ def plan_items(source, requested=None, exclusions=frozenset()):
                 if label[row] != NOT_AN_ITEM and (name in exclusions or os.path.basename(name) in exclusions):
                     label[row] = NOT_AN_ITEM
                     excluded.append({"name": name, "reason": "listed in --exclude"})
-    rows = np.flatnonzero(label != NOT_AN_ITEM).astype(np.int32)
-    items = FileList(found.names, label.astype(np.int16), found.split).subset(rows)  # classes <= MAX_CLASSES
+    items = found.subset(label != NOT_AN_ITEM, label)
     return classes, items, excluded + class_excluded
 
 
@@ -386,7 +385,7 @@ def near_duplicate_groups(items, table, kept, distance):
     """
     if distance is None:
         return []
-    known = np.flatnonzero(kept & table.column("printed")).astype(np.int32)
+    known = rows_where(kept & table.column("printed"))
     pairs = near_pairs(table.column("fingerprint", known), distance)
     if len(pairs):  # the colour check, for the candidate pairs alone
         first, second = table.take(known[pairs[:, 0]], "colour"), table.take(known[pairs[:, 1]], "colour")
@@ -573,8 +572,8 @@ def split_rows(label, given, kept, settings, classes, near_groups=(), leave_out=
     def kept_of(part):
         return part[~np.isin(part, leave)] if len(leave) else part
 
-    unlabeled = kept_of(np.flatnonzero(kept & (label == UNLABELED)).astype(np.int32))
-    labelled = np.flatnonzero(kept & (label != UNLABELED)).astype(np.int32)
+    unlabeled = kept_of(rows_where(kept & (label == UNLABELED)))
+    labelled = rows_where(kept & (label != UNLABELED))
     codes = given[labelled]
     has_split = not settings.resplit and bool(codes.any())
     splits = {name: [] for name in LABELLED_SPLITS}

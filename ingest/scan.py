@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.catalogue import CHUNK_ROWS
+from ingest import catalogue
 from ingest.fingerprint import fingerprint, header_size
 from ingest.sources import OverLimit, Source, open_archive
 from shards.image import BadImage
@@ -187,8 +187,9 @@ class ScanTable:
         self.reasons.update((start + row, reason) for row, reason in chunk_columns["skipped"])
         return count
 
-    def chunks(self, fields=None, size=CHUNK_ROWS):
-        """(first row, records) of consecutive rows, `size` at a time; only `fields` if given."""
+    def chunks(self, fields=None, size=None):
+        """(first row, records) of consecutive rows, `size` (default CHUNK_ROWS) at a time; only `fields` if given."""
+        size = size or catalogue.CHUNK_ROWS
         for start in range(0, len(self), size):
             count = min(size, len(self) - start)
             raw = os.pread(self._file.fileno(), count * RECORD.itemsize, start * RECORD.itemsize)
