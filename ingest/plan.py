@@ -153,7 +153,8 @@ class ShardSpec:
 
     `items` are (name, label, fingerprint, original height, original width):
     the last three from the scan (ingest.scan), 0 where it could not decode
-    the file, stored beside each image in the shard.
+    the file, stored beside each image in the shard. In the driver they wait
+    on local disk (StoredItems); a worker gets them as SpecItems.
     """
 
     file: str
@@ -167,9 +168,9 @@ class ShardSpec:
 class SpecItems:
     """A shard's (name, label, fingerprint, height, width) rows, kept as columns.
 
-    The driver holds every shard's rows until the end of an ingest: a tuple
-    of five Python objects a row costs about 170 bytes, these columns about
-    20 beside the name. Iterates, indexes and compares as the tuples would.
+    What a shard task carries to its worker (a StoredItems pickles as one),
+    and the rows of specs made from lists of items (`shard_specs`).
+    Iterates, indexes and compares as the tuples would.
     """
 
     __slots__ = ("names", "labels", "extras")
@@ -277,7 +278,8 @@ def plan_items(source, requested=None, exclusions=frozenset()):
     lookup = np.array([NOT_AN_ITEM, UNLABELED] + [index.get(rename[name], NOT_AN_ITEM) for name in names],
                       dtype=np.int16)  # classes <= MAX_CLASSES
     label = lookup[found.label + 2]
-    class_excluded = [{"name": found.names[row], "reason": f"class {rename[names[found.label[row]]]!r} is not in --classes"}
+    class_excluded = [{"name": found.names[row],
+                       "reason": f"class {rename[names[found.label[row]]]!r} is not in --classes"}
                       for row in rows_where((label == NOT_AN_ITEM) & (found.label >= 0)).tolist()]
     excluded = []
     if exclusions:

@@ -11,7 +11,6 @@ import shutil
 import tracemalloc
 
 import numpy as np
-import pytest
 from PIL import Image
 
 import ingest.catalogue
