@@ -165,7 +165,7 @@ def ingest_once(folder, out, count):
         manifest = json.load(f)
     return {"images": count, "stored": manifest["totals"]["images"], "seconds": round(seconds, 1),
             "ms_per_image": round(seconds / count * 1000, 3), "cpu_ms_per_image": round(cpu / count * 1000, 3),
-            "driver_peak_mb": round(peaks.driver / MB), "tree_peak_mb": round(peaks.tree / MB),
+            "driver_peak_mb": round(peaks.driver / MB, 1), "tree_peak_mb": round(peaks.tree / MB),
             "tree_pss_peak_mb": round(peaks.tree_pss / MB),
             "manifest_kb": round(os.path.getsize(manifest_path) / 1e3, 1),
             "manifest_load_ms": round(_load_ms(out), 1), "shard_mb": round(_shard_bytes(out) / MB),

@@ -11,12 +11,15 @@ import hashlib
 import json
 import math
 import os
-from collections import Counter
+import pickle
+import tempfile
+from array import array
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ingest.fingerprint import DEFAULT_DISTANCE, MAX_DISTANCE, groups, near_pairs
+from ingest.catalogue import NOT_AN_ITEM, SPLIT_CODES, rows_where
+from ingest.fingerprint import DEFAULT_DISTANCE, MAX_COLOUR_DIFFERENCE, MAX_DISTANCE, groups, near_pairs
 from ingest.sources import UNLABELED, Item
 from shards.errors import UserError
 from shards.format import COMPRESSIONS, SCHEMA_VERSION
@@ -150,7 +153,8 @@ class ShardSpec:
 
     `items` are (name, label, fingerprint, original height, original width):
     the last three from the scan (ingest.scan), 0 where it could not decode
-    the file, stored beside each image in the shard.
+    the file, stored beside each image in the shard. In the driver they wait
+    on local disk (StoredItems); a worker gets them as SpecItems.
     """
 
     file: str
@@ -164,9 +168,9 @@ class ShardSpec:
 class SpecItems:
     """A shard's (name, label, fingerprint, height, width) rows, kept as columns.
 
-    The driver holds every shard's rows until the end of an ingest: a tuple
-    of five Python objects a row costs about 170 bytes, these columns about
-    20 beside the name. Iterates, indexes and compares as the tuples would.
+    What a shard task carries to its worker (a StoredItems pickles as one),
+    and the rows of specs made from lists of items (`shard_specs`).
+    Iterates, indexes and compares as the tuples would.
     """
 
     __slots__ = ("names", "labels", "extras")
@@ -197,45 +201,120 @@ class SpecItems:
         return f"SpecItems({tuple(self)!r})"
 
 
+class StoredItems:
+    """A shard's rows kept on local disk until the shard is built (see SpecStore).
+
+    Reads, iterates and compares as SpecItems does; pickles (to a worker
+    process or a cluster) as a SpecItems of its rows, so a worker never
+    needs the driver's disk.
+    """
+
+    __slots__ = ("_store", "_offset", "_length", "_count")
+
+    def __init__(self, store, offset, length, count):
+        self._store, self._offset, self._length, self._count = store, offset, length, count
+
+    def rows(self):
+        return self._store.read(self._offset, self._length)
+
+    def __len__(self):
+        return self._count
+
+    def __getitem__(self, i):
+        return self.rows()[i]
+
+    def __iter__(self):
+        return iter(self.rows())
+
+    def __eq__(self, other):
+        return tuple(self) == tuple(other)
+
+    def __hash__(self):
+        return hash(tuple(self))
+
+    def __repr__(self):
+        return f"StoredItems({self.rows()!r})"
+
+    def __reduce__(self):
+        return SpecItems, (self.rows(),)
+
+
+class SpecStore:
+    """Every shard's rows, pickled one after the other in an unnamed temporary file (ingest.catalogue)."""
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile(prefix="kibble-specs-")
+        self._size = 0
+
+    def put(self, rows):
+        data = pickle.dumps(tuple(rows), protocol=pickle.HIGHEST_PROTOCOL)
+        os.pwrite(self._file.fileno(), data, self._size)
+        items = StoredItems(self, self._size, len(data), len(rows))
+        self._size += len(data)
+        return items
+
+    def read(self, offset, length):
+        return pickle.loads(os.pread(self._file.fileno(), length, offset))
+
+
 def _digest(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def content_keys(table):
-    """(Digests, [skipped]) from the scan's table (ingest.scan.ScanTable)."""
-    return Digests(table), table.skipped()
+def plan_items(source, requested=None, exclusions=frozenset()):
+    """(classes, FileList of the images to plan, [excluded]) from discovery's `source`.
+
+    The FileList (ingest.catalogue) holds the images left after --classes
+    and --exclude, in name order, their labels as class indices
+    (UNLABELED -1); `excluded` lists the others ({"name", "reason"}), the
+    --exclude ones first. The source's own list is released.
+    """
+    found, names = source.found, source.label_names
+    rename, classes = class_order(source.class_names | set(names))
+    classes = _requested_classes(classes, requested)
+    index = {name: i for i, name in enumerate(classes)}
+    # Discovery's label codes -> class index; a class not in --classes -> NOT_AN_ITEM.
+    # Shifted by 2 for UNLABELED (-1) and NOT_AN_ITEM (-2), which stay.
+    lookup = np.array([NOT_AN_ITEM, UNLABELED] + [index.get(rename[name], NOT_AN_ITEM) for name in names],
+                      dtype=np.int16)  # classes <= MAX_CLASSES
+    label = lookup[found.label + 2]
+    class_excluded = [{"name": found.names[row],
+                       "reason": f"class {rename[names[found.label[row]]]!r} is not in --classes"}
+                      for row in rows_where((label == NOT_AN_ITEM) & (found.label >= 0)).tolist()]
+    excluded = []
+    if exclusions:
+        for first, chunk in found.names.chunks():
+            for row, name in enumerate(chunk, first):
+                if label[row] != NOT_AN_ITEM and (name in exclusions or os.path.basename(name) in exclusions):
+                    label[row] = NOT_AN_ITEM
+                    excluded.append({"name": name, "reason": "listed in --exclude"})
+    items = found.subset(label != NOT_AN_ITEM, label)
+    return classes, items, excluded + class_excluded
 
 
-class Digests:
-    """{name: raw sha256} of a ScanTable's files that were read, without a dict per file."""
-
-    def __init__(self, table):
-        self.table = table
-
-    def get(self, name, default=None):
-        row = self.table.row.get(name)
-        if row is None or not self.table.columns["read"][row]:
-            return default
-        return self.table.columns["sha256"][row]
-
-    def repeated(self, names):
-        """The digests shared by two or more of `names`."""
-        rows = self.table.rows(names)
-        digests = self.table.columns["sha256"][rows[self.table.columns["read"][rows]]]
-        unique, counts = np.unique(digests, return_counts=True)
-        return set(unique[counts > 1].tolist())
+def _requested_classes(classes, requested):
+    if requested is not None:
+        missing = [name for name in requested if name not in classes]
+        if missing:
+            raise UserError(f"--classes names {', '.join(map(repr, missing))}, not a class of this input; "
+                            f"its classes are: {', '.join(classes)}. Received: --classes {','.join(requested)}")
+        classes = list(requested)
+    if len(classes) > MAX_CLASSES:
+        raise UserError(f"{len(classes):,} classes found; at most {MAX_CLASSES:,} are supported")
+    return classes
 
 
-def _repeated(items, hashes):
-    if hasattr(hashes, "repeated"):
-        return hashes.repeated([item.name for item in items])
-    counts = Counter(hashes[item.name] for item in items if item.name in hashes)
-    return {digest for digest, count in counts.items() if count > 1}
+# Rows per part when a step must compare every file's digest or fingerprint
+# with every other's: the files are cut into parts of about this many by
+# the value compared, so only one part's copies are in memory at a time.
+PART_ROWS = 1 << 14
 
 
-def drop_duplicates(items, hashes, label_conflicts="drop"):
-    """Keep one item of each distinct content; returns (kept, duplicates, conflicts).
+def drop_duplicates(items, table, label_conflicts="drop"):
+    """Keep one row of each distinct content; returns (kept: bool per row, duplicates, conflicts).
 
+    `items` is the FileList the scan's `table` (ingest.scan.ScanTable) was
+    made of. Rows the scan could not read are not kept (they are skipped).
     Copies under one label (or labelled and unlabelled copies) keep the
     labelled one, then the first by name; the rest are `duplicates`
     ({"name", "same_as"}). Copies under different labels are a conflict:
@@ -244,59 +323,81 @@ def drop_duplicates(items, hashes, label_conflicts="drop"):
     is. Each conflict is listed as {"names", "labels", "kept"} with every
     labelled copy; unlabelled copies of it stay duplicates of the first.
     """
-    # Only the items sharing their content with another are grouped: no
-    # list per file when, as usual, nearly every file is unique.
-    repeated = _repeated(items, hashes)
-    kept, copied = [], []
-    for item in items:
-        digest = hashes.get(item.name)
-        if digest is not None:
-            (copied if digest in repeated else kept).append(item)
+    kept = table.column("read")
+    # Only the rows sharing their content with another are grouped: no
+    # object per file when, as usual, nearly every file is unique.
+    copied = _shared_digests(table, len(items))
+    rows = sorted(copied)
+    names = dict(zip(rows, items.names.take(rows)))
+    kept[rows] = False
     groups = {}
-    for item in sorted(copied, key=lambda item: (item.label == UNLABELED, item.name)):
-        groups.setdefault(hashes.get(item.name), []).append(item)
+    for row in sorted(rows, key=lambda row: (items.label[row] == UNLABELED, names[row])):
+        groups.setdefault(copied[row], []).append(row)
     duplicates, conflicts = [], []
     for copies in groups.values():
         first = copies[0]
-        labelled = [item for item in copies if item.label != UNLABELED]
-        if len({item.label for item in labelled}) > 1:
+        labelled = [row for row in copies if items.label[row] != UNLABELED]
+        if len({int(items.label[row]) for row in labelled}) > 1:
             keep = first if label_conflicts == "first" else None
-            conflicts.append({"names": [item.name for item in labelled],
-                              "labels": [item.label for item in labelled],
-                              "kept": keep.name if keep else None})
-            if keep:
-                kept.append(keep)
-            duplicates += [{"name": item.name, "same_as": first.name}
-                           for item in copies if item.label == UNLABELED]
+            conflicts.append({"names": [names[row] for row in labelled],
+                              "labels": [int(items.label[row]) for row in labelled],
+                              "kept": names[keep] if keep is not None else None})
+            if keep is not None:
+                kept[keep] = True
+            duplicates += [{"name": names[row], "same_as": names[first]}
+                           for row in copies if items.label[row] == UNLABELED]
             continue
-        kept.append(first)
-        duplicates += [{"name": item.name, "same_as": first.name} for item in copies[1:]]
-    kept.sort(key=lambda item: item.name)
+        kept[first] = True
+        duplicates += [{"name": names[row], "same_as": names[first]} for row in copies[1:]]
     duplicates.sort(key=lambda entry: entry["name"])
     conflicts.sort(key=lambda entry: entry["names"])
     return kept, duplicates, conflicts
 
 
-def near_duplicate_groups(items, table, distance):
-    """Groups of 2+ `items` whose fingerprints lie within `distance` bits (and colours agree), linked pairwise.
+def _shared_digests(table, count):
+    """{row: raw sha256} of the read rows whose digest another read row shares.
 
-    Each group is a list of items in name order; groups are ordered by their
-    first name, so the result depends on the input alone. Items without a
+    One part of the digests' first byte range at a time: a part's digests
+    and rows are all that is held, whatever the number of files.
+    """
+    parts = max(1, min(256, count // PART_ROWS))
+    shared = {}
+    for part in range(parts):
+        low, high = 256 * part // parts, 256 * (part + 1) // parts
+        digests, rows = [], []
+        for start, records in table.chunks(("sha256", "read")):
+            first = np.frombuffer(records["sha256"].tobytes(), dtype=np.uint8)[::32]
+            mine = np.flatnonzero(records["read"] & (first >= low) & (first < high))
+            digests.append(records["sha256"][mine])
+            rows.append(mine + start)
+        digests, rows = np.concatenate(digests), np.concatenate(rows)
+        _, inverse, counts = np.unique(digests, return_inverse=True, return_counts=True)
+        repeated = counts[inverse.reshape(-1)] > 1
+        shared.update(zip(rows[repeated].tolist(), digests[repeated].tolist()))
+    return shared
+
+
+def near_duplicate_groups(items, table, kept, distance):
+    """Groups of 2+ kept rows whose fingerprints lie within `distance` bits (and colours agree), linked pairwise.
+
+    Each group is a list of rows in name order; groups are ordered by their
+    first row, so the result depends on the input alone. Rows without a
     fingerprint (the scan could not decode them) belong to no group; with
     `distance` None (not looked for) there are no groups.
     """
     if distance is None:
         return []
-    columns = table.columns
-    known = sorted((item for item in items if item.name in table.row and columns["printed"][table.row[item.name]]),
-                   key=lambda item: item.name)
-    rows = table.rows([item.name for item in known])
-    fps, colours = columns["fingerprint"][rows], columns["colour"][rows]
-    return [[known[i] for i in members] for members in groups(len(known), near_pairs(fps, distance, colours))]
+    known = rows_where(kept & table.column("printed"))
+    pairs = near_pairs(table.column("fingerprint", known), distance)
+    if len(pairs):  # the colour check, for the candidate pairs alone
+        first, second = table.take(known[pairs[:, 0]], "colour"), table.take(known[pairs[:, 1]], "colour")
+        difference = np.abs(first.astype(np.float64) - second).mean(axis=1)
+        pairs = pairs[difference <= MAX_COLOUR_DIFFERENCE]
+    return [[int(known[i]) for i in members] for members in groups(len(known), pairs)]
 
 
 def resolve_near_conflicts(items, near_groups, classes, label_conflicts="drop"):
-    """Take near-duplicate groups carrying different labels out of `items`; returns (kept, conflicts).
+    """The rows of near-duplicate groups carrying different labels to leave out; returns (rows, conflicts).
 
     Such a group is a likely label error, handled as identical files under
     different labels are (see `drop_duplicates`): with "drop" none of its
@@ -306,28 +407,36 @@ def resolve_near_conflicts(items, near_groups, classes, label_conflicts="drop"):
     """
     dropped, conflicts = set(), []
     for members in near_groups:
-        labelled = [item for item in members if item.label != UNLABELED]
-        if len({item.label for item in labelled}) < 2:
+        labelled = [row for row in members if items.label[row] != UNLABELED]
+        labels = [int(items.label[row]) for row in labelled]
+        if len(set(labels)) < 2:
             continue
-        keep = [item.name for item in labelled if item.label == labelled[0].label] if label_conflicts == "first" else []
-        dropped |= {item.name for item in labelled} - set(keep)
-        conflicts.append({"names": [item.name for item in labelled],
-                          "labels": [classes[item.label] for item in labelled], "kept": keep})
-    return [item for item in items if item.name not in dropped], conflicts
+        names = items.names.take(labelled)
+        keep = [i for i, label in enumerate(labels) if label == labels[0]] if label_conflicts == "first" else []
+        dropped |= {row for i, row in enumerate(labelled) if i not in keep}
+        conflicts.append({"names": names, "labels": [classes[label] for label in labels],
+                          "kept": [names[i] for i in keep]})
+    return dropped, conflicts
 
 
-def describe_near_duplicates(near_groups, splits, classes):
+def describe_near_duplicates(near_groups, splits, items, classes):
     """The manifest's "near_duplicates": each group's members with their label and split.
 
     `split` is where the member went, None if it was left out (a likely
     label error); "crosses_splits" is True when the labelled members that
     were kept lie in more than one of train, val and test.
     """
-    where = {item.name: split for split, members in splits.items() for item in members}
+    if not near_groups:
+        return []
+    order = list(splits)
+    where = np.zeros(len(items), dtype=np.int8)  # 0: in no split, else 1 + its place in `order`
+    for place, split in enumerate(order):
+        where[splits[split]] = place + 1
     described = []
     for members in near_groups:
-        rows = [{"name": item.name, "label": None if item.label == UNLABELED else classes[item.label],
-                 "split": where.get(item.name)} for item in members]
+        rows = [{"name": name, "label": None if items.label[row] == UNLABELED else classes[items.label[row]],
+                 "split": order[where[row] - 1] if where[row] else None}
+                for row, name in zip(members, items.names.take(members))]
         held = {row["split"] for row in rows if row["split"] in LABELLED_SPLITS}
         described.append({"members": rows, "crosses_splits": len(held) > 1})
     return described
@@ -408,14 +517,7 @@ def index_classes(items, class_names, requested=None):
     ({"name", "reason"}) instead of `items`.
     """
     rename, classes = class_order(class_names | {item.label for item in items if item.label is not None})
-    if requested is not None:
-        missing = [name for name in requested if name not in classes]
-        if missing:
-            raise UserError(f"--classes names {', '.join(map(repr, missing))}, not a class of this input; "
-                            f"its classes are: {', '.join(classes)}. Received: --classes {','.join(requested)}")
-        classes = list(requested)
-    if len(classes) > MAX_CLASSES:
-        raise UserError(f"{len(classes):,} classes found; at most {MAX_CLASSES:,} are supported")
+    classes = _requested_classes(classes, requested)
     index = {name: i for i, name in enumerate(classes)}
     kept, excluded = [], []
     for item in items:
@@ -431,100 +533,141 @@ def index_classes(items, class_names, requested=None):
 
 
 def split_items(items, settings, classes, near_groups=(), leave_out=frozenset()):
-    """Stratified, seeded assignment of labelled items to train/val/test.
+    """split_rows for a list of Items: ({split: [items]}, [warnings]). Groups and `leave_out` by name."""
+    index = {item.name: row for row, item in enumerate(items)}
+    label = np.array([item.label for item in items], dtype=np.int32)
+    split = np.array([SPLIT_CODES.index(item.split) for item in items], dtype=np.int8)
+    rows_of = [[index[item.name] for item in members if item.name in index] for members in near_groups]
+    left_out = {index[name] for name in leave_out if name in index}
+    splits, warnings = split_rows(label, split, np.ones(len(items), bool), settings, classes, rows_of, left_out)
+    return {name: [items[row] for row in rows.tolist()] for name, rows in splits.items()}, warnings
 
-    Returns ({split: [items in shuffled order]}, [warnings]). Unlabelled
-    items go to "unlabeled" in name order. Items carrying a split (a
-    pre-split input) keep it unless `settings.resplit`; a held-out split the
-    input does not give is taken from its train folder by the settings'
-    share.
 
-    `near_groups` (lists of items, see `near_duplicate_groups`) go whole
-    into one split. Within a class, the images are shuffled by the seed as
+def split_rows(label, given, kept, settings, classes, near_groups=(), leave_out=frozenset()):
+    """Stratified, seeded assignment of labelled `rows` to train/val/test.
+
+    `label` (class index, UNLABELED -1) and `given` (the split the input
+    gives, as SPLIT_CODES) are columns indexed by row; `kept` (bool per
+    row) marks the candidates. Returns ({split: int32 array of rows in
+    shuffled order}, [warnings]). Unlabelled rows go to "unlabeled" in name
+    order. Rows carrying a split (a pre-split input) keep it unless
+    `settings.resplit`; a held-out split the input does not give is taken
+    from its train folder by the settings' share.
+
+    `near_groups` (lists of rows, see `near_duplicate_groups`) go whole
+    into one split. Within a class, the rows are shuffled by the seed as
     they always were; that order, with each group in the place of its first
-    member and the names in `leave_out` (likely label errors) taken out,
+    member and the rows in `leave_out` (likely label errors) taken out,
     gives the units; each unit in turn goes to validation if it fits in what
     validation still needs, else to test if it fits there, else to training.
     The counts stay exact unless only groups too large for what is left
-    remain (a warning says so). The shuffle is drawn over every image of
+    remain (a warning says so). The shuffle is drawn over every row of
     the class, those left out included, so that a group or a left-out image
     moves only the images near the split boundaries, not the whole split:
     without groups it is exactly the seeded split of before groups existed.
     """
+    # Shuffles in place (Generator.shuffle draws exactly as .permutation
+    # does), rows as int32: nothing here costs more than a few bytes a row.
     rng = np.random.default_rng(settings.seed)
-    labelled = [item for item in items if item.label != UNLABELED]
-    given = not settings.resplit and any(item.split for item in labelled)
+    leave = np.array(sorted(leave_out), dtype=np.int32)
+
+    def kept_of(part):
+        return part[~np.isin(part, leave)] if len(leave) else part
+
+    unlabeled = kept_of(rows_where(kept & (label == UNLABELED)))
+    labelled = rows_where(kept & (label != UNLABELED))
+    codes = given[labelled]
+    has_split = not settings.resplit and bool(codes.any())
     splits = {name: [] for name in LABELLED_SPLITS}
-    if given:
-        present = {item.split for item in labelled}
+    if has_split:
+        present = {SPLIT_CODES[code] for code in np.unique(codes).tolist()}
         val, test = (0 if "val" in present else settings.val), (0 if "test" in present else settings.test)
-        pool = [item for item in labelled if item.split in ("train", None)]
-        for item in labelled:
-            if item.split in ("val", "test"):
-                splits[item.split].append(item)
+        pool = labelled[(codes == SPLIT_CODES.index("train")) | (codes == 0)]
+        for name in ("val", "test"):
+            splits[name].append(kept_of(labelled[codes == SPLIT_CODES.index(name)]))
     else:
         val, test, pool = settings.val, settings.test, labelled
-    for name in ("val", "test"):
-        splits[name] = [item for item in splits[name] if item.name not in leave_out]
+    del labelled, codes
     wanted = sum(int(share) for share in (val, test) if share >= 1)
-    kept = [item for item in pool if item.name not in leave_out]
-    if wanted > len(kept):
+    pool_labels = label[pool]
+    in_pool = np.bincount(pool_labels[~np.isin(pool, leave)] if len(leave) else pool_labels,
+                          minlength=len(classes))
+    if wanted > int(in_pool.sum()):
         raise UserError(f"val={val:g} and test={test:g} ask for {wanted} images "
-                        f"but only {len(kept)} labelled images are left to split")
-    members = [[item for item in pool if item.label == label] for label in range(len(classes))]
+                        f"but only {int(in_pool.sum())} labelled images are left to split")
     # Highest index first: the order kibble always drew Dogs vs. Cats in
     # (cat, then dog), so the same seed still gives the same splits, and
     # exact-count ties still go to cats for val, to dogs for test.
     drawn = list(reversed(range(len(classes))))
-    sizes = [sum(item.name not in leave_out for item in members[label]) for label in drawn]
+    sizes = [int(in_pool[label_]) for label_ in drawn]
     n_vals, n_tests = held_out_counts(settings, sizes, val, test)
-    group_of = {item.name: index for index, members in enumerate(near_groups) for item in members}
+    group_of = {row: index for index, members in enumerate(near_groups) for row in members}
     short = []
-    for label, size, n_val, n_test in zip(drawn, sizes, n_vals, n_tests):
-        mine = members[label]
+    for label_, size, n_val, n_test in zip(drawn, sizes, n_vals, n_tests):
+        mine = pool[pool_labels == label_]
         if n_val + n_test > size:
             raise UserError(
                 f"val={val:g} and test={test:g} ask for {n_val + n_test} "
-                f"{classes[label]} images but only {size} exist")
-        shuffled = [mine[i] for i in rng.permutation(len(mine))]
+                f"{classes[label_]} images but only {size} exist")
+        rng.shuffle(mine)
+        shuffled = kept_of(mine)
+        del mine
         left = {"val": n_val, "test": n_test}
-        for unit in _units([item for item in shuffled if item.name not in leave_out], group_of):
-            split = next((name for name in ("val", "test") if len(unit) <= left[name]), "train")
-            if split != "train":
-                left[split] -= len(unit)
-            splits[split] += unit
-        short += [f"{split} holds {wanted - left[split]} of the {wanted} {classes[label]!r} images asked for: "
+        for split, part in _assign_units(shuffled, group_of, left).items():
+            splits[split].append(part)
+        short += [f"{split} holds {wanted - left[split]} of the {wanted} {classes[label_]!r} images asked for: "
                   "the near-duplicate groups left were too large to fit"
                   for split, wanted in (("val", n_val), ("test", n_test)) if left[split]]
+    del pool, pool_labels
     for name in LABELLED_SPLITS:  # mix the classes within each split
-        order = rng.permutation(len(splits[name]))
-        splits[name] = [splits[name][i] for i in order]
-    splits["unlabeled"] = [item for item in items if item.label == UNLABELED and item.name not in leave_out]
-    return splits, _small_class_warnings(splits, classes, settings, given, val, test) + short
+        joined = np.concatenate(splits[name]) if splits[name] else np.empty(0, dtype=np.int32)
+        splits[name] = None
+        rng.shuffle(joined)
+        splits[name] = joined
+    splits["unlabeled"] = unlabeled
+    counts = {split: np.bincount(label[splits[split]], minlength=len(classes)).tolist()
+              for split in LABELLED_SPLITS}
+    return splits, _small_class_warnings(counts, classes, settings, has_split, val, test) + short
 
 
-def _units(items, group_of):
-    """`items` cut into the units a split moves whole: one per near-duplicate group, one per other item.
+def _assign_units(shuffled, group_of, left):
+    """{split: rows} of one class's shuffled rows, cut into units (one per near-duplicate group, one per
+    other row, in the order of each unit's first row) and each unit placed as `split_rows` says.
 
-    In the order of each unit's first item, so that with no groups the
-    units are the items themselves, in their order.
+    `left` (what val and test still need) is updated.
     """
-    units, index = [], {}
-    for item in items:
-        group = group_of.get(item.name)
+    grouped = [row for row in shuffled.tolist() if row in group_of] if group_of else []
+    if not grouped:  # every unit one row: the first ones fill val, the next test
+        n_val = min(left["val"], len(shuffled))
+        n_test = min(left["test"], len(shuffled) - n_val)
+        left["val"] -= n_val
+        left["test"] -= n_test
+        return {"val": shuffled[:n_val], "test": shuffled[n_val:n_val + n_test], "train": shuffled[n_val + n_test:]}
+    members = {}
+    for row in grouped:
+        members.setdefault(group_of[row], []).append(row)
+    placed = {name: array("i") for name in ("val", "test", "train")}
+    for row in shuffled.tolist():
+        group = group_of.get(row)
         if group is None:
-            units.append([item])
-        elif group in index:
-            units[index[group]].append(item)
+            unit = (row,)
+        elif members[group][0] == row:
+            unit = members[group]
         else:
-            index[group] = len(units)
-            units.append([item])
-    return units
+            continue  # placed with its group's first row
+        split = next((name for name in ("val", "test") if len(unit) <= left[name]), "train")
+        if split != "train":
+            left[split] -= len(unit)
+        placed[split].extend(unit)
+    return {name: np.frombuffer(rows, dtype=np.int32) if len(rows) else np.empty(0, dtype=np.int32)
+            for name, rows in placed.items()}
 
 
-def _small_class_warnings(splits, classes, settings, given, val, test):
-    """One line per class too small for its share of validation or test (or left no training image)."""
-    counts = {split: class_counts(splits[split], len(classes)) for split in LABELLED_SPLITS}
+def _small_class_warnings(counts, classes, settings, given, val, test):
+    """One line per class too small for its share of validation or test (or left no training image).
+
+    `counts` are each labelled split's images per class index.
+    """
     shares = {"val": val, "test": test}
     warnings = []
     for label, name in enumerate(classes):
@@ -559,26 +702,46 @@ def class_counts(items, num_classes):
     return counts
 
 
-def shard_specs(splits, settings, classes, table=None):
-    """Cut each split into shards of `settings.shard_size` files.
-
-    `table` (ingest.scan.ScanTable) gives each item's fingerprint and
-    original size (0 when unknown).
-    """
+def _pixel_settings(settings):
     # Only what changes a shard's contents goes into its digest, so a shard
     # stays reusable when, say, the conflict policy changes other shards.
-    pixel_settings = {k: v for k, v in settings.to_json().items()
-                      if k not in ("seed", "val", "test", "shard_size", "label_conflicts", "classes", "resplit",
-                                   "near_distance")}
-    specs = []
+    return {k: v for k, v in settings.to_json().items()
+            if k not in ("seed", "val", "test", "shard_size", "label_conflicts", "classes", "resplit",
+                         "near_distance")}
+
+
+def _spec(split, index, rows, items, settings, classes, pixel_settings):
+    return ShardSpec(file=f"{split}-{index:05d}.h5", split=split, index=index, items=items,
+                     digest=_digest(SCHEMA_VERSION, pixel_settings, list(classes), split, rows),
+                     classes=tuple(classes))
+
+
+def shard_specs(splits, settings, classes):
+    """Cut each split ({split: [items]}) into shards of `settings.shard_size` files, extras unknown (0)."""
+    pixel_settings, specs = _pixel_settings(settings), []
     for split, items in splits.items():
         for index, start in enumerate(range(0, len(items), settings.shard_size)):
-            chunk = tuple((item.name, item.label, *(table.extras(item.name) if table else (0, 0, 0)))
-                          for item in items[start:start + settings.shard_size])
-            specs.append(ShardSpec(
-                file=f"{split}-{index:05d}.h5", split=split, index=index, items=SpecItems(chunk),
-                digest=_digest(SCHEMA_VERSION, pixel_settings, list(classes), split, chunk),
-                classes=tuple(classes)))
+            rows = tuple((item.name, item.label, 0, 0, 0) for item in items[start:start + settings.shard_size])
+            specs.append(_spec(split, index, rows, SpecItems(rows), settings, classes, pixel_settings))
+    return specs
+
+
+def plan_specs(splits, items, table, settings, classes):
+    """Cut each split ({split: rows of `items`}) into shards of `settings.shard_size` files.
+
+    The scan's `table` gives each row's fingerprint and original size (0
+    when unknown). A shard's rows are built one shard at a time and kept on
+    local disk (SpecStore) until the shard is built.
+    """
+    pixel_settings, specs, store = _pixel_settings(settings), [], SpecStore()
+    for split, rows in splits.items():
+        for index, start in enumerate(range(0, len(rows), settings.shard_size)):
+            part = rows[start:start + settings.shard_size]
+            found = table.take(part, ("fingerprint", "printed", "height", "width"))
+            fingerprints = np.where(found["printed"], found["fingerprint"], 0).tolist()
+            chunk = tuple(zip(items.names.take(part), items.label[part].tolist(), fingerprints,
+                              found["height"].tolist(), found["width"].tolist()))
+            specs.append(_spec(split, index, chunk, store.put(chunk), settings, classes, pixel_settings))
     return specs
 
 
@@ -592,15 +755,3 @@ def read_exclusions(path):
     except OSError as exc:
         raise UserError(f"cannot read exclude list {path}: {exc.strerror}") from None
     return {line for line in lines if line}
-
-
-def apply_exclusions(items, excluded):
-    """Drop items whose relative name or base name is listed in `excluded`.
-
-    Returns (kept items, [{"name", "reason"}] of the dropped ones).
-    """
-    kept, dropped = [], []
-    for item in items:
-        base = os.path.basename(item.name)
-        (dropped if item.name in excluded or base in excluded else kept).append(item)
-    return kept, [{"name": item.name, "reason": "listed in --exclude"} for item in dropped]

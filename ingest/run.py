@@ -14,17 +14,15 @@ import numpy as np
 
 from ingest.plan import (
     IngestSettings,
-    apply_exclusions,
     class_order,
-    content_keys,
     describe_near_duplicates,
     drop_duplicates,
-    index_classes,
     near_duplicate_groups,
+    plan_items,
+    plan_specs,
     read_exclusions,
     resolve_near_conflicts,
-    shard_specs,
-    split_items,
+    split_rows,
     zip_member_limit,
 )
 from ingest.scan import ScanTable, chunks, scan_chunk
@@ -75,8 +73,10 @@ class _Plan:
     near_duplicates: list
     # Near-duplicate groups under different labels: [{"names", "labels", "kept"}].
     near_conflicts: list
-    # Every file scanned, one row each (ingest.scan.ScanTable).
-    table: object
+    # The images' sizes before resizing, as the manifest gives them (original_sizes).
+    original_sizes: dict
+    # Images found, labelled or not.
+    images_found: int
 
 
 def ingest(input_path, out, settings=IngestSettings(), *, scheduler="processes", workers=None,
@@ -153,37 +153,43 @@ def _refuse_local_paths(input_path, out, scheduler):
 
 
 def _plan(input_path, settings, exclude, strict, scheduler="sync", workers=None, progress=False, labels=None):
-    """Find the images, scan them, leave out exclusions and copies, split them and cut the splits into shards."""
+    """Find the images, scan them, leave out exclusions and copies, split them and cut the splits into shards.
+
+    Files are row numbers throughout, their names and scan records on local
+    disk (ingest.catalogue, ingest.scan.ScanTable), so that the driver's
+    memory does not grow with the number of files; what the plan keeps in
+    the end is the shard specs, whose rows wait on disk too (plan.SpecStore).
+    """
     source = discover(input_path, labels)
-    classes, items, class_excluded = index_classes(source.items, source.class_names, settings.classes)
-    items, excluded = apply_exclusions(items, read_exclusions(exclude))
-    excluded += class_excluded + source.excluded
+    images_found = source.item_count
+    classes, items, excluded = plan_items(source, settings.classes, read_exclusions(exclude))
+    source.found = None  # every file of the input: no longer needed
+    excluded += source.excluded
     table = _scan(source, items, settings, scheduler, workers, progress)
-    hashes, unreadable = content_keys(table)
-    items, duplicates, conflicts = drop_duplicates(items, hashes, settings.label_conflicts)
-    skipped = source.skipped + unreadable
+    kept, duplicates, conflicts = drop_duplicates(items, table, settings.label_conflicts)
+    skipped = source.skipped + table.skipped()
     if strict and skipped:
         raise UserError(f"--strict: {len(skipped)} file(s) cannot be used, first: "
                         f"{skipped[0]['name']}: {skipped[0]['reason']}")
-    near_groups = near_duplicate_groups(items, table, settings.near_distance)
-    kept, near_conflicts = resolve_near_conflicts(items, near_groups, classes, settings.label_conflicts)
-    left_out = {item.name for item in items} - {item.name for item in kept}
-    splits, warnings = split_items(items, settings, classes, near_groups, left_out)
-    specs = shard_specs(splits, settings, classes, table)
-    near_duplicates = describe_near_duplicates(near_groups, splits, classes)
+    near_groups = near_duplicate_groups(items, table, kept, settings.near_distance)
+    left_out, near_conflicts = resolve_near_conflicts(items, near_groups, classes, settings.label_conflicts)
+    splits, warnings = split_rows(items.label, items.split, kept, settings, classes, near_groups, left_out)
+    del kept
+    specs = plan_specs(splits, items, table, settings, classes)
+    near_duplicates = describe_near_duplicates(near_groups, splits, items, classes)
     crossing = sum(group["crosses_splits"] for group in near_duplicates)
     if crossing:
         warnings.append(f"{crossing} near-duplicate group(s) cross the train/val/test folders the input gives; "
                         "kept as given (listed in manifest.json 'near_duplicates'; --resplit keeps each group "
                         "in one split)")
     return _Plan(source, settings, specs, _plan_digest(specs, settings), skipped, excluded, duplicates,
-                 conflicts, classes, warnings, near_duplicates, near_conflicts, table)
+                 conflicts, classes, warnings, near_duplicates, near_conflicts, original_sizes(table), images_found)
 
 
 def _scan(source, items, settings, scheduler, workers, progress):
-    """A ScanTable of every item, filled by scan tasks on the workers (see ingest.scan)."""
+    """A ScanTable of every item (a FileList), filled by scan tasks on the workers (see ingest.scan)."""
     bar = Progress(len(items), "scan", enabled=progress)
-    table = ScanTable(item.name for item in items)
+    table = ScanTable(items.names)
 
     def done(chunk_columns):
         bar.update(table.fill(chunk_columns))
@@ -306,7 +312,7 @@ def _manifest(plan, summaries, decode_skipped):
         "plan": plan.digest,
         "settings": plan.settings.to_json(),
         "source": {"path": source.path, "kind": source.kind, "layout": source.layout, "labels": source.labels,
-                   "files_found": len(source.items) + len(source.skipped) + len(source.excluded)},
+                   "files_found": plan.images_found + len(source.skipped) + len(source.excluded)},
         # Class names in index order: label i in every shard is classes[i].
         "classes": plan.classes,
         # Classes of the input left out by --classes (their images are in "excluded").
@@ -331,7 +337,7 @@ def _manifest(plan, summaries, decode_skipped):
         # Near-duplicate groups under different labels (likely label errors): {"names", "labels", "kept"}.
         "near_duplicate_conflicts": plan.near_conflicts,
         # Upright width x height of the images as found, before resizing.
-        "original_sizes": original_sizes(plan.table),
+        "original_sizes": plan.original_sizes,
         "totals": {
             "images": sum(s["count"] for s in summaries),
             "shards": len(summaries),
@@ -354,18 +360,32 @@ def original_sizes(table):
     {"count", "width": [min, median, max], "height": [...], "aspect": {bucket: count}}:
     aspect is width / height rounded to one decimal, as a string key.
     """
-    widths, heights = table.sizes()
-    if not len(widths):
+    # Counted per distinct shape, not held per image: a set has few shapes.
+    shapes = table.shapes()
+    if not shapes:
         return {"count": 0, "width": None, "height": None, "aspect": {}}
-    # One string per distinct shape, not per image: a set has few.
-    shapes, counts = np.unique(np.stack([widths, heights], axis=1), axis=0, return_counts=True)
-    aspects = Counter()
-    for (w, h), count in zip(shapes.tolist(), counts.tolist()):
+    aspects, widths, heights = Counter(), Counter(), Counter()
+    for (w, h), count in sorted(shapes.items()):
         aspects[f"{w / h:.1f}"] += count
-    return {"count": len(widths),
-            "width": [int(widths.min()), float(np.median(widths)), int(widths.max())],
-            "height": [int(heights.min()), float(np.median(heights)), int(heights.max())],
+        widths[w] += count
+        heights[h] += count
+    return {"count": sum(shapes.values()),
+            "width": [min(widths), _median(widths), max(widths)],
+            "height": [min(heights), _median(heights), max(heights)],
             "aspect": dict(sorted(aspects.items(), key=lambda kv: float(kv[0])))}
+
+
+def _median(counts):
+    """The median (as numpy.median gives it, a float) of values given as {value: count}."""
+    values = sorted(counts)
+    total = sum(counts.values())
+    middle = [(total - 1) // 2, total // 2]  # positions of the middle value(s) in sorted order
+    found, seen = [], 0
+    for value in values:
+        while len(found) < 2 and middle[len(found)] < seen + counts[value]:
+            found.append(value)
+        seen += counts[value]
+    return float(np.mean(found))
 
 
 def _write_manifest(path, manifest):

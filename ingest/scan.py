@@ -7,10 +7,12 @@ it may not even see them). So the files are cut into chunks and each chunk
 is a task of `ingest.tasks.run_tasks`, like a shard: a plain function of
 plain arguments that returns NumPy columns, never pixels.
 
-The driver keeps every file's record, so a record is a row of fixed-size
-columns (`ScanTable`), about 60 bytes, not a dict of Python objects
-(about 1 KB): at 250,000 files that is 15 MB against 250 MB. The names are
-not sent back: a chunk's rows are its names' positions in the file list.
+The driver needs every file's record to plan, so a record is a row of
+fixed-size fields (`ScanTable`, 90 bytes), not a dict of Python objects
+(about 1 KB), and the rows wait on local disk, not in memory: each step of
+the plan reads back the fields it needs, a chunk at a time (issue 12 item
+8). The names are not sent back: a chunk's rows are its names' positions in
+the file list.
 
 Each file is read once: its bytes are hashed (sha256) and decoded at the
 smallest scale that still gives a 32x32 thumbnail (see
@@ -21,12 +23,15 @@ skips it later with the full decoder's reason, as before.
 """
 import hashlib
 import io
+import os
+import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from ingest import catalogue
 from ingest.fingerprint import fingerprint, header_size
 from ingest.sources import OverLimit, Source, open_archive
 from shards.image import BadImage
@@ -47,12 +52,21 @@ class ScanChunk:
     start: int = 0
 
 
-def chunks(items, size=None):
-    """`items`' names cut into ScanChunks of `size` (default CHUNK_FILES) names, in order."""
-    size = size or CHUNK_FILES
-    names = [item.name for item in items]
-    return [ScanChunk(i, tuple(names[start:start + size]), start)
-            for i, start in enumerate(range(0, len(names), size))]
+class chunks:
+    """The names of `items` (a FileList, ingest.catalogue) as ScanChunks of `size` (default CHUNK_FILES), in order.
+
+    Each chunk's names are read from disk as it is about to be sent; it knows its length.
+    """
+
+    def __init__(self, items, size=None):
+        self.names, self.size = items.names, size or CHUNK_FILES
+
+    def __len__(self):
+        return -(-len(self.names) // self.size)
+
+    def __iter__(self):
+        for i, (start, names) in enumerate(self.names.chunks(self.size)):
+            yield ScanChunk(i, tuple(names), start)
 
 
 def _columns(count):
@@ -139,46 +153,82 @@ def _hash(f):
     return count, digest.digest()
 
 
-class ScanTable:
-    """Every scanned file's record as one row of columns, rows in the order of the file list.
+# One scanned file as the driver keeps it (on disk): the fields of `_columns`.
+RECORD = np.dtype([("bytes", "<i8"), ("sha256", "S32"), ("height", "<i4"), ("width", "<i4"),
+                   ("fingerprint", "<u8"), ("printed", "?"), ("colour", "u1", (COLOUR_BYTES,)), ("read", "?")])
 
-    Built empty for the names of the file list and filled by each chunk's
-    columns as they arrive (`fill`), in any order. `row` maps a name to its
-    row (the names are the file list's own strings, not copies).
+
+class ScanTable:
+    """Every scanned file's record as one row, rows in the order of the file list, on local disk.
+
+    Built for the names of the file list (ingest.catalogue.Names) and filled
+    by each chunk's columns as they arrive (`fill`), in any order. The rows
+    live in an unnamed temporary file (zeros: not read); a step reads back
+    the fields it needs, for every row (`column`, `chunks`) or some (`take`).
     """
 
     def __init__(self, names):
-        self.names = list(names)
-        self.row = {name: i for i, name in enumerate(self.names)}
-        self.columns = _columns(len(self.names))
+        self.names = names
+        self._file = tempfile.TemporaryFile(prefix="kibble-scan-")
+        self._file.truncate(len(names) * RECORD.itemsize)
         self.reasons = {}  # row: why the file was skipped
 
+    def __len__(self):
+        return len(self.names)
+
     def fill(self, chunk_columns):
-        """Copy one chunk's columns (scan_chunk's result) into their rows; returns its file count."""
+        """Write one chunk's columns (scan_chunk's result) into their rows; returns its file count."""
         start = chunk_columns["start"]
         count = len(chunk_columns["read"])
-        for key, column in self.columns.items():
-            column[start:start + count] = chunk_columns[key]
+        records = np.zeros(count, RECORD)
+        for key in RECORD.names:
+            records[key] = chunk_columns[key]
+        os.pwrite(self._file.fileno(), records.tobytes(), start * RECORD.itemsize)
         self.reasons.update((start + row, reason) for row, reason in chunk_columns["skipped"])
         return count
+
+    def chunks(self, fields=None, size=None):
+        """(first row, records) of consecutive rows, `size` (default CHUNK_ROWS) at a time; only `fields` if given."""
+        size = size or catalogue.CHUNK_ROWS
+        for start in range(0, len(self), size):
+            count = min(size, len(self) - start)
+            raw = os.pread(self._file.fileno(), count * RECORD.itemsize, start * RECORD.itemsize)
+            records = np.frombuffer(raw, dtype=RECORD, count=count)
+            yield start, (records[list(fields)] if fields else records)
+
+    def column(self, field, rows=None):
+        """One field of every row, or of `rows` (increasing), as an array."""
+        if rows is None:
+            # Copies: a view would keep its chunk's whole buffer (every field) alive.
+            parts = [records[field].copy() for _, records in self.chunks((field,))]
+        else:
+            rows, parts = np.asarray(rows, dtype=np.int64), []
+            for start, records in self.chunks((field,)):
+                low, high = np.searchsorted(rows, [start, start + len(records)])
+                parts.append(records[field][rows[low:high] - start])
+        if not parts:
+            return np.zeros(0, RECORD[field].base).reshape((0, *RECORD[field].shape))
+        return np.concatenate(parts)
+
+    def take(self, rows, fields):
+        """The records of `rows` (any order), only `fields` (one name: that field's values)."""
+        size, fd = RECORD.itemsize, self._file.fileno()
+        records = np.frombuffer(b"".join(os.pread(fd, size, int(row) * size) for row in rows),
+                                dtype=RECORD, count=len(rows))
+        return records[fields] if isinstance(fields, str) else records[list(fields)]
 
     def skipped(self):
         """[{"name", "reason"}] of the files that could not be read, in file-list order."""
         return [{"name": self.names[row], "reason": self.reasons[row]} for row in sorted(self.reasons)]
 
-    def rows(self, names):
-        """Row numbers (an int array) of `names`."""
-        return np.fromiter((self.row[name] for name in names), dtype=np.int64, count=len(names))
-
-    def extras(self, name):
-        """(fingerprint, original height, original width) of `name`, 0 for what is unknown or not scanned."""
-        row = self.row.get(name)
-        if row is None:
-            return 0, 0, 0
-        c = self.columns
-        return (int(c["fingerprint"][row]) if c["printed"][row] else 0), int(c["height"][row]), int(c["width"][row])
-
-    def sizes(self):
-        """(widths, heights) of the files whose size is known, as int arrays."""
-        known = (self.columns["width"] > 0) & (self.columns["height"] > 0)
-        return self.columns["width"][known], self.columns["height"][known]
+    def shapes(self):
+        """{(width, height): count} of the files whose size is known."""
+        found = {}
+        for _, records in self.chunks(("width", "height")):
+            known = (records["width"] > 0) & (records["height"] > 0)
+            if known.any():
+                pairs = np.stack([records["width"][known], records["height"][known]], axis=1)
+                shapes, counts = np.unique(pairs, axis=0, return_counts=True)
+                for (width, height), count in zip(shapes.tolist(), counts.tolist()):
+                    found[width, height] = found.get((width, height), 0) + count
+        return found

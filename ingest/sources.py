@@ -25,6 +25,11 @@ and whoever scans or decodes a file opens it by its URL, with the
 credentials of its own environment. A zip at a URL is read in place with
 ranged reads (its central directory, then each member). Here a label is the class *name* (None = unlabelled); the
 plan turns names into indices once the class order is known.
+
+Nothing here holds a Python object per file (see ingest.catalogue): the
+file names go to local disk as they are listed, in name order, and each
+file found is a row of `Source.found` with its label and split codes. Only
+what is reported per file (skipped, excluded) is a list of dicts.
 """
 import io
 import os
@@ -34,6 +39,10 @@ import stat
 import zipfile
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ingest.catalogue import NOT_AN_ITEM, SPLIT_CODES, FileList, Names
+from ingest.catalogue import UNLABELED as _UNLABELED_CODE
 from ingest.labels_file import read_labels_file
 from shards import storage
 from shards.errors import UserError
@@ -75,7 +84,11 @@ class Source:
     path: str
     kind: str
     layout: str
-    items: list = field(default_factory=list)
+    # Every file found, as rows (ingest.catalogue.FileList): label codes index
+    # `label_names`; NOT_AN_ITEM for a file that is no image to ingest.
+    found: object = None
+    label_names: list = field(default_factory=list)
+    _label_codes: dict = field(default_factory=dict, repr=False)  # class name -> its index in label_names
     skipped: list = field(default_factory=list)  # [{"name", "reason"}]
     # Class names met while scanning, an empty class folder's too.
     class_names: set = field(default_factory=set)
@@ -83,6 +96,34 @@ class Source:
     excluded: list = field(default_factory=list)
     # The labels file (absolute path) the labels came from, None when the layout gave them.
     labels: str = None
+
+    @property
+    def items(self):
+        """The images found as a list of Item, in name order: for small inputs and tests (one object per file)."""
+        found = self.found
+        if found is None:
+            return []
+        rows = np.flatnonzero(found.label != NOT_AN_ITEM)
+        return [Item(name, None if code == _UNLABELED_CODE else self.label_names[code], SPLIT_CODES[split])
+                for name, code, split in zip(found.names.take(rows), found.label[rows].tolist(),
+                                             found.split[rows].tolist())]
+
+    @property
+    def item_count(self):
+        """How many images were found (labelled or not)."""
+        return 0 if self.found is None else int(np.count_nonzero(self.found.label != NOT_AN_ITEM))
+
+    def mark(self, row, label, split=None):
+        """Row `row` of `found` is an image of class name `label` (None: unlabelled), in `split`."""
+        if label is None:
+            code = _UNLABELED_CODE
+        else:
+            if label not in self._label_codes:
+                self._label_codes[label] = len(self.label_names)
+                self.label_names.append(label)
+            code = self._label_codes[label]
+        self.found.label[row] = code
+        self.found.split[row] = SPLIT_CODES.index(split)
 
     @property
     def remote(self):
@@ -146,26 +187,75 @@ class Source:
 
 
 class _Tree:
-    """Relative file and folder names ("a/b.jpg"), asked by folder."""
+    """Relative file and folder names ("a/b.jpg"), asked by folder.
+
+    The file names, given in name order, go to disk (`names`, a Names):
+    files are row numbers, and a folder's files are runs of rows (_Rows).
+    """
 
     def __init__(self, files, dirs):
-        self.files = sorted(files)
+        self.names, self._runs = self._store(iter(files))
         self.dirs = set(dirs)
-        self._files_in, self._dirs_in = {}, {}
-        for name in self.files:
-            self._files_in.setdefault(posixpath.dirname(name), []).append(name)
+        self._dirs_in = {}
         for name in sorted(self.dirs):
             self._dirs_in.setdefault(posixpath.dirname(name), []).append(posixpath.basename(name))
 
+    @classmethod
+    def _store(cls, files):
+        """(Names, {folder: runs of its files' rows}) of names arriving in name order."""
+        names, previous, runs = Names(), None, {}
+        for name in files:
+            if previous is not None and name < previous:
+                # Not in name order after all: sort in memory (correct, if not lean).
+                everything = sorted([*names, name, *files])
+                names.close()
+                return cls._store(iter(everything))
+            folder = posixpath.dirname(name)
+            mine = runs.setdefault(folder, [])
+            row = len(names)
+            if mine and mine[-1][1] == row:
+                mine[-1][1] = row + 1
+            else:
+                mine.append([row, row + 1])
+            names.append(name)
+            previous = name
+        return names, runs
+
     def files_in(self, folder):
-        return self._files_in.get(folder, [])
+        return _Rows(self.names, self._runs.get(folder, []))
 
     def dirs_in(self, folder):
         return self._dirs_in.get(folder, [])
 
     def files_under(self, folder):
+        """Every file below `folder`: one run of rows, names sharing the prefix being contiguous in name order."""
         start = folder + "/"
-        return [name for name in self.files if name.startswith(start)]
+        runs = [run for name, mine in self._runs.items() if (name + "/").startswith(start) for run in mine]
+        if not runs:
+            return _Rows(self.names, [])
+        return _Rows(self.names, [[min(r[0] for r in runs), max(r[1] for r in runs)]])
+
+    @property
+    def files(self):
+        return _Rows(self.names, [[0, len(self.names)]])
+
+
+class _Rows:
+    """Some rows of a _Tree (runs of [start, stop)); iterates (row, name), names read in chunks."""
+
+    def __init__(self, names, runs):
+        self.names, self.runs = names, runs
+
+    def __len__(self):
+        return sum(stop - start for start, stop in self.runs)
+
+    def __iter__(self):
+        for start, stop in self.runs:
+            for first, chunk in self.names.chunks(start=start, stop=stop):
+                yield from enumerate(chunk, first)
+
+    def __bool__(self):
+        return bool(self.runs)
 
 
 def _join(folder, name):
@@ -179,9 +269,10 @@ def _walk_folder(path, source):
     files: the stat before hashing skips them with their reason. A folder
     reached a second time through a symbolic link is not walked again.
     """
-    files, dirs, seen = [], [], set()
+    dirs, seen = [], set()
 
     def visit(folder, rel):
+        """The files below `folder`, in name order of their relative paths, as they are listed."""
         real = os.path.realpath(folder)
         if real in seen:
             source.skipped.append({"name": rel, "reason": "a folder already listed (symbolic link loop?)"})
@@ -189,20 +280,23 @@ def _walk_folder(path, source):
         seen.add(real)
         try:
             with os.scandir(folder) as entries:
-                found = sorted(((e.name, _is_dir(e)) for e in entries if not e.name.startswith(".")))
+                # A folder sorts as its name plus "/", as the paths below it do: visiting in
+                # this order lists every path of the tree in name order, with no sort of the
+                # whole list (one folder's names at a time in memory).
+                keys = [e.name + "/" if _is_dir(e) else e.name for e in entries if not e.name.startswith(".")]
         except OSError as exc:
             source.skipped.append({"name": rel or ".", "reason": f"cannot list folder: {exc.strerror or exc}"})
             return
-        for name, is_dir in found:
-            child = _join(rel, name)
-            if is_dir:
+        keys.sort()
+        for key in keys:
+            if key.endswith("/"):
+                child = _join(rel, key[:-1])
                 dirs.append(child)
-                visit(os.path.join(folder, name), child)
+                yield from visit(os.path.join(folder, key[:-1]), child)
             else:
-                files.append(child)
+                yield _join(rel, key)
 
-    visit(path, "")
-    return _Tree(files, dirs)
+    return _Tree(visit(path, ""), dirs)
 
 
 def _is_dir(entry):
@@ -256,7 +350,7 @@ def _zip_tree(path):
             files.append(name)
         for depth in range(1, len(parts)):
             dirs.add("/".join(parts[:depth]))
-    return _Tree(files, dirs)
+    return _Tree(sorted(files), dirs)
 
 
 def named_class(basename):
@@ -265,26 +359,35 @@ def named_class(basename):
     return match.group(1).lower() if match else None
 
 
-def _flat_labels(names):
-    """{image name: class or None} of a flat folder's images if their names carry classes, else None.
+def _flat_labels(rows):
+    """A function giving the class (or None) of a flat folder's image names if they carry classes, else None.
 
     Every image named `<class>.<n>.<ext>`: those classes. Otherwise, if
     some are Kaggle's cat/dog names, those are read and the others get None
     (skipped). Otherwise the names carry no labels: None.
     """
-    images = [n for n in names if is_image_name(n)]
-    words = {n: named_class(posixpath.basename(n)) for n in images}
+    images, all_named, kaggle = False, True, False
+    for _, name in rows:
+        if is_image_name(name):
+            images = True
+            word = named_class(posixpath.basename(name))
+            all_named = all_named and word is not None
+            kaggle = kaggle or word in _KAGGLE_WORDS
     if not images:
         return None
-    if all(words.values()):
-        return words
-    if any(word in _KAGGLE_WORDS for word in words.values()):
-        return {n: (w if w in _KAGGLE_WORDS else None) for n, w in words.items()}
+    if all_named:
+        return lambda name: named_class(posixpath.basename(name))
+    if kaggle:
+        return lambda name: _kaggle_word(named_class(posixpath.basename(name)))
     return None
 
 
-def _add(source, names, label_of, split=None):
-    for name in names:
+def _kaggle_word(word):
+    return word if word in _KAGGLE_WORDS else None
+
+
+def _add(source, rows, label_of, split=None):
+    for row, name in rows:
         if not is_image_name(name):
             source.skipped.append({"name": name, "reason": _NOT_IMAGE})
             continue
@@ -293,11 +396,13 @@ def _add(source, names, label_of, split=None):
             source.skipped.append({"name": name, "reason": _NO_CLASS})
         else:
             source.class_names.add(label)
-            source.items.append(Item(name, label, split))
+            source.mark(row, label, split)
 
 
-def _add_unlabeled(source, names):
-    source.items += [Item(name, None) for name in names if is_image_name(name)]
+def _add_unlabeled(source, rows):
+    for row, name in rows:
+        if is_image_name(name):
+            source.mark(row, None)
 
 
 def _class_folders(tree, folder, source, split=None):
@@ -305,7 +410,7 @@ def _class_folders(tree, folder, source, split=None):
     for name in tree.dirs_in(folder):
         source.class_names.add(name)
         _add(source, tree.files_under(_join(folder, name)), lambda _, name=name: name, split)
-    for name in tree.files_in(folder):
+    for _, name in tree.files_in(folder):
         if is_image_name(name):
             source.skipped.append({"name": name, "reason": "not inside a class folder"})
 
@@ -320,7 +425,7 @@ def _split_folder(tree, folder, split, source):
     if labels is None:
         _add_unlabeled(source, files)
     else:
-        _add(source, files, labels.get, split)
+        _add(source, files, labels, split)
 
 
 def _unwrap(tree):
@@ -328,7 +433,7 @@ def _unwrap(tree):
     folder = ""
     while True:
         dirs = tree.dirs_in(folder)
-        if (len(dirs) != 1 or any(is_image_name(n) for n in tree.files_in(folder))
+        if (len(dirs) != 1 or any(is_image_name(n) for _, n in tree.files_in(folder))
                 or dirs[0].lower() in SPLIT_DIRS or dirs[0].lower() in _UNLABELED_DIRS):
             return folder
         folder = _join(folder, dirs[0])
@@ -341,7 +446,7 @@ def _read_layout(tree, source):
     labels = _flat_labels(files)
     if labels is not None:
         source.layout = "kaggle"
-        _add(source, files, labels.get)
+        _add(source, files, labels)
         return
     dirs = {name.lower(): _join(root, name) for name in tree.dirs_in(root)}
     if "train" in dirs:
@@ -349,7 +454,7 @@ def _read_layout(tree, source):
         train_labels = _flat_labels(tree.files_in(train))
         if train_labels is not None:  # Kaggle's parent folder: train/ and test1/
             source.layout = "kaggle"
-            _add(source, tree.files_in(train), train_labels.get)
+            _add(source, tree.files_in(train), train_labels)
             for sub in _UNLABELED_DIRS:
                 if sub in dirs:
                     _add_unlabeled(source, tree.files_in(dirs[sub]))
@@ -422,7 +527,9 @@ def _labels_layout(tree, source, rows):
     unlabelled image.
     """
     source.layout = "labels-file"
-    files, root = set(tree.files), _unwrap(tree)
+    # A dict of every file name: a labels file is read whole anyway (its rows),
+    # so this layout holds objects per file, unlike the others.
+    files, root = {name: row for row, name in tree.files}, _unwrap(tree)
     claims = {}  # tree name -> [(label, split, line)]
     for row in rows:
         where = f"line {row.line} of the labels file"
@@ -451,9 +558,9 @@ def _labels_layout(tree, source, rows):
         label, split, _ = found[0]
         if label is not None:
             source.class_names.add(label)
-        source.items.append(Item(name, label, split if label is not None else None))
+        source.mark(files[name], label, split if label is not None else None)
     source.excluded += [{"name": name, "reason": _NOT_LISTED}
-                        for name in tree.files if is_image_name(name) and name not in claims]
+                        for _, name in tree.files if is_image_name(name) and name not in claims]
 
 
 def _no_labelled_rows(path, labels, rows, source):
@@ -525,11 +632,13 @@ def _url_source(url):
     if not files and not source.skipped:
         raise UserError(f"input {shown} holds no files (or cannot be listed with the credentials of this "
                         "environment); give the folder of the images, e.g. s3://bucket/images/")
-    return source, _Tree(files, dirs)
+    return source, _Tree(files, dirs)  # in name order: the listing was sorted
 
 
 def _finish(source, tree, path, labels, rows):
     """Read the layout (or the labels file's rows) from `tree` into `source`."""
+    count = len(tree.names)
+    source.found = FileList(tree.names, np.full(count, NOT_AN_ITEM, dtype=np.int32), np.zeros(count, dtype=np.int8))
     if rows is None:
         _read_layout(tree, source)
     else:
@@ -537,8 +646,7 @@ def _finish(source, tree, path, labels, rows):
         _labels_layout(tree, source, rows)
     if source.kind == "zip":
         source.layout = f"zip:{source.layout}" if source.layout else "zip"
-    source.items.sort(key=lambda item: item.name)
-    if not any(item.label is not None for item in source.items):
+    if not (source.found.label >= 0).any():
         if rows is not None:
             raise _no_labelled_rows(path, labels, rows, source)
         raise UserError(

@@ -6,14 +6,14 @@ completes. Which executor runs them is the only difference between
 schedulers.
 """
 import contextlib
+import itertools
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures import as_completed as local_as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 from shards.errors import UserError
 
@@ -28,6 +28,11 @@ def run_tasks(specs, job, scheduler, workers, on_done):
     `scheduler` is "sync" (one after the other, in this thread: for
     debugging, and what the crash tests use), "threads", "processes", or the
     address of a dask.distributed scheduler (tcp://host:8786).
+
+    `specs` may be any iterable, a generator too: it is read as tasks are
+    submitted, and only a few tasks per worker are waiting at any time, so
+    the tasks' arguments (a scan chunk's names, a shard's rows) need not
+    all be in memory at once.
     """
     # Why local runs do not go through a distributed LocalCluster too (one
     # code path, Dask's advice for independent tasks): it missed the budget
@@ -47,23 +52,40 @@ def run_tasks(specs, job, scheduler, workers, on_done):
     # parent-alive pipe; that was not the obstacle.) Driving the pool
     # directly, without dask.bag's graph in between, is also leaner: its
     # forked workers no longer inherit dask.bag and its imports.
-    if not specs:
+    tasks = len(specs) if hasattr(specs, "__len__") else None
+    specs = iter(specs)
+    first = next(specs, None)
+    if first is None:
         return
+    specs = itertools.chain([first], specs)
     if scheduler == "sync":
         for spec in specs:
             on_done(job(spec))
     elif scheduler in LOCAL_SCHEDULERS:
-        with _local_pool(scheduler, workers, len(specs)) as pool:
-            for future in local_as_completed([pool.submit(job, spec) for spec in specs]):
-                on_done(future.result())
+        with _local_pool(scheduler, workers, tasks) as (pool, count):
+            pending = set()
+            for spec in itertools.chain(specs, [None]):
+                if spec is not None:
+                    pending.add(pool.submit(job, spec))
+                # Enough waiting that no worker idles, few enough to hold little.
+                while pending and (spec is None or len(pending) >= 2 * count + 2):
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        on_done(future.result())
     else:
         from distributed import as_completed
 
         with _distributed_client(scheduler) as client:
+            window = max(8, 4 * sum(client.nthreads().values()))
             # pure=False: a task writes a file, so it must run even if an
             # identical one ran before on that scheduler.
-            for future in as_completed(client.map(job, specs, pure=False)):
+            running = as_completed([client.submit(job, spec, pure=False)
+                                    for spec in itertools.islice(specs, window)])
+            for future in running:
                 on_done(future.result())
+                spec = next(specs, None)
+                if spec is not None:
+                    running.add(client.submit(job, spec, pure=False))
 
 
 @contextlib.contextmanager
@@ -91,7 +113,7 @@ def _local_pool(scheduler, workers, tasks):
     """
     from dask.system import CPU_COUNT
 
-    count = max(1, min(workers or CPU_COUNT, tasks))
+    count = max(1, min(workers or CPU_COUNT, tasks or CPU_COUNT))
     if scheduler == "threads":
         pool = ThreadPoolExecutor(count, thread_name_prefix="ingest")
     else:
@@ -103,7 +125,7 @@ def _local_pool(scheduler, workers, tasks):
         # parent-death signal fires when the thread that forked a worker
         # ends, and this one outlives the pool.
         pool.submit(int).result()
-        yield pool
+        yield pool, count
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
