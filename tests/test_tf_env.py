@@ -1,0 +1,128 @@
+"""The process set-up of train.tf_env: malloc settings in effect, thread pools as configured, library pages released."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shards.errors import UserError
+from tests.conftest import ROOT
+from train.tf_env import SETTINGS_ENV, ProcessSettings, _clean_file_mappings, process_settings
+
+PARSE = [
+    ("", ProcessSettings()),
+    ("malloc_arena_max=2", ProcessSettings(malloc_arena_max=2)),
+    (" intra_op_threads=1 , inter_op_threads=3 ", ProcessSettings(intra_op_threads=1, inter_op_threads=3)),
+    ("release_library_pages=0", ProcessSettings(release_library_pages=False)),
+]
+PARSE_ERRORS = ["arenas=2", "malloc_arena_max=two", "malloc_arena_max=-1", "release_library_pages=yes",
+                "malloc_arena_max"]
+
+
+@pytest.mark.parametrize("text, expected", PARSE)
+def test_settings_from_the_environment(text, expected):
+    assert process_settings({SETTINGS_ENV: text}) == expected
+
+
+@pytest.mark.parametrize("text", PARSE_ERRORS)
+def test_bad_settings_name_the_variable_and_value(text):
+    with pytest.raises(UserError, match=f"{SETTINGS_ENV}=.*{text.split('=')[0]}"):
+        process_settings({SETTINGS_ENV: text})
+
+
+SMAPS = """\
+7f0000000000-7f0000004000 r--p 00000000 08:01 123 /lib/libtf.so
+Rss:                  12 kB
+Anonymous:             0 kB
+7f0000004000-7f0000010000 r-xp 00004000 08:01 123 /lib/libtf.so
+Size:                 48 kB
+Rss:                  40 kB
+Anonymous:             0 kB
+7f0000010000-7f0000012000 r--p 00010000 08:01 123 /lib/libtf.so
+Rss:                   8 kB
+Anonymous:             8 kB
+7f0000012000-7f0000014000 rw-p 00012000 08:01 123 /lib/libtf.so
+Rss:                   8 kB
+Anonymous:             0 kB
+7f0000014000-7f0000020000 rw-p 00000000 00:00 0
+Rss:                  48 kB
+Anonymous:            48 kB
+7f0000020000-7f0000021000 r--p 00000000 00:00 0 [vvar]
+Rss:                   4 kB
+Anonymous:             0 kB
+7f0000030000-7f0000031000 r-xp 00000000 08:01 124 /lib/untouched.so
+Rss:                   0 kB
+Anonymous:             0 kB
+"""
+
+
+def test_only_read_only_unmodified_file_pages_are_released():
+    # Kept: relocated (private) pages, writable mappings, anonymous memory, [vvar], and a mapping with nothing resident.
+    assert _clean_file_mappings(SMAPS) == [(0x7f0000000000, 0x7f0000004000, 12),
+                                           (0x7f0000004000, 0x7f0000010000, 40)]
+
+
+# Threads that allocate at once, each with its own glibc arena unless M_ARENA_MAX caps them; malloc_info lists them.
+ARENAS = r"""
+import ctypes, json, sys, tempfile, threading
+sys.path.insert(0, sys.argv[1])
+from train.tf_env import ProcessSettings, apply_malloc
+done = apply_malloc(ProcessSettings(malloc_arena_max=int(sys.argv[2])))
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+barrier = threading.Barrier(9)
+def allocate():
+    libc.malloc(1000)
+    barrier.wait()
+    barrier.wait()
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+[t.start() for t in threads]
+barrier.wait()
+path = tempfile.mktemp()
+handle = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, handle)
+libc.fclose(handle)
+barrier.wait()
+print(json.dumps({"applied": done, "arenas": open(path).read().count("<heap nr=")}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas are Linux's")
+@pytest.mark.parametrize("arena_max, most", [(0, None), (2, 2)])
+def test_arena_limit_is_in_effect(arena_max, most):
+    out = subprocess.run([sys.executable, "-c", ARENAS, ROOT, str(arena_max)], capture_output=True, text=True,
+                         check=True)
+    result = json.loads(out.stdout)
+    if most is None:  # glibc's default: one arena per allocating thread here, so the limit below is visible
+        assert result["applied"] == {} and result["arenas"] >= 8
+    else:
+        assert result["applied"] == {"malloc_arena_max": arena_max} and result["arenas"] <= most
+
+
+SET_UP = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+def rss_file():
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("RssFile:")) / 1024
+from train.tf_env import applied, import_tensorflow
+tf = import_tensorflow()
+print(json.dumps({**applied(), "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+                  "inter": tf.config.threading.get_inter_op_parallelism_threads(), "rss_file_mb": rss_file()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps and glibc are Linux's")
+def test_import_tensorflow_sets_the_process_up():
+    env = {**os.environ, SETTINGS_ENV: "intra_op_threads=1,inter_op_threads=1,malloc_mmap_threshold=4194304"}
+    out = subprocess.run([sys.executable, "-c", SET_UP, ROOT], capture_output=True, text=True, check=True, env=env)
+    result = json.loads(out.stdout)
+    assert (result["intra"], result["inter"]) == (1, 1)
+    assert result["malloc_mmap_threshold"] == 4194304
+    # TensorFlow's import maps a few hundred MB of its libraries; what is left mapped is far less than was released.
+    assert result["released_mb"] > 50 and result["rss_file_mb"] < result["released_mb"]
