@@ -54,13 +54,21 @@ Anonymous:             0 kB
 7f0000030000-7f0000031000 r-xp 00000000 08:01 124 /lib/untouched.so
 Rss:                   0 kB
 Anonymous:             0 kB
+7f0000040000-7f0000041000 r--s 00000000 00:05 125 /dev/some-device
+Rss:                   4 kB
+Anonymous:             0 kB
+7f0000050000-7f0000052000 r-xp 00000000 08:01 126 /lib/replaced.so (deleted)
+Rss:                   8 kB
+Anonymous:             0 kB
 """
 
 
 def test_only_read_only_unmodified_file_pages_are_released():
-    # Kept: relocated (private) pages, writable mappings, anonymous memory, [vvar], and a mapping with nothing resident.
+    # Kept: relocated (private) pages, writable mappings, anonymous memory, [vvar], a device, a mapping with nothing
+    # resident. A deleted file's pages come back from its inode, which the mapping keeps.
     assert _clean_file_mappings(SMAPS) == [(0x7f0000000000, 0x7f0000004000, 12),
-                                           (0x7f0000004000, 0x7f0000010000, 40)]
+                                           (0x7f0000004000, 0x7f0000010000, 40),
+                                           (0x7f0000050000, 0x7f0000052000, 8)]
 
 
 # Threads that allocate at once, each with its own glibc arena unless M_ARENA_MAX caps them; malloc_info lists them.
@@ -126,3 +134,33 @@ def test_import_tensorflow_sets_the_process_up():
     assert result["malloc_mmap_threshold"] == 4194304
     # TensorFlow's import maps a few hundred MB of its libraries; what is left mapped is far less than was released.
     assert result["released_mb"] > 50 and result["rss_file_mb"] < result["released_mb"]
+
+
+def test_a_bad_setting_is_one_error_line_before_tensorflow_loads(tmp_path):
+    env = {**os.environ, SETTINGS_ENV: "arenas=2"}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", "--data", str(tmp_path / "none")],
+                         capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"Error: {SETTINGS_ENV} must be") and "Received: KIBBLE_PROCESS='arenas=2'" in out.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings are Linux's")
+def test_the_process_settings_do_not_change_what_is_learned(tmp_path):
+    """One tiny epoch of the default model in a process with every setting changed, against this process's."""
+    from tests.conftest import make_kaggle_shards
+    from train.run import TrainSettings, train
+    from train.rundir import RunDir
+
+    shards = make_kaggle_shards(tmp_path / "data", cats=16, dogs=16, size=(16, 20), shard_size=8, val=0.25)
+    here = train(TrainSettings(data=shards, train_size=16, val_size=6, epochs=1, batch_size=8),
+                 run_dir=str(tmp_path / "here"), progress=False)
+    env = {**os.environ, SETTINGS_ENV: "malloc_arena_max=2,malloc_mmap_threshold=4194304,malloc_trim_threshold="
+                                       "1048576,intra_op_threads=1,inter_op_threads=1,release_library_pages=1"}
+    subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "-q", "train", "--data", shards, "--train-size", "16",
+                    "--val-size", "6", "--epochs", "1", "--batch-size", "8", "--run-dir", str(tmp_path / "there"),
+                    "--no-verify"], check=True, env=env, cwd=str(tmp_path), capture_output=True)
+    from keras.src.saving import saving_lib
+    assert saving_lib._MEMORY_UPPER_BOUND == 0  # train saves checkpoints through disk
+    [mine], [theirs] = RunDir(here["run_dir"]).history(), RunDir(str(tmp_path / "there")).history()
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        assert theirs[key] == pytest.approx(mine[key], rel=1e-5, abs=1e-6), key

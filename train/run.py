@@ -459,9 +459,11 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
 
 
 def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
-    from train.tf_env import import_tensorflow
+    from train.tf_env import import_tensorflow, process_settings, save_through_disk
 
     import_tensorflow()  # sets the process up (train.tf_env.ProcessSettings) unless the command line did
+    if process_settings().save_through_disk:
+        save_through_disk()
     import keras
 
     from train.pipeline import make_dataset

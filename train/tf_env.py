@@ -38,8 +38,14 @@ class ProcessSettings:
     inter_op_threads: int = 0
     # Unmap the pages of shared libraries that nothing has written to (release_library_pages) after import.
     release_library_pages: bool = True
+    # `train` has Keras write a checkpoint's weights through a temporary file beside it, not through a copy of
+    # them all in memory (which it does whenever they fit in the free memory): conv1's 52 M weights and Adam
+    # slots made each save hold ~600 MB more for its length. Set by train.run, not at import: `evaluate` and
+    # `predict` keep loading as Keras does (through disk, it would extract into the run directory).
+    save_through_disk: bool = True
 
 
+# What set-up did in this process: filled by import_tensorflow, once.
 _applied = {}
 
 
@@ -130,7 +136,9 @@ def _clean_file_mappings(smaps_text):
         if parts and "-" in parts[0] and not parts[0].endswith(":") and len(parts) >= 5:
             start, end = (int(x, 16) for x in parts[0].split("-"))
             path = parts[5] if len(parts) > 5 else ""
-            current = {"range": (start, end), "file": path.startswith("/") and "w" not in parts[1],
+            # Regular files only: a device's mapping (/dev/...) may not be backed by pages that come back.
+            regular = path.startswith("/") and not path.startswith("/dev/")
+            current = {"range": (start, end), "file": regular and "w" not in parts[1],
                        "rss": 0, "private": None}
             found.append(current)
         elif current is not None and parts and parts[0] in ("Rss:", "Anonymous:"):
@@ -139,7 +147,7 @@ def _clean_file_mappings(smaps_text):
 
 
 def release_library_pages():
-    """Unmap the resident pages of this process's read-only, unmodified file mappings; MB released (Linux).
+    """Unmap the resident pages of this process's read-only, unmodified file mappings; MB unmapped (Linux).
 
     TensorFlow's import runs the static initialisers of its 1 GB library
     and maps ~330 MB of its pages that training never touches again; they
@@ -159,6 +167,25 @@ def release_library_pages():
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     released = sum(kb for start, end, kb in ranges if libc.madvise(start, end - start, MADV_DONTNEED) == 0)
     return round(released / 1024, 1)
+
+
+def save_through_disk():
+    """Make Keras save (and load) a model's weights through a temporary file, not a copy in memory; whether it could.
+
+    Keras 3 decides per save with saving_lib.is_memory_sufficient: weights
+    smaller than a share (_MEMORY_UPPER_BOUND) of the free memory are
+    written into an in-memory HDF5 file first. A bound of 0 sends every
+    model down its other path, a temporary file in the checkpoint's folder.
+    A Keras without that switch is left as it is.
+    """
+    try:
+        from keras.src.saving import saving_lib
+    except ImportError:
+        return False
+    if not isinstance(getattr(saving_lib, "_MEMORY_UPPER_BOUND", None), (int, float)):
+        return False
+    saving_lib._MEMORY_UPPER_BOUND = 0
+    return True
 
 
 def applied():
@@ -183,11 +210,11 @@ def import_tensorflow(verbose=False, settings=None):
     logging is initialised, so stderr's file descriptor is pointed at
     /dev/null for the duration of the import. Set-up runs once per process.
     """
-    first = "tensorflow" not in sys.modules
-    settings = process_settings() if settings is None else settings
-    if not _applied:
-        _applied.update(apply_malloc(settings))
-    if verbose or not first:
+    set_up = not _applied
+    if set_up:
+        settings = process_settings() if settings is None else settings
+        _applied.update(apply_malloc(settings), set_up=True)
+    if verbose or "tensorflow" in sys.modules:
         import tensorflow
     else:
         quiet_logs(verbose)
@@ -202,8 +229,8 @@ def import_tensorflow(verbose=False, settings=None):
             os.close(saved)
         with contextlib.suppress(Exception):
             tensorflow.get_logger().setLevel("ERROR")
-    if "threads" not in _applied:
-        _applied.update(apply_threads(tensorflow, settings), threads=True)
+    if set_up:
+        _applied.update(apply_threads(tensorflow, settings))
         if settings.release_library_pages:
             import keras  # noqa: F401 - its import touches pages too; release them with TensorFlow's
 
