@@ -547,8 +547,9 @@ def main():
     if unknown:
         parser.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
     levers = tuple(args.levers.split(","))
-    if set(levers) - set(LEVERS):
-        parser.error(f"--levers: unknown {', '.join(sorted(set(levers) - set(LEVERS)))}; choose from {', '.join(LEVERS)}")
+    unknown = set(levers) - set(LEVERS)
+    if unknown:
+        parser.error(f"--levers: unknown {', '.join(sorted(unknown))}; choose from {', '.join(LEVERS)}")
     if args.only != "extras":
         print_models(*run_models(models, steps, warmup, args.variants))
     if args.layers and args.only != "models":

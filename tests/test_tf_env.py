@@ -141,7 +141,8 @@ def test_a_bad_setting_is_one_error_line_before_tensorflow_loads(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", "--data", str(tmp_path / "none")],
                          capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.startswith(f"Error: {SETTINGS_ENV} must be") and "Received: KIBBLE_PROCESS='arenas=2'" in out.stderr
+    assert out.stderr.startswith(f"Error: {SETTINGS_ENV} must be")
+    assert "Received: KIBBLE_PROCESS='arenas=2'" in out.stderr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings are Linux's")

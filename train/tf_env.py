@@ -1,9 +1,11 @@
 """TensorFlow's environment: the one place that quiets its logs, sets the process up and imports it.
 
-The process set-up (ProcessSettings) is what the default model's memory
-measurements kept (docs/benchmarks.md, "Memory of the default model"):
-glibc's malloc told not to grow a heap per thread, and the pages of
-TensorFlow's libraries that only its import touched handed back.
+The process set-up (ProcessSettings) is what the memory measurements of
+the `train` process kept (docs/benchmarks.md, "Memory of the `train`
+process"): the pages of TensorFlow's libraries that only its import
+touched handed back, and checkpoints saved through disk. glibc's malloc
+and TensorFlow's thread pools stay as they come (measured: nothing to
+gain), adjustable through KIBBLE_PROCESS for further measurements.
 """
 import contextlib
 import ctypes
@@ -36,7 +38,8 @@ class ProcessSettings:
     # TensorFlow's thread pools (intra: within an op, inter: ops side by side); 0: one thread per core.
     intra_op_threads: int = 0
     inter_op_threads: int = 0
-    # Unmap the pages of shared libraries that nothing has written to (release_library_pages) after import.
+    # Unmap the pages of shared libraries that nothing has written to (release_library_pages) after the import,
+    # the first step and each epoch: ~300 MB of TensorFlow's library that its import alone touched.
     release_library_pages: bool = True
     # `train` has Keras write a checkpoint's weights through a temporary file beside it, not through a copy of
     # them all in memory (which it does whenever they fit in the free memory): conv1's 52 M weights and Adam
