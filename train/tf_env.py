@@ -3,9 +3,9 @@
 The process set-up (ProcessSettings) is what the memory measurements of
 the `train` process kept (docs/benchmarks.md, "Memory of the `train`
 process"): the pages of TensorFlow's libraries that only its import
-touched handed back, and checkpoints saved through disk. glibc's malloc
-and TensorFlow's thread pools stay as they come (measured: nothing to
-gain), adjustable through KIBBLE_PROCESS for further measurements.
+touched handed back, checkpoints saved through disk, and one inter-op
+thread. glibc's malloc stays as it comes (measured: too little to gain);
+every setting is adjustable through KIBBLE_PROCESS for measurements.
 """
 import contextlib
 import ctypes
@@ -35,9 +35,11 @@ class ProcessSettings:
     malloc_mmap_threshold: int = 0
     # Free memory at the top of a heap above this many bytes is returned (M_TRIM_THRESHOLD); 0 keeps glibc's.
     malloc_trim_threshold: int = 0
-    # TensorFlow's thread pools (intra: within an op, inter: ops side by side); 0: one thread per core.
+    # TensorFlow's thread pools (intra: within an op, inter: ops side by side); 0: TensorFlow's, one per core.
     intra_op_threads: int = 0
-    inter_op_threads: int = 0
+    # One op at a time, each on all cores (oneDNN's usual advice: as many as sockets): two ops side by side each
+    # held their buffers at once; conv2-wide peaked 137 MB lower with one, at the same step time and loss.
+    inter_op_threads: int = 1
     # Unmap the pages of shared libraries that nothing has written to (release_library_pages) after the import,
     # the first step and each epoch: ~300 MB of TensorFlow's library that its import alone touched.
     release_library_pages: bool = True
