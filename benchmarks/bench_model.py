@@ -69,10 +69,10 @@ LEVERS = {
     "default": "",
     "keep-pages": "release_library_pages=0",
     "save-in-memory": "save_through_disk=0",
-    "before": "release_library_pages=0,save_through_disk=0,inter_op_threads=0",
+    "before": "release_library_pages=0,save_through_disk=0",
     "arena-2": "malloc_arena_max=2",
     "mmap-4MB": "malloc_mmap_threshold=4194304",
-    "tf-threads": "inter_op_threads=0",
+    "inter-op-1": "inter_op_threads=1",
     "threads-1-1": "intra_op_threads=1,inter_op_threads=1",
 }
 VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch64", "dense3x3", "dense3x3-narrow", "threads-2-1")

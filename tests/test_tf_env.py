@@ -15,7 +15,7 @@ PARSE = [
     ("malloc_arena_max=2", ProcessSettings(malloc_arena_max=2)),
     (" intra_op_threads=1 , inter_op_threads=3 ", ProcessSettings(intra_op_threads=1, inter_op_threads=3)),
     ("release_library_pages=0", ProcessSettings(release_library_pages=False)),
-    ("inter_op_threads=0", ProcessSettings(inter_op_threads=0)),
+    ("inter_op_threads=1", ProcessSettings(inter_op_threads=1)),
 ]
 PARSE_ERRORS = ["arenas=2", "malloc_arena_max=two", "malloc_arena_max=-1", "release_library_pages=yes",
                 "malloc_arena_max"]

@@ -3,9 +3,10 @@
 The process set-up (ProcessSettings) is what the memory measurements of
 the `train` process kept (docs/benchmarks.md, "Memory of the `train`
 process"): the pages of TensorFlow's libraries that only its import
-touched handed back, checkpoints saved through disk, and one inter-op
-thread. glibc's malloc stays as it comes (measured: too little to gain);
-every setting is adjustable through KIBBLE_PROCESS for measurements.
+touched handed back, and checkpoints saved through disk. glibc's malloc
+and TensorFlow's thread pools stay as they come (measured: too little
+gained, or bought with step time); every setting is adjustable through
+KIBBLE_PROCESS.
 """
 import contextlib
 import ctypes
@@ -37,9 +38,9 @@ class ProcessSettings:
     malloc_trim_threshold: int = 0
     # TensorFlow's thread pools (intra: within an op, inter: ops side by side); 0: TensorFlow's, one per core.
     intra_op_threads: int = 0
-    # One op at a time, each on all cores (oneDNN's usual advice: as many as sockets): two ops side by side each
-    # held their buffers at once; conv2-wide peaked 137 MB lower with one, at the same step time and loss.
-    inter_op_threads: int = 1
+    # 1 runs one op at a time: conv2-wide then peaked 124-137 MB lower (two ops side by side hold their buffers
+    # at once), but its step took 7-8% longer; the default model's peak and step did not change. Not the default.
+    inter_op_threads: int = 0
     # Unmap the pages of shared libraries that nothing has written to (release_library_pages) after the import,
     # the first step and each epoch: ~300 MB of TensorFlow's library that its import alone touched.
     release_library_pages: bool = True
