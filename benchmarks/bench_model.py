@@ -1,7 +1,7 @@
 """Model benchmark: where a training step's time and memory go, per model and precision.
 
     python benchmarks/bench_model.py [--quick] [--steps N] [--models kibble,conv2] [--variants] [--layers]
-                                     [--memory SHARDS]
+                                     [--memory SHARDS] [--train-memory SHARDS [--levers NAME,...]]
 
 Per model (mlp, conv1, conv2, conv2-wide, kibble) and precision (float32;
 bfloat16 only where train.precision says the CPU computes it natively):
@@ -34,6 +34,15 @@ glibc's MALLOC_ARENA_MAX=2 and MALLOC_TRIM_THRESHOLD_=0; and the peak of
 the later steps alone (Linux: the kernel's high-water mark reset after
 step 1), which is what one step's activations add.
 
+--train-memory SHARDS runs the `train` command itself (1 epoch of
+--train-size images, default 4,800 = 150 steps, a validation pass and
+the epoch's checkpoint) per model, once per process set-up lever
+(LEVERS: train.tf_env.ProcessSettings overrides through KIBBLE_PROCESS),
+the levers of one model side by side so they share the machine's load;
+the whole process tree is sampled from outside every 0.1 s (psutil RSS,
+and its anonymous/file split from /proc/<pid>/status). ms/step is the
+epoch's seconds (history.csv, validation included) over its steps.
+
 Every row records the machine's load average (os.getloadavg) when it
 started: on a shared machine, compare rows of one run as ratios.
 Not a test; the table goes to stdout, progress to stderr.
@@ -55,6 +64,17 @@ MODELS = ("mlp", "conv1", "conv2", "conv2-wide", "kibble")
 REF_CHANNELS = 64
 # (prefetch batches, environment) of the memory probes: train's default, no prefetch, glibc malloc settings.
 MEMORY_CONFIGS = ((2, {}), (0, {}), (2, {"MALLOC_ARENA_MAX": "2"}), (2, {"MALLOC_TRIM_THRESHOLD_": "0"}))
+# name: KIBBLE_PROCESS overrides of train.tf_env.ProcessSettings, measured against "default" in --train-memory.
+LEVERS = {
+    "default": "",
+    "keep-pages": "release_library_pages=0",
+    "save-in-memory": "save_through_disk=0",
+    "before": "release_library_pages=0,save_through_disk=0",
+    "arena-2": "malloc_arena_max=2",
+    "mmap-4MB": "malloc_mmap_threshold=4194304",
+    "inter-op-1": "inter_op_threads=1",
+    "threads-1-1": "intra_op_threads=1,inter_op_threads=1",
+}
 VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch64", "dense3x3", "dense3x3-narrow", "threads-2-1")
 
 
@@ -199,6 +219,8 @@ def _build(name, variant):
         settings = TrainSettings(model=name, batch_size=batch, lr=settings.lr * 2).resolved()
     _compile(model, settings, steps_per_epoch=10000 // batch)
     if variant == "jit":
+        # Keras turns XLA off again (with a warning) when a layer does not support it: the default model's
+        # RandomTranslation and RandomZoom do not, so this variant is the base model unless model.jit_compile.
         model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
     return model, batch
 
@@ -241,6 +263,7 @@ def probe_step(name, precision, variant, steps, warmup):
         def step():
             model.train_on_batch(images, labels)
     row["ms_step"] = round(_timed(step, steps, warmup), 1)
+    row["xla"] = bool(model.jit_compile)
     row["ms_per_image"] = round(row["ms_step"] / batch, 2)
     row["gflops"] = round(3 * row["flops_per_image"] * batch / row["ms_step"] / 1e6, 1)
     row["peak_mb"] = _peak_mb()
@@ -324,6 +347,87 @@ def probe_memory(shards, prefetch, steps):
     return row
 
 
+# --- the train command, measured from outside -------------------------------------
+
+def _status_bytes(pid):
+    """(RSS, anonymous, file) bytes of one process from /proc/<pid>/status; psutil's RSS where there is none."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            values = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in handle
+                      if line.startswith(("VmRSS:", "RssAnon:", "RssFile:"))}
+        return values.get("VmRSS", 0), values.get("RssAnon", 0), values.get("RssFile", 0)
+    except OSError:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss, 0, 0
+
+
+def train_memory(shards, model, lever, train_size, val_size, scratch):
+    """Run `train` for one epoch under `lever`; its tree's peak RSS (and split) and ms per step, as a dict."""
+    import csv
+    import shutil
+
+    import psutil
+
+    run_dir = os.path.join(scratch, f"{model}-{lever}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = ["nice", "-n", "5", sys.executable, os.path.join(REPO, "cli.py"), "-q", "train", "--data", shards,
+           "--model", model, "--train-size", str(train_size), "--val-size", str(val_size), "--epochs", "1",
+           "--run-dir", run_dir, "--checkpoint-every", "off", "--no-verify"]
+    row = {"model": model, "lever": lever, "load": load()}
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "KIBBLE_PROCESS": LEVERS[lever]},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = (0, 0, 0)
+    while proc.poll() is None:
+        try:
+            tree = [proc.pid] + [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]
+            sample = [sum(values) for values in zip(*(_status_bytes(pid) for pid in tree))]
+            peak = max(peak, tuple(sample))
+        except (psutil.NoSuchProcess, ValueError):
+            pass
+        time.sleep(0.1)
+    error = proc.stderr.read().strip().splitlines()
+    if proc.returncode:
+        say(f"  {model} {lever} failed: {error[-1:]}")
+        return None
+    with open(os.path.join(run_dir, "history.csv")) as handle:
+        epoch = next(csv.DictReader(handle))
+    steps = -(-train_size // BATCH)
+    return {**row, "peak_mb": round(peak[0] / 1e6), "anon_mb": round(peak[1] / 1e6), "file_mb": round(peak[2] / 1e6),
+            "ms_step": round(float(epoch["seconds"]) * 1000 / steps), "loss": float(epoch["loss"]),
+            "val_loss": float(epoch["val_loss"])}
+
+
+def run_train_memory(shards, models, levers, train_size, val_size):
+    import tempfile
+    import threading
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-model-") as scratch:
+        for model in models:
+            say(f"train --model {model}, {train_size} images, levers side by side: {', '.join(levers)} ...")
+            results = [None] * len(levers)
+
+            def measure(i, lever, model=model, results=results):
+                results[i] = train_memory(shards, model, lever, train_size, val_size, scratch)
+
+            threads = [threading.Thread(target=measure, args=(i, lever)) for i, lever in enumerate(levers)]
+            [thread.start() for thread in threads]
+            [thread.join() for thread in threads]
+            rows += [row for row in results if row]
+    return rows
+
+
+def print_train_memory(rows, train_size, val_size):
+    print(f"\n`train` for 1 epoch ({train_size} train, {val_size} validation images, batch {BATCH}), the whole "
+          "process tree sampled from outside; levers of one model ran side by side:")
+    print("| model | lever | peak MB | of it anonymous | of it file pages | ms/step | loss | load |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['lever']} | {r['peak_mb']:,} | {r['anon_mb']:,} | {r['file_mb']:,} | "
+              f"{r['ms_step']:,} | {r['loss']:.6f} | {r['load']} |")
+
+
 # --- the driver ------------------------------------------------------------------
 
 def _probe(args, env=None):
@@ -375,7 +479,8 @@ def print_models(ref, rows):
           f"MFU | peak MB | load |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['precision']} | {r['variant']} | {r['ms_step']} | {r['ms_per_image']} | "
+        variant = r["variant"] + (" (XLA off: Keras refused it)" if r["variant"] == "jit" and not r["xla"] else "")
+        print(f"| {r['model']} | {r['precision']} | {variant} | {r['ms_step']} | {r['ms_per_image']} | "
               f"{r['flops_per_image'] / 1e6:.0f} | {r['gflops']} | {r['mfu']:.2f} | {r['peak_mb']:.0f} | {r['load']} |")
 
 
@@ -428,6 +533,12 @@ def main():
     parser.add_argument("--variants", action="store_true", help="also time the default model's cheap variants")
     parser.add_argument("--layers", action="store_true", help="also time each layer of the default model")
     parser.add_argument("--memory", metavar="SHARDS", help="also measure RSS by steps, fed from these shards")
+    parser.add_argument("--train-memory", metavar="SHARDS",
+                        help="also run `train` per model and lever side by side, peak RSS of its process tree")
+    parser.add_argument("--levers", default="default,before",
+                        help=f"levers for --train-memory, comma-separated from: {', '.join(LEVERS)}")
+    parser.add_argument("--train-size", type=int, default=4800, help="train images for --train-memory (150 steps)")
+    parser.add_argument("--val-size", type=int, default=640, help="validation images for --train-memory")
     parser.add_argument("--only", choices=("models", "extras"), help="skip the model table, or the extras")
     args = parser.parse_args()
     steps, warmup = (3, 1) if args.quick else (args.steps, 3)
@@ -435,6 +546,10 @@ def main():
     unknown = set(models) - set(MODELS)
     if unknown:
         parser.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
+    levers = tuple(args.levers.split(","))
+    unknown = set(levers) - set(LEVERS)
+    if unknown:
+        parser.error(f"--levers: unknown {', '.join(sorted(unknown))}; choose from {', '.join(LEVERS)}")
     if args.only != "extras":
         print_models(*run_models(models, steps, warmup, args.variants))
     if args.layers and args.only != "models":
@@ -451,6 +566,10 @@ def main():
                 rows.append({**row, "env": " ".join(f"{k}={v}" for k, v in env.items()) or "-"})
         if rows:
             print_memory(rows)
+    if args.train_memory and args.only != "models":
+        rows = run_train_memory(args.train_memory, models, levers, args.train_size, args.val_size)
+        if rows:
+            print_train_memory(rows, args.train_size, args.val_size)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,8 @@ def _recorder(run, state, steps, every=CheckpointEvery()):
             self.before = state.get("epoch_seconds", 0.0)
 
         def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:  # the first step traced the train function: hand back what only that touched
+                _release_pages()
             done = self.skipped + batch + 1
             if not every.enabled or done >= steps:  # the epoch's own commit follows
                 return
@@ -205,8 +207,16 @@ def _recorder(run, state, steps, every=CheckpointEvery()):
             run.commit_epoch(self.model, new)
             state.clear()
             state.update(new)
+            _release_pages()  # validation and saving map library code once an epoch
 
     return EpochRecorder()
+
+
+def _release_pages():
+    from train.tf_env import applied, release_library_pages
+
+    if applied().get("released_mb") is not None:  # the process was set up to release them
+        release_library_pages()
 
 
 def _number(value):
@@ -449,6 +459,11 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
 
 
 def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
+    from train.tf_env import import_tensorflow, process_settings, save_through_disk
+
+    import_tensorflow()  # sets the process up (train.tf_env.ProcessSettings) unless the command line did
+    if process_settings().save_through_disk:
+        save_through_disk()
     import keras
 
     from train.pipeline import make_dataset

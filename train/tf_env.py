@@ -1,10 +1,202 @@
-"""TensorFlow's environment: the one place that quiets its logs and imports it."""
+"""TensorFlow's environment: the one place that quiets its logs, sets the process up and imports it.
+
+The process set-up (ProcessSettings) is what the memory measurements of
+the `train` process kept (docs/benchmarks.md, "Memory of the `train`
+process"): the pages of TensorFlow's libraries that only its import
+touched handed back, and checkpoints saved through disk. glibc's malloc
+and TensorFlow's thread pools stay as they come (measured: too little
+gained, or bought with step time); every setting is adjustable through
+KIBBLE_PROCESS.
+"""
 import contextlib
+import ctypes
 import os
 import sys
+from dataclasses import dataclass, fields, replace
+
+from shards.errors import UserError
 
 # TensorFlow's C++ log threshold, read once when it is imported: 3 hides INFO, WARNING and ERROR lines.
 LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
+# Overrides of ProcessSettings for one process, "name=value,name=value" (benchmarks measure levers with it).
+SETTINGS_ENV = "KIBBLE_PROCESS"
+# glibc's mallopt parameter numbers (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+MADV_DONTNEED = 4
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """How a process that runs TensorFlow is set up; applied once, before TensorFlow starts its threads."""
+
+    # glibc malloc arenas (M_ARENA_MAX); 0 keeps glibc's default of 8 per core.
+    malloc_arena_max: int = 0
+    # Blocks of at least this many bytes are mmap'ed and unmapped when freed (M_MMAP_THRESHOLD);
+    # 0 keeps glibc's threshold, which rises to the largest block freed so far (up to 32 MB).
+    malloc_mmap_threshold: int = 0
+    # Free memory at the top of a heap above this many bytes is returned (M_TRIM_THRESHOLD); 0 keeps glibc's.
+    malloc_trim_threshold: int = 0
+    # TensorFlow's thread pools (intra: within an op, inter: ops side by side); 0: TensorFlow's, one per core.
+    intra_op_threads: int = 0
+    # 1 runs one op at a time: conv2-wide then peaked 124-137 MB lower (two ops side by side hold their buffers
+    # at once), but its step took 7-8% longer; the default model's peak and step did not change. Not the default.
+    inter_op_threads: int = 0
+    # Unmap the pages of shared libraries that nothing has written to (release_library_pages) after the import,
+    # the first step and each epoch: ~300 MB of TensorFlow's library that its import alone touched.
+    release_library_pages: bool = True
+    # `train` has Keras write a checkpoint's weights through a temporary file beside it, not through a copy of
+    # them all in memory (which it does whenever they fit in the free memory): conv1's 52 M weights and Adam
+    # slots made each save hold ~600 MB more for its length. Set by train.run, not at import: `evaluate` and
+    # `predict` keep loading as Keras does (through disk, it would extract into the run directory).
+    save_through_disk: bool = True
+
+
+# What set-up did in this process: filled by import_tensorflow, once.
+_applied = {}
+
+
+def process_settings(environ=None):
+    """ProcessSettings(), with the overrides of the KIBBLE_PROCESS variable ("malloc_arena_max=2,...")."""
+    text = (os.environ if environ is None else environ).get(SETTINGS_ENV, "").strip()
+    settings = ProcessSettings()
+    if not text:
+        return settings
+    kinds = {f.name: f.type for f in fields(ProcessSettings)}
+    changes = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        try:
+            if kinds[name] in (bool, "bool"):
+                if value not in ("0", "1"):
+                    raise ValueError(value)
+                changes[name] = value == "1"
+            else:
+                changes[name] = int(value)
+                if changes[name] < 0:
+                    raise ValueError(value)
+        except (KeyError, ValueError):
+            raise UserError(f"{SETTINGS_ENV} must be name=value pairs of {', '.join(kinds)} (whole numbers >= 0; "
+                            f"0 or 1 for release_library_pages). Received: {SETTINGS_ENV}={text!r}") from None
+    return replace(settings, **changes)
+
+
+def _libc():
+    """glibc through ctypes, or None elsewhere (macOS, musl, Windows): the malloc settings then do nothing."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl has mallopt but no arena settings
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def apply_malloc(settings):
+    """Set glibc's malloc parameters of `settings`; {parameter: value} of those set (empty off glibc).
+
+    Arenas are made when threads first allocate, so this must run before
+    TensorFlow's thread pools start (import_tensorflow calls it first).
+    """
+    libc = _libc()
+    if libc is None:
+        return {}
+    done = {}
+    for name, param in (("malloc_arena_max", M_ARENA_MAX), ("malloc_mmap_threshold", M_MMAP_THRESHOLD),
+                        ("malloc_trim_threshold", M_TRIM_THRESHOLD)):
+        value = getattr(settings, name)
+        if value and libc.mallopt(param, value) == 1:
+            done[name] = value
+    return done
+
+
+def apply_threads(tf, settings):
+    """Size TensorFlow's thread pools as `settings` says; {setting: value} of those set.
+
+    TensorFlow fixes them when its runtime starts (the first op); later, the
+    pools it has keep their size and nothing is changed.
+    """
+    done = {}
+    for name, setter in (("intra_op_threads", tf.config.threading.set_intra_op_parallelism_threads),
+                         ("inter_op_threads", tf.config.threading.set_inter_op_parallelism_threads)):
+        value = getattr(settings, name)
+        if value:
+            with contextlib.suppress(RuntimeError):  # the runtime already started
+                setter(value)
+                done[name] = value
+    return done
+
+
+def _clean_file_mappings(smaps_text):
+    """(start, end, resident kB) of each file mapping in a /proc/<pid>/smaps text that holds only the file's pages.
+
+    Not writable and no private (copied-on-write) page: unmapping such a
+    range loses nothing, the next touch maps the page from the page cache
+    again. A writable mapping, or one with relocated pages, is left alone.
+    """
+    found, current = [], None
+    for line in smaps_text.splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and not parts[0].endswith(":") and len(parts) >= 5:
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            path = parts[5] if len(parts) > 5 else ""
+            # Regular files only: a device's mapping (/dev/...) may not be backed by pages that come back.
+            regular = path.startswith("/") and not path.startswith("/dev/")
+            current = {"range": (start, end), "file": regular and "w" not in parts[1],
+                       "rss": 0, "private": None}
+            found.append(current)
+        elif current is not None and parts and parts[0] in ("Rss:", "Anonymous:"):
+            current["rss" if parts[0] == "Rss:" else "private"] = int(parts[1])
+    return [(*m["range"], m["rss"]) for m in found if m["file"] and m["private"] == 0 and m["rss"]]
+
+
+def release_library_pages():
+    """Unmap the resident pages of this process's read-only, unmodified file mappings; MB unmapped (Linux).
+
+    TensorFlow's import runs the static initialisers of its 1 GB library
+    and maps ~330 MB of its pages that training never touches again; they
+    count in the resident set (RSS) although they are the file's clean
+    pages, which the kernel keeps in its page cache. Training maps back the
+    few tens of MB it uses, from that cache. 0 where there is no
+    /proc/self/smaps or no madvise.
+    """
+    libc = _libc()
+    if libc is None:
+        return 0.0
+    try:
+        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as handle:
+            ranges = _clean_file_mappings(handle.read())
+    except OSError:
+        return 0.0
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    released = sum(kb for start, end, kb in ranges if libc.madvise(start, end - start, MADV_DONTNEED) == 0)
+    return round(released / 1024, 1)
+
+
+def save_through_disk():
+    """Make Keras save (and load) a model's weights through a temporary file, not a copy in memory; whether it could.
+
+    Keras 3 decides per save with saving_lib.is_memory_sufficient: weights
+    smaller than a share (_MEMORY_UPPER_BOUND) of the free memory are
+    written into an in-memory HDF5 file first. A bound of 0 sends every
+    model down its other path, a temporary file in the checkpoint's folder.
+    A Keras without that switch is left as it is.
+    """
+    try:
+        from keras.src.saving import saving_lib
+    except ImportError:
+        return False
+    if not isinstance(getattr(saving_lib, "_MEMORY_UPPER_BOUND", None), (int, float)):
+        return False
+    saving_lib._MEMORY_UPPER_BOUND = 0
+    return True
+
+
+def applied():
+    """What set_up_process applied in this process: {setting: value} (empty before it ran)."""
+    return dict(_applied)
 
 
 def quiet_logs(verbose=False):
@@ -17,26 +209,36 @@ def quiet_logs(verbose=False):
         os.environ.setdefault(LOG_LEVEL_ENV, "3")
 
 
-def import_tensorflow(verbose=False):
-    """Import and return tensorflow; hide C++ start-up logs unless `verbose`.
+def import_tensorflow(verbose=False, settings=None):
+    """Import and return tensorflow, the process set up first (ProcessSettings); hide C++ logs unless `verbose`.
 
     TF_CPP_MIN_LOG_LEVEL does not cover the lines absl prints before its
     logging is initialised, so stderr's file descriptor is pointed at
-    /dev/null for the duration of the import.
+    /dev/null for the duration of the import. Set-up runs once per process.
     """
+    set_up = not _applied
+    if set_up:
+        settings = process_settings() if settings is None else settings
+        _applied.update(apply_malloc(settings), set_up=True)
     if verbose or "tensorflow" in sys.modules:
         import tensorflow
-        return tensorflow
-    quiet_logs(verbose)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    with contextlib.suppress(Exception):
-        tensorflow.get_logger().setLevel("ERROR")
+    else:
+        quiet_logs(verbose)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                import tensorflow
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        with contextlib.suppress(Exception):
+            tensorflow.get_logger().setLevel("ERROR")
+    if set_up:
+        _applied.update(apply_threads(tensorflow, settings))
+        if settings.release_library_pages:
+            import keras  # noqa: F401 - its import touches pages too; release them with TensorFlow's
+
+            _applied["released_mb"] = release_library_pages()
     return tensorflow
