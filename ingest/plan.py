@@ -165,7 +165,19 @@ class ShardSpec:
     classes: tuple  # class names in index order, written into the shard
 
 
-class SpecItems:
+class _RowsCompare:
+    """Equality and hashing by the rows a shard's item sequence yields, shared by SpecItems and StoredItems."""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return tuple(self) == tuple(other)
+
+    def __hash__(self):
+        return hash(tuple(self))
+
+
+class SpecItems(_RowsCompare):
     """A shard's (name, label, fingerprint, height, width) rows, kept as columns.
 
     What a shard task carries to its worker (a StoredItems pickles as one),
@@ -191,17 +203,11 @@ class SpecItems:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def __eq__(self, other):
-        return tuple(self) == tuple(other)
-
-    def __hash__(self):
-        return hash(tuple(self))
-
     def __repr__(self):
         return f"SpecItems({tuple(self)!r})"
 
 
-class StoredItems:
+class StoredItems(_RowsCompare):
     """A shard's rows kept on local disk until the shard is built (see SpecStore).
 
     Reads, iterates and compares as SpecItems does; pickles (to a worker
@@ -225,12 +231,6 @@ class StoredItems:
 
     def __iter__(self):
         return iter(self.rows())
-
-    def __eq__(self, other):
-        return tuple(self) == tuple(other)
-
-    def __hash__(self):
-        return hash(tuple(self))
 
     def __repr__(self):
         return f"StoredItems({self.rows()!r})"
