@@ -212,6 +212,10 @@ def _metrics_document(run_dir, config, model_path, tta, data, manifest, threshol
     return document
 
 
+# What each recorded threshold keeps of the evaluation that chose it (which model file, which data, when).
+THRESHOLD_SOURCE = ("checkpoint", "checkpoint_sha256", "data", "created")
+
+
 def _thresholds(document, earlier):
     """metrics.json's "thresholds": {way of scoring: the threshold chosen with it} for this checkpoint.
 
@@ -224,7 +228,7 @@ def _thresholds(document, earlier):
     kept = {way: entry for way, entry in recorded_thresholds(earlier).items()
             if way != mine and entry.get("checkpoint_sha256") == document["checkpoint_sha256"]}
     kept[mine] = {"value": document["threshold"]["value"], "chosen_on": document["threshold"]["chosen_on"],
-                  **{key: document[key] for key in ("checkpoint", "checkpoint_sha256", "data", "created")}}
+                  **{key: document[key] for key in THRESHOLD_SOURCE}}
     return {way: kept[way] for way in (PLAIN, FLIP) if way in kept}
 
 
@@ -243,7 +247,7 @@ def recorded_thresholds(metrics):
         single = metrics.get("threshold")
         if not isinstance(single, dict):
             return {}
-        extra = {key: metrics[key] for key in ("checkpoint", "checkpoint_sha256", "data", "created") if key in metrics}
+        extra = {key: metrics[key] for key in THRESHOLD_SOURCE if key in metrics}
         found = {scoring(metrics.get("tta") is not None): {**single, **extra}}
     return {way: entry for way, entry in found.items()
             if way in (PLAIN, FLIP) and isinstance(entry, dict) and _is_threshold(entry.get("value"))}

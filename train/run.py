@@ -178,7 +178,10 @@ def _recorder(run, state, steps, every=CheckpointEvery()):
             self.before = state.get("epoch_seconds", 0.0)
 
         def on_train_batch_end(self, batch, logs=None):
-            if batch == 0:  # the first step traced the train function: hand back what only that touched
+            # The run's first step traced the train function: hand back what only that touched
+            # (each epoch's end releases what validation and saving touched).
+            if not getattr(self, "traced", False):
+                self.traced = True
                 _release_pages()
             done = self.skipped + batch + 1
             if not every.enabled or done >= steps:  # the epoch's own commit follows
