@@ -69,6 +69,8 @@ LEVERS = {
     "default": "",
     "keep-pages": "release_library_pages=0",
     "save-in-memory": "save_through_disk=0",
+    "keras-adam": "fused_adam=0",
+    "whole-steps": "split_steps=0",
     "before": "release_library_pages=0,save_through_disk=0",
     "arena-2": "malloc_arena_max=2",
     "mmap-4MB": "malloc_mmap_threshold=4194304",
@@ -207,7 +209,11 @@ def _build(name, variant):
     import keras
 
     from train.models import build_model
+    from train.models import SPLIT_STEP
+    from train.optimizers import fuse_adam
+    from train.split_step import split_steps
     from train.run import TrainSettings, _compile
+    from train.tf_env import process_settings
 
     if variant in ("base", "jit", "batch64", "threads-2-1") or name != "kibble":
         model = build_model(name, SHAPE)
@@ -218,6 +224,10 @@ def _build(name, variant):
     if variant == "batch64":  # the linear scaling rule: twice the batch, twice the rate
         settings = TrainSettings(model=name, batch_size=batch, lr=settings.lr * 2).resolved()
     _compile(model, settings, steps_per_epoch=10000 // batch)
+    if process_settings().fused_adam:  # as train steps it (KIBBLE_PROCESS=fused_adam=0: Keras's own update)
+        fuse_adam(model.optimizer)
+    if process_settings().split_steps and name in SPLIT_STEP:
+        split_steps(model)
     if variant == "jit":
         # Keras turns XLA off again (with a warning) when a layer does not support it: the default model's
         # RandomTranslation and RandomZoom do not, so this variant is the base model unless model.jit_compile.
@@ -277,10 +287,14 @@ def probe_layers(steps):
 
     tf = _tf()
     from train.models import build_model
+    from train.optimizers import fuse_adam
     from train.run import TrainSettings, _compile
+    from train.tf_env import process_settings
 
     model = build_model("kibble", SHAPE)
     _compile(model, TrainSettings().resolved(), steps_per_epoch=312)
+    if process_settings().fused_adam:  # the update timed below is the one train makes
+        fuse_adam(model.optimizer)
     rows = []
     for layer in model.layers[1:]:
         inputs = layer.input if isinstance(layer.input, list) else [layer.input]
@@ -475,8 +489,8 @@ def print_models(ref, rows):
           f"{BATCH}x{SHAPE[0]}x{SHAPE[1]} (forward):")
     for precision, runs in ref.items():
         print(f"  {precision}: " + ", ".join(f"{r['gflops']} GFLOP/s ({r['ms']} ms)" for r in runs if r))
-    print(f"\n| model | precision | variant | ms/step | ms/image | MFLOP/image (fwd) | GFLOP/s (3x fwd) | "
-          f"MFU | peak MB | load |")
+    print("\n| model | precision | variant | ms/step | ms/image | MFLOP/image (fwd) | GFLOP/s (3x fwd) | "
+          "MFU | peak MB | load |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         variant = r["variant"] + (" (XLA off: Keras refused it)" if r["variant"] == "jit" and not r["xla"] else "")

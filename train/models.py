@@ -31,6 +31,10 @@ RECIPES = {
     "conv2-wide": (1e-4, "mse", 15),
     "kibble": (2e-3, "bce", 24),
 }
+# Models whose training step is taken in two halves of the batch (train.split_step): conv2-wide's activations
+# (128 channels at full resolution) are most of its memory. Not those whose weights are (mlp, conv1: the first
+# half's weight gradients would wait beside the second's), nor the default model (batch normalisation).
+SPLIT_STEP = ("conv2-wide",)
 
 
 def _inputs(keras, shape):

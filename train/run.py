@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from shards import storage
 from shards.errors import UserError
 from shards.manifest import verify_shards
-from train.models import DEFAULT_MODEL, MODELS, RECIPES
+from train.models import DEFAULT_MODEL, MODELS, RECIPES, SPLIT_STEP
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
@@ -462,6 +462,8 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
 
 
 def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
+    from train.optimizers import fuse_adam
+    from train.split_step import split_steps
     from train.tf_env import import_tensorflow, process_settings, save_through_disk
 
     import_tensorflow()  # sets the process up (train.tf_env.ProcessSettings) unless the command line did
@@ -477,6 +479,10 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     steps = worker_batches(settings.train_size, settings.batch_size)
     with dtype_policy(resolve_precision(settings.precision)):  # a resumed bfloat16 run needs a bfloat16 CPU too
         model, state = _model(run, settings, manifest, state, steps)
+    if process_settings().fused_adam:
+        fuse_adam(model.optimizer)
+    if process_settings().split_steps and settings.model in SPLIT_STEP:
+        split_steps(model)
     Runs(os.path.dirname(os.path.abspath(run.path))).mark_latest(run)
 
     def train_data(epoch, skip_batches=0):

@@ -49,6 +49,12 @@ class ProcessSettings:
     # slots made each save hold ~600 MB more for its length. Set by train.run, not at import: `evaluate` and
     # `predict` keep loading as Keras does (through disk, it would extract into the run directory).
     save_through_disk: bool = True
+    # `train` steps Adam and AdamW through TensorFlow's fused in-place kernel (train.optimizers.fuse_adam), not
+    # Keras's chain of weight-sized temporaries. Set by train.run on the compiled or resumed model.
+    fused_adam: bool = True
+    # `train` takes the step of the models in train.models.SPLIT_STEP in two halves of the batch
+    # (train.split_step): the same update with about half the activations held at once.
+    split_steps: bool = True
 
 
 # What set-up did in this process: filled by import_tensorflow, once.
@@ -77,7 +83,7 @@ def process_settings(environ=None):
                     raise ValueError(value)
         except (KeyError, ValueError):
             raise UserError(f"{SETTINGS_ENV} must be name=value pairs of {', '.join(kinds)} (whole numbers >= 0; "
-                            f"0 or 1 for release_library_pages). Received: {SETTINGS_ENV}={text!r}") from None
+                            f"0 or 1 for the yes-or-no ones). Received: {SETTINGS_ENV}={text!r}") from None
     return replace(settings, **changes)
 
 
