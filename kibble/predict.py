@@ -32,6 +32,7 @@ import numpy as np
 from evaluate.inference import FLIP, model_outputs, scoring
 from evaluate.run import DEFAULT_THRESHOLD, _load_model, recorded_thresholds
 from shards.errors import UserError
+from shards.format import sha256_file
 from shards.image import BadImage, is_image_name, load_image
 from train.rundir import METRICS, RunDir
 
@@ -71,13 +72,37 @@ def run_threshold(run_dir, tta=False):
     wanted = scoring(tta)
     if wanted in recorded:
         entry = recorded[wanted]
-        return float(entry["value"]), f"chosen on {entry['chosen_on']} by `{command}` ({run.file(METRICS)})"
+        return float(entry["value"]), (f"chosen on {entry['chosen_on']} by `{command}` ({run.file(METRICS)})"
+                                       + _stale(run, entry, command))
     if recorded:  # only the other way's
         way, entry = next(iter(recorded.items()))
         other = "evaluate --tta" if way == FLIP else "evaluate"
         return float(entry["value"]), (f"chosen on {entry['chosen_on']} by `{other}` ({run.file(METRICS)}); "
-                                       f"`{command}` records the one for these scores")
+                                       f"`{command}` records the one for these scores" + _stale(run, entry, command))
     return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (no usable {METRICS} in {run_dir}: run `{command}`)"
+
+
+def _stale(run, entry, command):
+    """"" or a warning that the threshold was chosen for another model file than the run's best.keras now.
+
+    `train --resume --epochs N` can replace best.keras after `evaluate`
+    chose a threshold for the one before (and `evaluate --checkpoint last`
+    chooses one for last.keras); the threshold is still used (it is nearer
+    than 0.5), but the user is told. An entry from before
+    metrics.json named its checkpoint's sha256, or a missing model file
+    (reported by predict itself), gives "".
+    """
+    recorded = entry.get("checkpoint_sha256")
+    path = run.checkpoint("best")  # the model predict scores with
+    if not isinstance(recorded, str) or not os.path.isfile(path):
+        return ""
+    try:
+        if sha256_file(path) == recorded:
+            return ""
+    except OSError:
+        return ""
+    return (f"; WARNING: {os.path.basename(path)} has changed since (its sha256 differs from the one the threshold "
+            f"was chosen for): run `{command}` again")
 
 
 def expand_paths(paths):

@@ -204,3 +204,25 @@ def test_each_way_of_scoring_takes_its_own_threshold_and_falls_back_to_the_other
     _write_metrics(run, {"threshold": {"value": None, "chosen_on": None}, "tta": "flip"})
     assert run_threshold(run, tta=True) == (0.5, f"default 0.5 (no usable metrics.json in {run}: run "
                                                  "`evaluate --tta`)")
+
+
+def test_a_threshold_chosen_for_another_best_keras_is_used_and_flagged(trained, tmp_path):
+    from shards.format import sha256_file
+
+    _, _, run_dir = trained
+    run = str(tmp_path / "run")
+    shutil.copytree(run_dir, run)
+    best = os.path.join(run, "best.keras")
+    entry = {"value": 0.3, "chosen_on": "val", "checkpoint": "best.keras", "checkpoint_sha256": sha256_file(best)}
+    _write_metrics(run, {"thresholds": {"plain": entry}})
+    value, origin = run_threshold(run)
+    assert value == 0.3 and "WARNING" not in origin
+    # train --resume --epochs N wrote a new best.keras after evaluate chose the threshold
+    shutil.copyfile(os.path.join(run, "last.keras"), best)
+    with open(best, "ab") as f:
+        f.write(b"\0")
+    value, origin = run_threshold(run)
+    assert value == 0.3
+    assert "WARNING: best.keras has changed since" in origin and "run `evaluate` again" in origin
+    value, origin = run_threshold(run, tta=True)  # the other way's threshold, flagged the same way
+    assert value == 0.3 and "run `evaluate --tta` again" in origin
