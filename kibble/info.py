@@ -31,7 +31,8 @@ def info(data_dir, runs_root, need_data=None):
         near_duplicate_groups_crossing_splits, near_duplicate_conflicts}, None
         for a manifest from before near-duplicates were looked for). Each run holds run, model, epochs_done, epochs,
         train_size, val_size, best_val_accuracy (None before the first
-        epoch), test_accuracy (None until evaluated on test) and classes
+        epoch), test_accuracy (None until evaluated on test), test_scoring
+        ("plain", or "flip" when the last `evaluate` had --tta) and classes
         (the class names the run recorded, None for a run that records none).
 
     Raises:
@@ -100,10 +101,17 @@ def _run(run):
         "val_size": config.get("val_size"),
         "best_val_accuracy": max(accuracies) if accuracies else None,
         "test_accuracy": test.get("accuracy"),
+        # evaluate and evaluate --tta each rewrite metrics.json: say which one the figure is from
+        "test_scoring": ("flip" if metrics.get("tta") else "plain") if test else None,
         "threshold": (metrics.get("threshold") or {}).get("value"),
         "classes": config.get("classes") or metrics.get("classes"),
         "modified": run.modified(),
     }
+
+
+def _tta_mark(run):
+    """" tta" after a test accuracy that is the mirror-averaged figure of `evaluate --tta`, else ""."""
+    return " tta" if run.get("test_scoring") == "flip" else ""
 
 
 def _or_empty(read):
@@ -150,6 +158,6 @@ def info_text(facts, data_dir):
         for run in facts["runs"]:
             epochs = f"{run['epochs_done']}/{cell(run['epochs'])}"
             lines.append(f"  {os.path.basename(run['run']):<32} {cell(run['model']):<10} {epochs:>7} "
-                         f"{cell(run['best_val_accuracy'], '{:.3f}'):>12} {cell(run['test_accuracy'], '{:.3f}'):>9}"
+                         f"{cell(run['best_val_accuracy'], '{:.3f}'):>12} {cell(run['test_accuracy'], '{:.3f}') + _tta_mark(run):>9}"
                          + (f"  {_class_names(run.get('classes'))}" if named else ""))
     return "\n".join(lines)

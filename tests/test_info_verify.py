@@ -27,7 +27,7 @@ def shards_dir(tmp_path_factory):
     return out
 
 
-def _fake_run(runs_root, name, shards_dir, epochs_done, accuracies, test_accuracy=None):
+def _fake_run(runs_root, name, shards_dir, epochs_done, accuracies, test_accuracy=None, tta=None):
     """A run directory with the files info reads (no model needed)."""
     run_dir = os.path.join(runs_root, name)
     os.makedirs(run_dir)
@@ -42,7 +42,7 @@ def _fake_run(runs_root, name, shards_dir, epochs_done, accuracies, test_accurac
             writer.writerow([epoch, 0.3, 0.8, 0.2, acc, 1.0, 1e-3])
     if test_accuracy is not None:
         with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-            json.dump({"threshold": {"value": 0.45, "chosen_on": "val"},
+            json.dump({"threshold": {"value": 0.45, "chosen_on": "val"}, "tta": tta,
                        "splits": {"val": {"accuracy": 0.9}, "test": {"accuracy": test_accuracy}}}, f)
     return run_dir
 
@@ -76,6 +76,7 @@ def test_info_shows_splits_and_runs(shards_dir, tmp_path):
     runs = str(tmp_path / "runs")
     _fake_run(runs, "conv2-a", shards_dir, 3, [0.6, 0.75, 0.7], test_accuracy=0.72)
     _fake_run(runs, "conv2-b", shards_dir, 1, [0.55])
+    _fake_run(runs, "conv2-c", shards_dir, 3, [0.6, 0.7, 0.8], test_accuracy=0.81, tta="flip")
     facts = info(shards_dir, runs)
     data = facts["data"]
     assert data["classes"] == ["dog", "cat"]
@@ -98,6 +99,9 @@ def test_info_shows_splits_and_runs(shards_dir, tmp_path):
     assert re.search(r"^\s+shards\s+3\s+1\s+1$", text, re.M)
     assert re.search(r"^\s+conv2-a\s+conv2\s+3/3\s+0\.750\s+0\.720$", text, re.M)
     assert re.search(r"^\s+conv2-b\s+conv2\s+1/3\s+0\.550\s+-$", text, re.M)
+    # the last evaluate had --tta: its mirror-averaged figure is marked so
+    assert by_name["conv2-c"]["test_scoring"] == "flip" and by_name["conv2-a"]["test_scoring"] == "plain"
+    assert re.search(r"^\s+conv2-c\s+conv2\s+3/3\s+0\.800\s+0\.810 tta$", text, re.M)
     as_json = CliRunner().invoke(cli, ["info", "--data", shards_dir, "--runs", runs, "--json"])
     assert json.loads(as_json.stdout)["data"]["splits"]["val"]["count"] == 8
 
