@@ -70,6 +70,7 @@ LEVERS = {
     "keep-pages": "release_library_pages=0",
     "save-in-memory": "save_through_disk=0",
     "keras-adam": "fused_adam=0",
+    "keras-batch-norm": "fused_batch_norm=0",
     "whole-steps": "split_steps=0",
     "before": "release_library_pages=0,save_through_disk=0",
     "arena-2": "malloc_arena_max=2",
@@ -210,7 +211,7 @@ def _build(name, variant):
 
     from train.models import build_model
     from train.models import SPLIT_STEP
-    from train.optimizers import fuse_adam
+    from train.fused import fuse_adam, fuse_batch_norm
     from train.split_step import split_steps
     from train.run import TrainSettings, _compile
     from train.tf_env import process_settings
@@ -226,6 +227,8 @@ def _build(name, variant):
     _compile(model, settings, steps_per_epoch=10000 // batch)
     if process_settings().fused_adam:  # as train steps it (KIBBLE_PROCESS=fused_adam=0: Keras's own update)
         fuse_adam(model.optimizer)
+    if process_settings().fused_batch_norm:
+        fuse_batch_norm(model)
     if process_settings().split_steps and name in SPLIT_STEP:
         split_steps(model)
     if variant == "jit":
@@ -287,7 +290,7 @@ def probe_layers(steps):
 
     tf = _tf()
     from train.models import build_model
-    from train.optimizers import fuse_adam
+    from train.fused import fuse_adam, fuse_batch_norm
     from train.run import TrainSettings, _compile
     from train.tf_env import process_settings
 
@@ -295,6 +298,8 @@ def probe_layers(steps):
     _compile(model, TrainSettings().resolved(), steps_per_epoch=312)
     if process_settings().fused_adam:  # the update timed below is the one train makes
         fuse_adam(model.optimizer)
+    if process_settings().fused_batch_norm:  # and so are the batch norms
+        fuse_batch_norm(model)
     rows = []
     for layer in model.layers[1:]:
         inputs = layer.input if isinstance(layer.input, list) else [layer.input]

@@ -462,7 +462,7 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
 
 
 def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
-    from train.optimizers import fuse_adam
+    from train.fused import fuse_adam, fuse_batch_norm
     from train.split_step import split_steps
     from train.tf_env import import_tensorflow, process_settings, save_through_disk
 
@@ -481,6 +481,8 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
         model, state = _model(run, settings, manifest, state, steps)
     if process_settings().fused_adam:
         fuse_adam(model.optimizer)
+    if process_settings().fused_batch_norm:
+        fuse_batch_norm(model)
     if process_settings().split_steps and settings.model in SPLIT_STEP:
         split_steps(model)
     Runs(os.path.dirname(os.path.abspath(run.path))).mark_latest(run)

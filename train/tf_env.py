@@ -49,9 +49,12 @@ class ProcessSettings:
     # slots made each save hold ~600 MB more for its length. Set by train.run, not at import: `evaluate` and
     # `predict` keep loading as Keras does (through disk, it would extract into the run directory).
     save_through_disk: bool = True
-    # `train` steps Adam and AdamW through TensorFlow's fused in-place kernel (train.optimizers.fuse_adam), not
+    # `train` steps Adam and AdamW through TensorFlow's fused in-place kernel (train.fused.fuse_adam), not
     # Keras's chain of weight-sized temporaries. Set by train.run on the compiled or resumed model.
     fused_adam: bool = True
+    # `train` trains BatchNormalization layers through TensorFlow's fused kernel (train.fused.fuse_batch_norm),
+    # not Keras 3's separate moments, normalise and scale ops and their gradients.
+    fused_batch_norm: bool = True
     # `train` takes the step of the models in train.models.SPLIT_STEP in two halves of the batch
     # (train.split_step): the same update with about half the activations held at once.
     split_steps: bool = True
