@@ -134,3 +134,31 @@ def test_user_mistakes_are_one_error_line_exit_2(evaluated, tmp_path, case, expe
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and expected in errors[0], result.output
     assert not os.path.exists(os.path.join(tmp_path, "out", "outside.json"))
+
+
+def test_outside_scores_of_several_classes_count_recall_and_the_worst_mistakes():
+    from evaluate.outside import OutsideScores, floor_verdict
+
+    scores = OutsideScores(["a", "b", "c"])
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.1, 0.85, 0.05]])
+    scores.update(probabilities[:3], [0, 1, 1], ["p0", "p1", "p2"])
+    scores.update(probabilities[3:], [2, 2], ["p3", "p4"])
+    metrics = scores.metrics()
+    assert metrics["count"] == 5 and metrics["accuracy"] == pytest.approx(3 / 5)
+    assert [(c["class"], c["correct"], c["count"]) for c in metrics["per_class"]] == [("a", 1, 1), ("b", 1, 2),
+                                                                                      ("c", 1, 2)]
+    assert [(m["file"], m["label"], m["predicted"]) for m in metrics["mistakes"]] == [("p4", "c", "b"),
+                                                                                     ("p2", "b", "a")]
+    assert floor_verdict(0.6, 0.6) == {"min_accuracy": 0.6, "passed": True}
+    assert floor_verdict(0.6, 0.61)["passed"] is False and floor_verdict(0.6, None)["passed"] is None
+
+
+def test_two_classes_call_class_1_strictly_above_the_threshold():
+    from evaluate.outside import OutsideScores
+
+    scores = OutsideScores(["dog", "cat"], threshold=0.4)
+    scores.update([0.4, 0.41, 0.1, 0.9], [0, 1, 1, 0], ["a", "b", "c", "d"])
+    metrics = scores.metrics()
+    assert metrics["accuracy"] == 0.5 and metrics["confusion"] == {"tp": 1, "fp": 1, "tn": 1, "fn": 1}
+    assert [(c["class"], c["recall"]) for c in metrics["per_class"]] == [("dog", 0.5), ("cat", 0.5)]
+    assert [m["file"] for m in metrics["mistakes"]] == ["c", "d"]  # both 0.9 sure; the first seen first
