@@ -47,6 +47,8 @@ epoch's seconds (history.csv, validation included) over its steps.
 --augment standard,photo times the default model with each training
 augmentation (`train --augment`): its step rows run alternately, each
 twice (standard, photo, standard, photo), so both share the machine's load;
+then one process builds the model with each and alternates their training
+steps (A B A B ...), the fairest comparison on a busy machine (median each);
 --train-memory then runs `train --augment A` per augmentation too (side by
 side with the levers of that model).
 
@@ -357,6 +359,38 @@ def probe_memory(shards, prefetch, steps):
 
 # --- the train command, measured from outside -------------------------------------
 
+def probe_augments(augments, steps, warmup):
+    """Median ms per training step of the default model with each augmentation, steps alternated in one process."""
+    import numpy as np
+
+    _tf()
+    built = {augment: _build("kibble", "base", augment)[0] for augment in augments}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (BATCH, *SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, 2, (BATCH, 1)).astype(np.float32)
+    for model in built.values():
+        for _ in range(warmup):
+            model.train_on_batch(images, labels)
+    times = {augment: [] for augment in augments}
+    for _ in range(steps):
+        for augment, model in built.items():
+            start = time.perf_counter()
+            model.train_on_batch(images, labels)
+            times[augment].append((time.perf_counter() - start) * 1000)
+    return {"load": load(), "steps": steps,
+            "ms_step": {augment: round(statistics.median(found), 1) for augment, found in times.items()},
+            "quartiles": {augment: [round(q, 1) for q in statistics.quantiles(found, n=4)]
+                          for augment, found in times.items()}}
+
+
+def print_augments(result):
+    print(f"\nthe default model's training step with each augmentation, {result['steps']} steps each alternated "
+          f"in one process (load {result['load']}):")
+    print("| augment | ms/step (median) | quartiles |\n|---|---:|---|")
+    for augment, ms in result["ms_step"].items():
+        print(f"| {augment} | {ms} | {result['quartiles'][augment]} |")
+
+
 def _status_bytes(pid):
     """(RSS, anonymous, file) bytes of one process from /proc/<pid>/status; psutil's RSS where there is none."""
     try:
@@ -533,6 +567,8 @@ def probe_main(argv):
         result = probe_ref(argv[1], int(argv[2]))
     elif kind == "step":
         result = probe_step(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), *argv[6:7])
+    elif kind == "augments":
+        result = probe_augments(argv[1].split(","), int(argv[2]), int(argv[3]))
     elif kind == "layers":
         result = probe_layers(int(argv[1]))
     else:
@@ -575,6 +611,11 @@ def main():
         parser.error(f"--levers: unknown {', '.join(sorted(unknown))}; choose from {', '.join(LEVERS)}")
     if args.only != "extras":
         print_models(*run_models(models, steps, warmup, args.variants, augments))
+        if len(augments) > 1 and "kibble" in models:
+            say("augmentations alternated in one process ...")
+            result = _probe(["augments", ",".join(augments), max(steps, 10), warmup])
+            if result:
+                print_augments(result)
     if args.layers and args.only != "models":
         say("per-layer timing ...")
         result = _probe(["layers", steps])
