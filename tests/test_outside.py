@@ -162,3 +162,14 @@ def test_two_classes_call_class_1_strictly_above_the_threshold():
     assert metrics["accuracy"] == 0.5 and metrics["confusion"] == {"tp": 1, "fp": 1, "tn": 1, "fn": 1}
     assert [(c["class"], c["recall"]) for c in metrics["per_class"]] == [("dog", 0.5), ("cat", 0.5)]
     assert [m["file"] for m in metrics["mistakes"]] == ["c", "d"]  # both 0.9 sure; the first seen first
+
+
+def test_help_examples_parse(tmp_path, monkeypatch):
+    from tests.help_examples import help_examples, parse_example
+
+    monkeypatch.chdir(tmp_path)
+    examples = help_examples("check-outside")
+    assert len(examples) == 2
+    for line in examples:
+        name, params = parse_example(line, str(tmp_path / "home"))
+        assert name == "check-outside" and params["photos"].endswith("outside-photos"), line
