@@ -1,13 +1,14 @@
 # Two entry points for a new machine; each makes or reuses .venv by itself.
 #   make demo   - generate a small image set, then ingest, train and evaluate it
 #   make test   - run the test suite
+#   make check-outside OUTSIDE=dir [RUN=runs/...] - the release check on labelled outside photos
 # PYTHON may name another interpreter (3.10-3.12), e.g. make test PYTHON=python3.11
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRA ?= test
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean check-outside outside-given
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,15 @@ test: venv
 
 demo: venv
 	$(BIN)/python cli.py demo $(ARGS)
+
+# The release check: RUN (default the newest run) on OUTSIDE/<class>/..., at the val threshold
+# `evaluate` recorded; exit 1 below MIN_ACCURACY.
+MIN_ACCURACY ?= 0.90
+check-outside: outside-given venv
+	$(BIN)/python cli.py check-outside "$(OUTSIDE)" $(if $(RUN),--run "$(RUN)") --min-accuracy $(MIN_ACCURACY) $(ARGS)
+
+outside-given:
+	@test -n "$(OUTSIDE)" || { echo "Error: name the photos: make check-outside OUTSIDE=dir [RUN=runs/...]" >&2; exit 2; }
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

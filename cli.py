@@ -10,6 +10,7 @@ require_own_packages()
 
 import click  # noqa: E402
 
+from kibble.commands.check_outside import check_outside  # noqa: E402
 from kibble.commands.compare import compare  # noqa: E402
 from kibble.commands.demo import demo  # noqa: E402
 from kibble.commands.evaluate import evaluate  # noqa: E402
@@ -50,6 +51,7 @@ cli.add_command(evaluate)  # run -> metrics.json, report.md, figures
 cli.add_command(compare)  # runs -> one Markdown table
 cli.add_command(demo)  # all three on a small data set
 cli.add_command(predict)  # run + image files -> cat or dog
+cli.add_command(check_outside)  # run + labelled outside photos -> the release check
 cli.add_command(info)  # what has been ingested and trained
 cli.add_command(verify)  # shards against their manifest
 

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_model.py [--quick] [--steps N] [--models kibble,conv2] [--variants] [--layers]
                                      [--memory SHARDS] [--train-memory SHARDS [--levers NAME,...]]
+                                     [--augment standard,photo]
 
 Per model (mlp, conv1, conv2, conv2-wide, kibble) and precision (float32;
 bfloat16 only where train.precision says the CPU computes it natively):
@@ -42,6 +43,14 @@ the levers of one model side by side so they share the machine's load;
 the whole process tree is sampled from outside every 0.1 s (psutil RSS,
 and its anonymous/file split from /proc/<pid>/status). ms/step is the
 epoch's seconds (history.csv, validation included) over its steps.
+
+--augment standard,photo times the default model with each training
+augmentation (`train --augment`): its step rows run alternately, each
+twice (standard, photo, standard, photo), so both share the machine's load;
+then one process builds the model with each and alternates their training
+steps (A B A B ...), the fairest comparison on a busy machine (median each);
+--train-memory then runs `train --augment A` per augmentation too (side by
+side with the levers of that model).
 
 Every row records the machine's load average (os.getloadavg) when it
 started: on a shared machine, compare rows of one run as ratios.
@@ -192,7 +201,7 @@ def _kibble_variant(keras, variant, seed=0):
 
     if variant in ("no-augment", "augment-in-data"):
         original = models._augment
-        models._augment = lambda keras_, x, seed_: x
+        models._augment = lambda keras_, x, *rest: x
         try:
             return models.build_model("kibble", SHAPE, seed=seed)
         finally:
@@ -206,18 +215,17 @@ def _kibble_variant(keras, variant, seed=0):
         keras.layers.SeparableConv2D = separable
 
 
-def _build(name, variant):
+def _build(name, variant, augment="standard"):
     import keras
 
-    from train.models import build_model
-    from train.models import SPLIT_STEP
+    from train.models import SPLIT_STEP, build_model
     from train.fused import fuse_adam, fuse_batch_norm
     from train.split_step import split_steps
     from train.run import TrainSettings, _compile
     from train.tf_env import process_settings
 
     if variant in ("base", "jit", "batch64", "threads-2-1") or name != "kibble":
-        model = build_model(name, SHAPE)
+        model = build_model(name, SHAPE, augment=augment)
     else:
         model = _kibble_variant(keras, variant)
     batch = 64 if variant == "batch64" else BATCH
@@ -252,13 +260,14 @@ def _augment_fn(tf, seed=0):
     return fn
 
 
-def probe_step(name, precision, variant, steps, warmup):
+def probe_step(name, precision, variant, steps, warmup, augment="standard"):
     import numpy as np
 
     threads = (2, 1) if variant == "threads-2-1" else None
     tf = _tf(precision, threads)
-    row = {"model": name, "precision": precision, "variant": variant, "load": load(), "rss_import_mb": _rss_mb()}
-    model, batch = _build(name, variant)
+    row = {"model": name, "precision": precision, "variant": variant, "augment": augment, "load": load(),
+           "rss_import_mb": _rss_mb()}
+    model, batch = _build(name, variant, augment)
     row["flops_per_image"] = forward_flops(model)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, *SHAPE), dtype=np.uint8)
@@ -368,6 +377,38 @@ def probe_memory(shards, prefetch, steps):
 
 # --- the train command, measured from outside -------------------------------------
 
+def probe_augments(augments, steps, warmup):
+    """Median ms per training step of the default model with each augmentation, steps alternated in one process."""
+    import numpy as np
+
+    _tf()
+    built = {augment: _build("kibble", "base", augment)[0] for augment in augments}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (BATCH, *SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, 2, (BATCH, 1)).astype(np.float32)
+    for model in built.values():
+        for _ in range(warmup):
+            model.train_on_batch(images, labels)
+    times = {augment: [] for augment in augments}
+    for _ in range(steps):
+        for augment, model in built.items():
+            start = time.perf_counter()
+            model.train_on_batch(images, labels)
+            times[augment].append((time.perf_counter() - start) * 1000)
+    return {"load": load(), "steps": steps,
+            "ms_step": {augment: round(statistics.median(found), 1) for augment, found in times.items()},
+            "quartiles": {augment: [round(q, 1) for q in statistics.quantiles(found, n=4)]
+                          for augment, found in times.items()}}
+
+
+def print_augments(result):
+    print(f"\nthe default model's training step with each augmentation, {result['steps']} steps each alternated "
+          f"in one process (load {result['load']}):")
+    print("| augment | ms/step (median) | quartiles |\n|---|---:|---|")
+    for augment, ms in result["ms_step"].items():
+        print(f"| {augment} | {ms} | {result['quartiles'][augment]} |")
+
+
 def _status_bytes(pid):
     """(RSS, anonymous, file) bytes of one process from /proc/<pid>/status; psutil's RSS where there is none."""
     try:
@@ -381,19 +422,19 @@ def _status_bytes(pid):
         return psutil.Process(pid).memory_info().rss, 0, 0
 
 
-def train_memory(shards, model, lever, train_size, val_size, scratch):
+def train_memory(shards, model, lever, train_size, val_size, scratch, augment="standard"):
     """Run `train` for one epoch under `lever`; its tree's peak RSS (and split) and ms per step, as a dict."""
     import csv
     import shutil
 
     import psutil
 
-    run_dir = os.path.join(scratch, f"{model}-{lever}")
+    run_dir = os.path.join(scratch, f"{model}-{lever}-{augment}")
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = ["nice", "-n", "5", sys.executable, os.path.join(REPO, "cli.py"), "-q", "train", "--data", shards,
            "--model", model, "--train-size", str(train_size), "--val-size", str(val_size), "--epochs", "1",
-           "--run-dir", run_dir, "--checkpoint-every", "off", "--no-verify"]
-    row = {"model": model, "lever": lever, "load": load()}
+           "--run-dir", run_dir, "--checkpoint-every", "off", "--no-verify", "--augment", augment]
+    row = {"model": model, "lever": lever, "augment": augment, "load": load()}
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "KIBBLE_PROCESS": LEVERS[lever]},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = (0, 0, 0)
@@ -417,20 +458,23 @@ def train_memory(shards, model, lever, train_size, val_size, scratch):
             "val_loss": float(epoch["val_loss"])}
 
 
-def run_train_memory(shards, models, levers, train_size, val_size):
+def run_train_memory(shards, models, levers, train_size, val_size, augments=("standard",)):
     import tempfile
     import threading
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-model-") as scratch:
         for model in models:
-            say(f"train --model {model}, {train_size} images, levers side by side: {', '.join(levers)} ...")
-            results = [None] * len(levers)
+            runs = [(lever, augment) for lever in levers for augment in (augments if model == "kibble" else
+                                                                         ("standard",))]
+            say(f"train --model {model}, {train_size} images, side by side: "
+                f"{', '.join(f'{lever}/{augment}' for lever, augment in runs)} ...")
+            results = [None] * len(runs)
 
-            def measure(i, lever, model=model, results=results):
-                results[i] = train_memory(shards, model, lever, train_size, val_size, scratch)
+            def measure(i, lever, augment, model=model, results=results):
+                results[i] = train_memory(shards, model, lever, train_size, val_size, scratch, augment)
 
-            threads = [threading.Thread(target=measure, args=(i, lever)) for i, lever in enumerate(levers)]
+            threads = [threading.Thread(target=measure, args=(i, *run)) for i, run in enumerate(runs)]
             [thread.start() for thread in threads]
             [thread.join() for thread in threads]
             rows += [row for row in results if row]
@@ -440,11 +484,11 @@ def run_train_memory(shards, models, levers, train_size, val_size):
 def print_train_memory(rows, train_size, val_size):
     print(f"\n`train` for 1 epoch ({train_size} train, {val_size} validation images, batch {BATCH}), the whole "
           "process tree sampled from outside; levers of one model ran side by side:")
-    print("| model | lever | peak MB | of it anonymous | of it file pages | ms/step | loss | load |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | lever | augment | peak MB | of it anonymous | of it file pages | ms/step | loss | load |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['lever']} | {r['peak_mb']:,} | {r['anon_mb']:,} | {r['file_mb']:,} | "
-              f"{r['ms_step']:,} | {r['loss']:.6f} | {r['load']} |")
+        print(f"| {r['model']} | {r['lever']} | {r['augment']} | {r['peak_mb']:,} | {r['anon_mb']:,} | "
+              f"{r['file_mb']:,} | {r['ms_step']:,} | {r['loss']:.6f} | {r['load']} |")
 
 
 # --- the driver ------------------------------------------------------------------
@@ -466,18 +510,21 @@ def precisions():
     return ("float32", "bfloat16") if supports_bfloat16(read_cpuinfo() or "") else ("float32",)
 
 
-def run_models(models, steps, warmup, variants):
+def run_models(models, steps, warmup, variants, augments=("standard",)):
     ref = {}
     for precision in precisions():
         say(f"reference convolution ({precision}) ...")
         ref[precision] = [_probe(["ref", precision, steps])]
     rows = []
-    configs = [(m, p, "base") for m in models for p in precisions()]
+    # Several augmentations: the default model's rows alternate, each twice (A B A B), to share the load.
+    rounds = 2 if len(augments) > 1 else 1
+    configs = [(m, p, "base", a) for m in models for p in precisions()
+               for a in (augments * rounds if m == "kibble" else ("standard",))]
     if variants:
-        configs += [("kibble", "float32", v) for v in VARIANTS if v != "base"]
-    for name, precision, variant in configs:
-        say(f"{name} {precision} {variant} ...")
-        row = _probe(["step", name, precision, variant, steps, warmup])
+        configs += [("kibble", "float32", v, "standard") for v in VARIANTS if v != "base"]
+    for name, precision, variant, augment in configs:
+        say(f"{name} {precision} {variant} {augment} ...")
+        row = _probe(["step", name, precision, variant, steps, warmup, augment])
         if row:
             rows.append(row)
     for precision in ref:
@@ -494,13 +541,14 @@ def print_models(ref, rows):
           f"{BATCH}x{SHAPE[0]}x{SHAPE[1]} (forward):")
     for precision, runs in ref.items():
         print(f"  {precision}: " + ", ".join(f"{r['gflops']} GFLOP/s ({r['ms']} ms)" for r in runs if r))
-    print("\n| model | precision | variant | ms/step | ms/image | MFLOP/image (fwd) | GFLOP/s (3x fwd) | "
-          "MFU | peak MB | load |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | precision | variant | augment | ms/step | ms/image | MFLOP/image (fwd) | "
+          "GFLOP/s (3x fwd) | MFU | peak MB | load |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         variant = r["variant"] + (" (XLA off: Keras refused it)" if r["variant"] == "jit" and not r["xla"] else "")
-        print(f"| {r['model']} | {r['precision']} | {variant} | {r['ms_step']} | {r['ms_per_image']} | "
-              f"{r['flops_per_image'] / 1e6:.0f} | {r['gflops']} | {r['mfu']:.2f} | {r['peak_mb']:.0f} | {r['load']} |")
+        print(f"| {r['model']} | {r['precision']} | {variant} | {r['augment']} | {r['ms_step']} | "
+              f"{r['ms_per_image']} | {r['flops_per_image'] / 1e6:.0f} | {r['gflops']} | {r['mfu']:.2f} | "
+              f"{r['peak_mb']:.0f} | {r['load']} |")
 
 
 def print_layers(result):
@@ -536,7 +584,9 @@ def probe_main(argv):
     if kind == "ref":
         result = probe_ref(argv[1], int(argv[2]))
     elif kind == "step":
-        result = probe_step(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]))
+        result = probe_step(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), *argv[6:7])
+    elif kind == "augments":
+        result = probe_augments(argv[1].split(","), int(argv[2]), int(argv[3]))
     elif kind == "layers":
         result = probe_layers(int(argv[1]))
     else:
@@ -559,18 +609,31 @@ def main():
     parser.add_argument("--train-size", type=int, default=4800, help="train images for --train-memory (150 steps)")
     parser.add_argument("--val-size", type=int, default=640, help="validation images for --train-memory")
     parser.add_argument("--only", choices=("models", "extras"), help="skip the model table, or the extras")
+    parser.add_argument("--augment", default="standard",
+                        help="the default model's training augmentations, comma-separated from: standard, photo "
+                             "(several: their step rows alternate, each twice)")
     args = parser.parse_args()
     steps, warmup = (3, 1) if args.quick else (args.steps, 3)
     models = tuple(args.models.split(",")) if args.models else ("conv1", "kibble") if args.quick else MODELS
     unknown = set(models) - set(MODELS)
     if unknown:
         parser.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
+    from train.models import AUGMENTS
+
+    augments = tuple(args.augment.split(","))
+    if set(augments) - set(AUGMENTS) or len(set(augments)) != len(augments):
+        parser.error(f"--augment: distinct names from {', '.join(AUGMENTS)}. Received: {args.augment}")
     levers = tuple(args.levers.split(","))
     unknown = set(levers) - set(LEVERS)
     if unknown:
         parser.error(f"--levers: unknown {', '.join(sorted(unknown))}; choose from {', '.join(LEVERS)}")
     if args.only != "extras":
-        print_models(*run_models(models, steps, warmup, args.variants))
+        print_models(*run_models(models, steps, warmup, args.variants, augments))
+        if len(augments) > 1 and "kibble" in models:
+            say("augmentations alternated in one process ...")
+            result = _probe(["augments", ",".join(augments), max(steps, 10), warmup])
+            if result:
+                print_augments(result)
     if args.layers and args.only != "models":
         say("per-layer timing ...")
         result = _probe(["layers", steps])
@@ -586,7 +649,7 @@ def main():
         if rows:
             print_memory(rows)
     if args.train_memory and args.only != "models":
-        rows = run_train_memory(args.train_memory, models, levers, args.train_size, args.val_size)
+        rows = run_train_memory(args.train_memory, models, levers, args.train_size, args.val_size, augments)
         if rows:
             print_train_memory(rows, args.train_size, args.val_size)
 

@@ -13,7 +13,7 @@ from shards.fsio import write_text_atomic
 
 FIGURES_DIR = "figures"
 REPORT_NAME = "report.md"
-COLOURS = {"train": "tab:green", "val": "tab:blue", "test": "tab:orange"}
+COLOURS = {"train": "tab:green", "val": "tab:blue", "test": "tab:orange", "outside": "tab:purple"}
 # Section titles of report.md; each split's mistakes get "Most confident mistakes (<split>)".
 TITLES = {"roc": "ROC curve", "accuracy_vs_threshold": "Accuracy vs threshold",
           "score_histograms": "Scores by true class", "confusion": "Confusion matrices",

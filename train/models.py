@@ -73,25 +73,56 @@ def _plain_conv(keras, shape, filters, name, num_classes):
     return keras.Model(inputs, _head(keras, x, num_classes), name=name)
 
 
-def _augment(keras, x, seed):
+# The default model's training augmentation (`train --augment`): "standard" flips, shifts, zooms (same
+# aspect) and slightly rotates; "photo" adds what photos from elsewhere vary in (see _photo_augment).
+AUGMENTS = ("standard", "photo")
+DEFAULT_AUGMENT = "standard"
+
+
+def _augment(keras, x, seed, augment=DEFAULT_AUGMENT):
+    """The augmentation layers on the rescaled images; Keras runs them in training only (identity in predict)."""
+    if augment == "photo":
+        return _photo_augment(keras, x, seed)
     x = keras.layers.RandomFlip("horizontal", seed=seed)(x)
     x = keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed)(x)
     x = keras.layers.RandomZoom((-0.15, 0.15), fill_mode="reflect", seed=seed)(x)
     return keras.layers.RandomRotation(0.04, fill_mode="reflect", seed=seed)(x)
 
 
-def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384)):
+def _photo_augment(keras, x, seed):
+    """Geometry and colour as photos from other cameras and framings vary; built-in layers only (no custom objects).
+
+    Keras 3.15 has no RandomResizedCrop: a zoom drawn separately for height
+    and width (each side 70% to 110% of the image) is the crop's scale and
+    aspect, the shift places it. Then brightness (+-0.2 of the range),
+    contrast (x0.75 to x1.25), saturation (x0.67 to x1.5) and hue (+-0.02 of
+    the circle). Each layer gets its own seed: one seed for all would draw
+    the same numbers in each (brightness up always with contrast up).
+    """
+    L = keras.layers
+    x = L.RandomFlip("horizontal", seed=seed)(x)
+    x = L.RandomZoom((-0.3, 0.1), (-0.3, 0.1), fill_mode="reflect", seed=seed + 1)(x)
+    x = L.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2)(x)
+    x = L.RandomRotation(0.04, fill_mode="reflect", seed=seed + 3)(x)
+    x = L.RandomBrightness(0.2, value_range=(0, 1), seed=seed + 4)(x)
+    x = L.RandomContrast(0.25, value_range=(0, 1), seed=seed + 5)(x)
+    x = L.RandomSaturation((0.4, 0.6), value_range=(0, 1), seed=seed + 6)(x)
+    return L.RandomHue(0.04, value_range=(0, 1), seed=seed + 7)(x)
+
+
+def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augment=DEFAULT_AUGMENT):
     """Residual separable-conv net for a laptop CPU.
 
     Stem: two plain 3x3 convs (stride 2 first). Then per width a residual
     stage of two separable convs + BN + ReLU, downsampled by max-pooling, with
     a strided 1x1 conv on the shortcut. Global average pooling, dropout and
-    the output layer (`_head`). Random flips, shifts, zooms and small rotations run
+    the output layer (`_head`). Random flips, shifts, zooms and small rotations
+    (and with `augment` "photo" crops of other aspects and colour changes) run
     inside the model during training only.
     """
     L = keras.layers
     inputs, x = _inputs(keras, shape)
-    x = _augment(keras, x, seed)
+    x = _augment(keras, x, seed, augment)
     x = L.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
     x = L.BatchNormalization(momentum=0.9)(x)
     x = L.Activation("relu")(x)
@@ -115,14 +146,21 @@ def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384)):
     return keras.Model(inputs, _head(keras, x, num_classes), name="kibble")
 
 
-def build_model(name, image_shape, seed=0, num_classes=2):
-    """An uncompiled Keras model by name, for images of `image_shape` (H, W, 3) and `num_classes` classes."""
+def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMENT):
+    """An uncompiled Keras model by name, for images of `image_shape` (H, W, 3) and `num_classes` classes.
+
+    `augment` (one of AUGMENTS) chooses the default model's training augmentation; the tutorial's
+    models have none, so they take only "standard".
+    """
     import keras
 
     if name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}. Received: model={name!r}")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2. Received: num_classes={num_classes!r}")
+    if augment not in AUGMENTS or (augment != DEFAULT_AUGMENT and name != DEFAULT_MODEL):
+        raise ValueError(f"augment must be one of {AUGMENTS} ({DEFAULT_AUGMENT} only for the tutorial's models, "
+                         f"which have no augmentation). Received: augment={augment!r} with model={name!r}")
     if name == "mlp":
         return _mlp(keras, image_shape, num_classes)
     if name == "conv1":
@@ -131,4 +169,4 @@ def build_model(name, image_shape, seed=0, num_classes=2):
         return _plain_conv(keras, image_shape, (48, 48), name, num_classes)
     if name == "conv2-wide":
         return _plain_conv(keras, image_shape, (128, 128), name, num_classes)
-    return _kibble(keras, image_shape, num_classes, seed)
+    return _kibble(keras, image_shape, num_classes, seed, augment=augment)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from shards import storage
 from shards.errors import UserError
 from shards.manifest import verify_shards
-from train.models import DEFAULT_MODEL, MODELS, RECIPES, SPLIT_STEP
+from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES, SPLIT_STEP
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
@@ -46,6 +46,9 @@ class TrainSettings:
     class_weight: str = "none"
     # auto, float32 or bfloat16 (train.precision); train() resolves auto, so config.json names the one used.
     precision: str = DEFAULT_PRECISION
+    # The default model's training augmentation, one of train.models.AUGMENTS ("photo" adds crops of other
+    # aspects and colour changes); the tutorial's models have none and take only the default.
+    augment: str = DEFAULT_AUGMENT
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -74,6 +77,10 @@ class TrainSettings:
                             f"Received: class_weight={self.class_weight!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={self.precision!r}")
+        if self.augment not in AUGMENTS or (self.augment != DEFAULT_AUGMENT and self.model != DEFAULT_MODEL):
+            raise UserError(f"augment must be one of {', '.join(AUGMENTS)}, and {DEFAULT_AUGMENT} for the tutorial's "
+                            f"models (they have no augmentation). Received: augment={self.augment!r} with "
+                            f"model={self.model!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr < 1):
             raise UserError(f"lr must be between 0 and 1. Received: lr={self.lr}")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -136,7 +143,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 # Settings a run keeps for good: with --resume they come from config.json,
 # and giving another value is refused. Only `epochs` may grow (extension).
 FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "seed", "window",
-                   "class_weight", "precision")
+                   "class_weight", "precision", "augment")
 
 
 def _compile(model, settings, steps_per_epoch, num_classes=2):
@@ -260,9 +267,9 @@ def _config(settings, manifest, params):
 
 
 _SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "seed",
-                  "window", "class_weight", "precision", "manifest_sha256")
+                  "window", "class_weight", "precision", "augment", "manifest_sha256")
 # What a config.json written before a setting existed meant by leaving it out.
-_OLD_DEFAULTS = {"class_weight": "none", "precision": "float32"}
+_OLD_DEFAULTS = {"class_weight": "none", "precision": "float32", "augment": DEFAULT_AUGMENT}
 
 
 def _same_run(run, settings, manifest):
@@ -535,7 +542,8 @@ def _model(run, settings, manifest, state, steps):
             raise UserError(f"cannot load {run.checkpoint('last')} to resume ({exc}); start a new run") from None
         state.setdefault("history", run.history())  # a run from before history was part of the state
         return model, state
-    model = build_model(settings.model, manifest.image_shape, seed=settings.seed, num_classes=manifest.num_classes)
+    model = build_model(settings.model, manifest.image_shape, seed=settings.seed, num_classes=manifest.num_classes,
+                        augment=settings.augment)
     _compile(model, settings, steps, manifest.num_classes)
     run.start(_config(settings, manifest, model.count_params()))
     return model, {"epoch": 0, "best_epoch": None, "best_val_loss": float("inf"), "seconds": 0.0, "history": []}

@@ -7,7 +7,7 @@ from click.core import ParameterSource
 from kibble.group import TensorFlowCommand, say
 from kibble.options import (access_from, access_options, batch_size_option, checkpoint_interval, data_option, finite,
                             run_dir_option, runs_option, seed_option)
-from train.models import DEFAULT_MODEL, MODELS
+from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
 from train.precision import DEFAULT_PRECISION, PRECISIONS
 from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED
 
@@ -15,7 +15,8 @@ from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMP
 _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
                  "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
                  "batch_size": ("batch_size",), "lr": ("lr",), "loss": ("loss",), "seed": ("seed",),
-                 "class_weight": ("class_weight",), "precision": ("precision",)}
+                 "class_weight": ("class_weight",), "precision": ("precision",),
+                 "augment": ("augment",)}
 
 
 @click.command(cls=TensorFlowCommand)
@@ -44,6 +45,10 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
               help="bfloat16: mixed bfloat16 (output layer float32), only on a CPU with AVX-512 BF16 or AMX; "
                    "auto: bfloat16 where the CPU has it, else float32. Kept by --resume.")
+@click.option("--augment", type=click.Choice(AUGMENTS), default=DEFAULT_AUGMENT, show_default=True,
+              help="The default model's training augmentation: standard (flips, shifts, zooms, small rotations) "
+                   "or photo (also crops of other aspects, brightness, contrast, saturation and hue). "
+                   "Kept by --resume; the tutorial's models have none.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option(url=True)
@@ -55,7 +60,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, class_weight,
-          precision, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
+          precision, augment, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
@@ -79,7 +84,8 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     sizes = FULL if full else LAPTOP_SAMPLE
     settings = TrainSettings(data=data, model=model_name, train_size=train_size or sizes[0],
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
-                             batch_size=batch_size, seed=seed, class_weight=class_weight, precision=precision)
+                             batch_size=batch_size, seed=seed, class_weight=class_weight, precision=precision,
+                             augment=augment)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
