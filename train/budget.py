@@ -102,6 +102,11 @@ def _schedule_class():
 BudgetSchedule = None
 
 
+def register():
+    """Make BudgetSchedule known to Keras, so that a last.keras holding one loads with its optimizer."""
+    _schedule_class()
+
+
 def make_schedule(peak, budget_seconds, total_steps=None):
     return _schedule_class()(peak, budget_seconds, total_steps)
 
@@ -148,3 +153,21 @@ class BudgetClock:
         self.committed += epoch_seconds
         self.validation_seconds = validation_seconds
         self.set(0.0)
+
+
+def budget_progress(clock):
+    """Keras's progress logger, its epoch line naming the budget ("Epoch 3: 8.2 of 20 min used").
+
+    Keras would print "Epoch 3/1000000" for a run that only a time budget bounds.
+    """
+    import keras
+
+    class BudgetProgbar(keras.callbacks.ProgbarLogger):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs = 1  # silences Keras's own "Epoch i/N" line
+            super().on_epoch_begin(epoch, logs)
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {clock.committed / 60:.1f} of {clock.budget_seconds / 60:g} min of the "
+                      "time budget used", flush=True)
+
+    return BudgetProgbar()

@@ -12,7 +12,8 @@ from shards.errors import UserError
 from shards.manifest import verify_shards
 from train.models import DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
-from train.budget import BudgetClock, make_schedule, parse_minutes, schedule_of
+from train.budget import BudgetClock, budget_progress, make_schedule, parse_minutes, schedule_of
+from train.budget import register as register_budget_schedule
 from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
 
@@ -229,6 +230,8 @@ def _recorder(run, state, steps, every=CheckpointEvery(), clock=None):
             seconds = self.before + now - self.started
             if clock is not None:
                 clock.epoch_done(seconds, validation_seconds=now - self.last_batch)
+                if clock.spent(0.0):  # the validation used the rest: start no epoch that must stop at once
+                    clock.stopped = self.model.stop_training = True
             row = {"epoch": epoch + 1, **{k: _number(logs.get(k)) for k in HISTORY_FIELDS[1:5]},
                    "seconds": round(seconds, 2), "lr": _current_lr(self.model), **_memory_mb(),
                    "resumed_at_batch": self.skipped, "batches": self.done}
@@ -575,6 +578,8 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
                  keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
     verbose = 0 if not progress else (1 if sys.stderr.isatty() else 2)
+    if clock is not None and not settings.epochs:
+        callbacks.append(budget_progress(clock))
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Keras prints progress to stdout
             for first, end, data in phases:
@@ -605,6 +610,7 @@ def _model(run, settings, manifest, state, steps):
     from train.models import build_model
 
     if state:
+        register_budget_schedule()  # the optimizer of a --minutes run holds one
         try:
             model = keras.models.load_model(run.checkpoint("last"))
         except Exception as exc:  # noqa: BLE001 - any load failure means the same thing here
