@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from shards import storage
 from shards.errors import UserError
 from shards.manifest import verify_shards
-from train.models import DEFAULT_MODEL, MODELS, RECIPES
-from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.budget import BudgetClock, budget_progress, make_schedule, parse_minutes, schedule_of
 from train.budget import register as register_budget_schedule
+from train.models import DEFAULT_MODEL, MODELS, RECIPES
+from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
 
@@ -493,8 +493,11 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     without it, `run_dir` or the newest run when it was started with
     identical settings. `given` names the fields of `settings` the caller
     chose (default: those differing from TrainSettings()); with `resume`,
-    a given `epochs` sets the run's new total (extending a finished run) and
-    any other given setting that differs from the run's is refused.
+    a given `epochs` sets the run's new total (extending a finished run), a
+    given `minutes` its new time budget, and any other given setting that
+    differs from the run's is refused. With `settings.minutes` the run stops
+    when that much training and validation time is used (train.budget),
+    counted across resumes; `epochs` is then an upper bound.
     A train or val size larger than its split is cut to what the split holds
     (with a note in the result) unless it is in `exact_sizes` (default: the
     sizes in `given`): then it is refused.

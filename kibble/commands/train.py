@@ -66,13 +66,12 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     The test split is never read. Running the same command again (or
     `train --resume`) continues an interrupted run from its last checkpoint:
     the end of an epoch, or a mid-epoch one (every 10 minutes by default);
-    `train --resume --epochs N` extends a run to N epochs. `--minutes N`
-    trains for a time budget instead of an epoch count.
+    `train --resume --epochs N` extends a run to N epochs. `train --minutes
+    60` trains for a time budget instead of an epoch count.
 
     \b
     Example:
       python cli.py train --full --model conv2 --precision auto
-      python cli.py train --full --minutes 60
       python cli.py train --resume --checkpoint-every 30m
       python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
     """
