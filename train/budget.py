@@ -155,10 +155,12 @@ class BudgetClock:
         self.set(0.0)
 
 
-def budget_progress(clock):
-    """Keras's progress logger, its epoch line naming the budget ("Epoch 3: 8.2 of 20 min used").
+def budget_progress(clock, epochs=None):
+    """Keras's progress logger, its epoch line naming the budget ("Epoch 3: 8.2 of 20 min ... used").
 
-    Keras would print "Epoch 3/1000000" for a run that only a time budget bounds.
+    Keras would print "Epoch 3/1000000" for a run that only a time budget
+    bounds (`epochs` None), and the whole epoch's count of batches for the
+    one the budget cut short.
     """
     import keras
 
@@ -167,7 +169,13 @@ def budget_progress(clock):
             self.epochs = 1  # silences Keras's own "Epoch i/N" line
             super().on_epoch_begin(epoch, logs)
             if self.verbose:
-                print(f"Epoch {epoch + 1}: {clock.committed / 60:.1f} of {clock.budget_seconds / 60:g} min of the "
-                      "time budget used", flush=True)
+                of = f"/{epochs}" if epochs else ""
+                print(f"Epoch {epoch + 1}{of}: {clock.committed / 60:.1f} of {clock.budget_seconds / 60:g} min of "
+                      "the time budget used", flush=True)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if clock.stopped and self.progbar is not None:
+                self.target = self.progbar.target = self.seen
+            super().on_epoch_end(epoch, logs)
 
     return BudgetProgbar()

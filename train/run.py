@@ -581,8 +581,8 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
                  keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
     verbose = 0 if not progress else (1 if sys.stderr.isatty() else 2)
-    if clock is not None and not settings.epochs:
-        callbacks.append(budget_progress(clock))
+    if clock is not None:
+        callbacks.append(budget_progress(clock, settings.epochs))
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Keras prints progress to stdout
             for first, end, data in phases:
