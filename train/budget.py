@@ -1,8 +1,8 @@
 """`train --minutes N`: a learning-rate schedule and a stop that follow a wall-clock budget.
 
-The budget counts what history.csv's `seconds` column counts: each epoch's
-training steps and its validation pass, from the epoch's start to its end,
-summed over every epoch and every resume (state.json's `seconds`, plus
+The budget counts what history.csv's `seconds` column counts: each epoch
+from its start to the end of its validation pass (mid-epoch checkpoints
+included), summed over every epoch and every resume (state.json's `seconds`, plus
 `epoch_seconds` of a mid-epoch checkpoint). Process start-up, loading the
 shards and writing the epoch-end checkpoints are not counted.
 
