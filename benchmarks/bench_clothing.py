@@ -8,12 +8,10 @@ step in its own process, measured from outside (wall time, peak memory of
 the whole process tree, the load other jobs put on the machine):
 
 1. kibble: `cli.py ingest` (the given splits kept) into a scratch folder;
-   `cli.py train --model kibble` for the budget; `cli.py evaluate --split
-   test`. The default model's learning rate follows a cosine over a fixed
-   number of epochs, so the epoch count is chosen up front: a one-epoch
-   probe run measures an epoch, and the main run gets as many epochs as fit
-   in what remains of the budget after the probe (at least one). Probe and
-   main run together fit into the budget.
+   `cli.py train --model kibble --minutes B`, which stops when B minutes of
+   training and validation are used (process start-up and checkpoint
+   writes not counted) and anneals the learning rate over them; `cli.py
+   evaluate --split test`.
 2. baseline: benchmarks/clothing_baseline.py, trained for the same budget
    (stopping after the epoch that crosses it), best validation accuracy
    kept.
@@ -22,9 +20,7 @@ Both sides' test figures come from evaluate.metrics.MulticlassAccumulator.
 Prints a Markdown table; --json writes every figure. Not a test.
 """
 import argparse
-import csv
 import json
-import math
 import os
 import shutil
 import sys
@@ -59,12 +55,6 @@ def step(name, cmd):
     return result
 
 
-def epoch_seconds(run_dir):
-    """Seconds of the first epoch of a run (history.csv); it includes the graph tracing, so it errs long."""
-    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
-        return float(next(csv.DictReader(f))["seconds"])
-
-
 def test_figures(metrics):
     test = metrics["splits"]["test"]
     return {"count": test["count"], "accuracy": test["accuracy"], "top_3_accuracy": test.get("top_3_accuracy"),
@@ -77,32 +67,27 @@ def pinned(core):
 
 
 def run_kibble(args, scratch, core=None):
-    shards, probe, main_run = (os.path.join(scratch, name) for name in ("shards", "probe", "run"))
+    shards, main_run = (os.path.join(scratch, name) for name in ("shards", "run"))
     size = ["--size", args.size]
     ingest = step("kibble ingest", [*pinned(core), PY, CLI, "--quiet", "ingest", args.dataset, "--out", shards,
                                     *size, "--workers", "1"])
-    train_common = [*pinned(core), PY, CLI, "--quiet", "train", "--data", shards, "--model", "kibble",
-                    "--class-weight", args.class_weight, "--seed", str(args.seed)]
-    budget = args.minutes * 60
-    probe_step = step("kibble probe", [*train_common, "--epochs", "1", "--run-dir", probe])
-    per_epoch = epoch_seconds(probe)
-    # Process start, loading and the checkpoint writes around the epochs: the probe's wall time beyond its epoch.
-    overhead = max(0.0, probe_step["seconds"] - per_epoch)
-    epochs = max(1, math.floor((budget - probe_step["seconds"] - overhead) / per_epoch))
-    say(f"kibble: {per_epoch:.0f} s an epoch, {overhead:.0f} s overhead -> {epochs} epoch(s)")
-    train = step("kibble train", [*train_common, "--epochs", str(epochs), "--run-dir", main_run])
+    train = step("kibble train", [*pinned(core), PY, CLI, "--quiet", "train", "--data", shards, "--model", "kibble",
+                                  "--class-weight", args.class_weight, "--seed", str(args.seed),
+                                  "--minutes", str(args.minutes), "--run-dir", main_run])
     evaluate = step("kibble evaluate", [*pinned(core), PY, CLI, "--quiet", "evaluate", main_run, "--split", "test"])
     with open(os.path.join(main_run, "metrics.json")) as f:
         metrics = json.load(f)
     with open(os.path.join(main_run, "state.json")) as f:
         state = json.load(f)
-    steps = {"ingest": ingest, "probe": probe_step, "train": train, "evaluate": evaluate}
+    steps = {"ingest": ingest, "train": train, "evaluate": evaluate}
+    last = state["history"][-1] if state.get("history") else {}
     return {
         "test": test_figures(metrics),
-        "epochs": epochs, "best_epoch": state.get("best_epoch"),
-        "probe_epoch_seconds": round(per_epoch, 1),
+        "epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
+        # The last epoch is cut short by the budget: the batches it trained.
+        "last_epoch_batches": last.get("batches"),
         "train_minutes": round(train["seconds"] / 60, 2),
-        "budget_used_minutes": round((probe_step["seconds"] + train["seconds"]) / 60, 2),
+        "budget_used_minutes": round(state["seconds"] / 60, 2),
         "peak_mb": round(max(s["peak_tree"] for s in steps.values()) / MB),
         "train_peak_mb": round(train["peak_tree"] / MB),
         "steps": {name: {"minutes": round(s["seconds"] / 60, 2), "peak_mb": round(s["peak_tree"] / MB),
@@ -147,9 +132,10 @@ def notes(args, results):
     return [
         f"Budget {args.minutes:g} min of training a side, images {args.size}, seed {args.seed}, "
         f"{os.cpu_count()} cores; test split {k['test']['count']} images.",
-        f"kibble: --class-weight {args.class_weight}; a 1-epoch probe ({k['probe_epoch_seconds']} s an epoch) "
-        f"chose {k['epochs']} epoch(s); probe + training took {k['budget_used_minutes']} min of the budget; "
-        f"best epoch by val loss. Peak memory is the largest of its steps (train alone: {k['train_peak_mb']:,} MB).",
+        f"kibble: --class-weight {args.class_weight}, --minutes {args.minutes:g}: {k['epochs']} epoch(s), the last "
+        f"cut at {k['last_epoch_batches']} batches; {k['budget_used_minutes']} min of training and validation "
+        f"counted, the train process {k['train_minutes']} min; best epoch by val loss. Peak memory is the largest "
+        f"of its steps (train alone: {k['train_peak_mb']:,} MB).",
         f"baseline: batch {b['batch_size']}, Adam 3e-4, stopped after the epoch crossing the budget; "
         f"best epoch by val accuracy; peak memory of its one process (training and test prediction).",
         f"Other load on the machine (cores busy with other jobs): {', '.join(f'{x:.2f}' for x in loads)}.",

@@ -59,6 +59,19 @@ def checkpoint_interval(ctx, param, value):
                                  .replace("checkpoint_every=", "")) from None
 
 
+def training_minutes(ctx, param, value):
+    """--minutes 20 / 90s / 20m / 1.5h -> minutes (float), or None when not given."""
+    from shards.errors import UserError
+    from train.budget import parse_minutes
+
+    if value is None:
+        return None
+    try:
+        return parse_minutes(value)
+    except UserError as exc:
+        raise click.BadParameter(str(exc).replace("minutes must be", "must be").replace("minutes=", "")) from None
+
+
 def finite(ctx, param, value):
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"must be a finite number. Received: {value}")

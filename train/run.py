@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from shards import storage
 from shards.errors import UserError
 from shards.manifest import verify_shards
+from train.budget import BudgetClock, budget_progress, make_schedule, parse_minutes, schedule_of
+from train.budget import register as register_budget_schedule
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES, SPLIT_STEP
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
@@ -20,6 +22,8 @@ FULL = (10000, 2500)  # the design's full experiment
 CLASS_WEIGHTS = ("none", "balanced")
 # Seeds go to NumPy's legacy seeding (below 2**32) as seed + epoch.
 MAX_SEED = 2**31 - 1
+# The epochs model.fit is given when only a time budget (--minutes) bounds the run.
+NO_EPOCH_CAP = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class TrainSettings:
     # The default model's training augmentation, one of train.models.AUGMENTS ("photo" adds crops of other
     # aspects and colour changes); the tutorial's models have none and take only the default.
     augment: str = DEFAULT_AUGMENT
+    # Training time budget in minutes (train.budget): the run stops when it is used, and the default
+    # model's learning rate anneals over it. None: epochs alone bound the run. With a budget,
+    # `epochs` is an upper bound, None for none (the recipe's count is not filled in).
+    minutes: float = None
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -60,7 +68,13 @@ class TrainSettings:
         lr, loss, epochs = RECIPES.get(self.model, (None, None, None))
         if num_classes > 2:
             loss = "bce"
-        return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=self.epochs or epochs)
+        epochs = self.epochs or (None if self.minutes else epochs)
+        return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=epochs)
+
+    @property
+    def epoch_cap(self):
+        """Epochs the run may train: `epochs`, or NO_EPOCH_CAP when only the time budget bounds it."""
+        return self.epochs or NO_EPOCH_CAP
 
     def validate(self):
         if not isinstance(self.data, str) or not self.data:
@@ -85,6 +99,10 @@ class TrainSettings:
             raise UserError(f"lr must be between 0 and 1. Received: lr={self.lr}")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"seed must be a whole number from 0 to {MAX_SEED}. Received: seed={self.seed!r}")
+        if self.minutes is not None:
+            if isinstance(self.minutes, (str, bool)):  # the command line parses "90s" or "1.5h" into minutes
+                raise UserError(f"minutes must be a number of minutes. Received: minutes={self.minutes!r}")
+            parse_minutes(self.minutes)
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __init__(self, run_dir, epoch, epochs):
         self.run_dir, self.epoch, self.epochs = run_dir, epoch, epochs
-        super().__init__(f"training of {run_dir} stopped after epoch {epoch} of {epochs}")
+        of = f" of {epochs}" if epochs else ""  # None: a time budget, not an epoch count, bounds the run
+        super().__init__(f"training of {run_dir} stopped after epoch {epoch}{of}")
 
 
 # Settings a run keeps for good: with --resume they come from config.json,
@@ -150,7 +169,10 @@ def _compile(model, settings, steps_per_epoch, num_classes=2):
     import keras
 
     lr = settings.lr
-    if settings.model == DEFAULT_MODEL:
+    if settings.model == DEFAULT_MODEL and settings.minutes:
+        # Over the time budget; an epoch cap given with it also ends the curve if it comes first.
+        lr = make_schedule(lr, settings.minutes * 60, steps_per_epoch * settings.epochs if settings.epochs else None)
+    elif settings.model == DEFAULT_MODEL:
         total = steps_per_epoch * settings.epochs
         warmup = min(steps_per_epoch, total // 10)
         lr = keras.optimizers.schedules.CosineDecay(
@@ -171,17 +193,20 @@ def _current_lr(model):
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
 
-def _recorder(run, state, steps, every=CheckpointEvery()):
+def _recorder(run, state, steps, every=CheckpointEvery(), clock=None):
     """A Keras callback that commits each finished epoch to `run` (RunDir.commit_epoch),
     and every `every` (CheckpointEvery) a mid-epoch checkpoint of the batches done so far,
-    and keeps `state` equal to the committed state. `steps`: batches per epoch."""
+    and keeps `state` equal to the committed state. `steps`: batches per epoch.
+    `clock` (train.budget.BudgetClock, for a time budget) is told the seconds used after
+    every batch and stops the training when the budget is used; the partial epoch is then
+    validated and committed like a whole one, its row's `batches` saying how many it trained."""
     import keras
 
     class EpochRecorder(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.started = self.committed = time.monotonic()
+            self.started = self.committed = self.last_batch = time.monotonic()
             # A run resumed inside this epoch: its first batches were trained before.
-            self.skipped = self.committed_batches = state.get("batches", 0)
+            self.skipped = self.committed_batches = self.done = state.get("batches", 0)
             self.before = state.get("epoch_seconds", 0.0)
 
         def on_train_batch_end(self, batch, logs=None):
@@ -190,7 +215,11 @@ def _recorder(run, state, steps, every=CheckpointEvery()):
             if not getattr(self, "traced", False):
                 self.traced = True
                 _release_pages()
-            done = self.skipped + batch + 1
+            done = self.done = self.skipped + batch + 1
+            self.last_batch = time.monotonic()
+            if clock is not None and clock.spent(self.before + self.last_batch - self.started):
+                clock.stopped = self.model.stop_training = True
+                return
             if not every.enabled or done >= steps:  # the epoch's own commit follows
                 return
             now = time.monotonic()
@@ -204,16 +233,23 @@ def _recorder(run, state, steps, every=CheckpointEvery()):
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            seconds = self.before + time.monotonic() - self.started
+            now = time.monotonic()
+            seconds = self.before + now - self.started
+            if clock is not None:
+                clock.epoch_done(seconds, validation_seconds=now - self.last_batch)
+                if clock.spent(0.0):  # the validation used the rest: start no epoch that must stop at once
+                    clock.stopped = self.model.stop_training = True
             row = {"epoch": epoch + 1, **{k: _number(logs.get(k)) for k in HISTORY_FIELDS[1:5]},
                    "seconds": round(seconds, 2), "lr": _current_lr(self.model), **_memory_mb(),
-                   "resumed_at_batch": self.skipped}
+                   "resumed_at_batch": self.skipped, "batches": self.done}
             new = {**{k: v for k, v in state.items() if k not in ("batches", "epoch_seconds")},
                    "epoch": epoch + 1, "seconds": state.get("seconds", 0) + seconds,
                    "history": [*state["history"], row]}
             val_loss = float(logs.get("val_loss", float("inf")))
             if val_loss < state["best_val_loss"]:
                 new.update(best_val_loss=val_loss, best_epoch=epoch + 1)
+            if clock is not None and clock.stopped:  # the budget it stopped at: done until it is extended
+                new["budget_stop_seconds"] = clock.budget_seconds
             run.commit_epoch(self.model, new)
             state.clear()
             state.update(new)
@@ -267,7 +303,7 @@ def _config(settings, manifest, params):
 
 
 _SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "seed",
-                  "window", "class_weight", "precision", "augment", "manifest_sha256")
+                  "window", "class_weight", "precision", "augment", "minutes", "manifest_sha256")
 # What a config.json written before a setting existed meant by leaving it out.
 _OLD_DEFAULTS = {"class_weight": "none", "precision": "float32", "augment": DEFAULT_AUGMENT}
 
@@ -287,10 +323,28 @@ def _unfinished_same_run(settings, manifest, runs):
     with contextlib.suppress(UserError, OSError, ValueError):
         candidate = runs.latest()
         state = candidate.state()
-        if state and state["epoch"] < settings.epochs and candidate.has_model(state) \
+        if state and not _finished(settings, state) and candidate.has_model(state) \
                 and _same_run(candidate, settings, manifest):
             return candidate
     return None
+
+
+def _finished(settings, state):
+    """Whether committed `state` has trained every epoch allowed or used the whole time budget."""
+    return state["epoch"] >= settings.epoch_cap or _budget_used(settings, state)
+
+
+def _budget_used(settings, state):
+    """Whether the run stopped at its present budget, or has trained for all of it."""
+    if not settings.minutes:
+        return False
+    budget = settings.minutes * 60
+    return state.get("budget_stop_seconds") == budget or _seconds_used(state) >= budget
+
+
+def _seconds_used(state):
+    """Seconds of the budget a committed state has used: its epochs' and a mid-epoch checkpoint's."""
+    return state.get("seconds", 0.0) + state.get("epoch_seconds", 0.0)
 
 
 def _given_fields(requested, given):
@@ -360,10 +414,36 @@ def _extend(run, settings, epochs, done):
     config["epochs"] = epochs
     run.write_config(config)
     note = None
-    if settings.model == DEFAULT_MODEL and epochs > settings.epochs and done > 0:
+    if settings.model == DEFAULT_MODEL and settings.epochs is not None and epochs > settings.epochs and done > 0:
         note = (f"{settings.model}'s learning-rate schedule was set for {config['extended_from'][0]} epochs "
                 f"when the run started; later epochs run at its final rate")
     return replace(settings, epochs=epochs), note
+
+
+def _extend_budget(run, settings, minutes, state):
+    """Set the run's time budget to `minutes` (given with --resume); returns (settings, note or None).
+
+    Like `_extend` for epochs: the default model's schedule keeps the budget
+    it was built for (saved in last.keras), so time added later runs at its
+    final rate.
+    """
+    used = _seconds_used(state) / 60 if state else 0.0
+    if minutes == settings.minutes:
+        return settings, None
+    if minutes <= used:
+        raise UserError(f"--minutes {minutes:g} is no more than the {used:.2f} minutes {run.path} has already "
+                        f"trained; give more than {used:.2f}")
+    config = run.config()
+    config["minutes_extended_from"] = [*config.get("minutes_extended_from", []), config.get("minutes")]
+    config["minutes"] = minutes
+    run.write_config(config)
+    first = config["minutes_extended_from"][0]
+    note = None
+    if settings.model == DEFAULT_MODEL and state and state["epoch"] + state.get("batches", 0) > 0:
+        note = (f"{settings.model}'s learning-rate schedule was set for "
+                + (f"{first:g} minutes" if first else f"{config.get('extended_from', [settings.epochs])[0]} epochs")
+                + " when the run started; the time added runs at its final rate")
+    return replace(settings, minutes=minutes), note
 
 
 def _check_shards(manifest, settings, verify):
@@ -420,8 +500,11 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     without it, `run_dir` or the newest run when it was started with
     identical settings. `given` names the fields of `settings` the caller
     chose (default: those differing from TrainSettings()); with `resume`,
-    a given `epochs` sets the run's new total (extending a finished run) and
-    any other given setting that differs from the run's is refused.
+    a given `epochs` sets the run's new total (extending a finished run), a
+    given `minutes` its new time budget, and any other given setting that
+    differs from the run's is refused. With `settings.minutes` the run stops
+    when that much training and validation time is used (train.budget),
+    counted across resumes; `epochs` is then an upper bound.
     A train or val size larger than its split is cut to what the split holds
     (with a note in the result) unless it is in `exact_sizes` (default: the
     sizes in `given`): then it is refused.
@@ -463,7 +546,10 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
         if resume and "epochs" in given:
             settings, note = _extend(run, settings, requested.epochs, state["epoch"] if state else 0)
             notes += [note] if note else []
-        if state is not None and state["epoch"] >= settings.epochs:
+        if resume and "minutes" in given:
+            settings, note = _extend_budget(run, settings, requested.minutes, state)
+            notes += [note] if note else []
+        if state is not None and _finished(settings, state):
             return _summary(run, settings, state, already_done=True)
         return {**_fit(run, settings, manifest, state, progress, every), "notes": notes}
 
@@ -500,17 +586,23 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
 
     # Resumed inside an epoch: one fit of that epoch's remaining batches, then the others.
     phases = [(start_epoch, start_epoch + 1, train_data(start_epoch, skip))] if skip else []
-    if start_epoch + bool(skip) < settings.epochs:
-        phases.append((start_epoch + bool(skip), settings.epochs, train_data(start_epoch + bool(skip))))
+    if start_epoch + bool(skip) < settings.epoch_cap:
+        phases.append((start_epoch + bool(skip), settings.epoch_cap, train_data(start_epoch + bool(skip))))
     val_data = make_dataset(manifest, "val", settings.batch_size, settings.val_size, settings.seed,
                             shuffle=False, window=settings.window)
-    callbacks = [_recorder(run, state, steps, every),
+    clock = BudgetClock(settings.minutes * 60, state.get("seconds", 0.0), schedule_of(model),
+                        epoch_elapsed=state.get("epoch_seconds", 0.0)) if settings.minutes else None
+    callbacks = [_recorder(run, state, steps, every, clock),
                  keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
     verbose = 0 if not progress else (1 if sys.stderr.isatty() else 2)
+    if clock is not None:
+        callbacks.append(budget_progress(clock, settings.epochs))
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Keras prints progress to stdout
             for first, end, data in phases:
+                if _budget_used(settings, state):  # the resumed epoch's remainder used the budget
+                    break
                 model.fit(data, validation_data=val_data, epochs=end, initial_epoch=first, callbacks=callbacks,
                           verbose=verbose, shuffle=False, class_weight=_fit_class_weight(settings, manifest))
     except KeyboardInterrupt:
@@ -536,6 +628,7 @@ def _model(run, settings, manifest, state, steps):
     from train.models import build_model
 
     if state:
+        register_budget_schedule()  # the optimizer of a --minutes run holds one
         try:
             model = keras.models.load_model(run.checkpoint("last"))
         except Exception as exc:  # noqa: BLE001 - any load failure means the same thing here
@@ -565,6 +658,10 @@ def _summary(run, settings, state, already_done=False):
     history = run.history()
     best = next((row for row in history if row["epoch"] == state.get("best_epoch")), {})
     best_path = run.checkpoint("best")
+    # An epoch a time budget cut short: its batches, and the whole epochs before it.
+    steps = worker_batches(settings.train_size, settings.batch_size)
+    partial = history[-1].get("batches", steps) if history and history[-1].get("batches", steps) < steps else 0
+    whole = [r for r in history if r.get("batches", steps) >= steps] or history
     return {
         "run_dir": run.path,
         "model": settings.model,
@@ -573,8 +670,13 @@ def _summary(run, settings, state, already_done=False):
         "best_epoch": state.get("best_epoch"),
         "best_val_loss": best.get("val_loss"),
         "best_val_accuracy": best.get("val_accuracy"),
-        "seconds_per_epoch": (sum(r["seconds"] for r in history) / len(history)) if history else None,
+        "seconds_per_epoch": (sum(r["seconds"] for r in whole) / len(whole)) if whole else None,
         "model_bytes": os.path.getsize(best_path) if os.path.exists(best_path) else None,
         "already_done": already_done,
+        "minutes": settings.minutes,
+        "minutes_used": round(_seconds_used(state) / 60, 2),
+        "stopped_at_budget": _budget_used(settings, state),
+        "whole_epochs": state["epoch"] - bool(partial),
+        "partial_batches": partial,
         "notes": [],
     }

@@ -10,7 +10,8 @@
                        epoch or a mid-epoch checkpoint
         history.csv    one row per finished epoch: epoch (1-based), loss, accuracy,
                        val_loss, val_accuracy, seconds, lr, rss_mb, peak_rss_mb,
-                       resumed_at_batch (0, or the batch a resumed epoch restarted at)
+                       resumed_at_batch (0, or the batch a resumed epoch restarted at),
+                       batches (trained in the epoch: fewer in one a time budget stopped)
         metrics.json   written by `evaluate`
         logs/          TensorBoard event files
         .lock          held (flock) by the one `train` writing the directory
@@ -37,8 +38,8 @@ LATEST = "LATEST"
 CONFIG, BEST, LAST, HISTORY, STATE = "config.json", "best.keras", "last.keras", "history.csv", "state.json"
 METRICS = "metrics.json"
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr", "rss_mb", "peak_rss_mb",
-                  "resumed_at_batch")
-_INT_FIELDS = ("epoch", "resumed_at_batch")
+                  "resumed_at_batch", "batches")
+_INT_FIELDS = ("epoch", "resumed_at_batch", "batches")
 # A commit's model before it becomes last.keras (epoch-NNNN.keras at an epoch's end,
 # epoch-NNNN-batch-BBBBBB.keras inside epoch NNNN); only the one state.json names counts.
 EPOCH_FILE = re.compile(r"^epoch-(\d{4,})(-batch-\d{6,})?\.keras$")

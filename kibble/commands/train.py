@@ -6,7 +6,7 @@ from click.core import ParameterSource
 
 from kibble.group import TensorFlowCommand, say
 from kibble.options import (access_from, access_options, batch_size_option, checkpoint_interval, data_option, finite,
-                            run_dir_option, runs_option, seed_option)
+                            run_dir_option, runs_option, seed_option, training_minutes)
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
 from train.precision import DEFAULT_PRECISION, PRECISIONS
 from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED
@@ -16,7 +16,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                  "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
                  "batch_size": ("batch_size",), "lr": ("lr",), "loss": ("loss",), "seed": ("seed",),
                  "class_weight": ("class_weight",), "precision": ("precision",),
-                 "augment": ("augment",)}
+                 "augment": ("augment",), "minutes": ("minutes",)}
 
 
 @click.command(cls=TensorFlowCommand)
@@ -34,6 +34,10 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
               help="Architecture; the first four are the tutorial's.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Default: the model's recipe. With --resume: the run's new total (extends a finished run).")
+@click.option("--minutes", default=None, callback=training_minutes,
+              help="Time budget: stop when this much training (with validation) is done, 20 or 90s, 20m, 1.5h; "
+                   "the default model's learning rate anneals over it. --epochs is then an upper bound (default: "
+                   "none). With --resume: the run's new budget.")
 @batch_size_option(32)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=None,
               callback=finite, help="Learning rate. Default: the model's recipe.")
@@ -53,20 +57,22 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @run_dir_option
 @runs_option(url=True)
 @click.option("--resume", is_flag=True,
-              help="Continue the newest run (or --run-dir) with its own settings; only --epochs may change.")
+              help="Continue the newest run (or --run-dir) with its own settings; only --epochs and --minutes may "
+                   "change.")
 @click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True, callback=checkpoint_interval,
               help="Also commit a checkpoint inside an epoch this often (10m, 90s, 1h, or 500batches; off or 0: "
                    "only at epochs' ends); a resumed run continues from the batch after it.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
-def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, batch_size, lr, loss, class_weight,
-          precision, augment, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
+def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr, loss,
+          class_weight, precision, augment, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
     `train --resume`) continues an interrupted run from its last checkpoint:
     the end of an epoch, or a mid-epoch one (every 10 minutes by default);
-    `train --resume --epochs N` extends a run to N epochs.
+    `train --resume --epochs N` extends a run to N epochs. `train --minutes
+    60` trains for a time budget instead of an epoch count.
 
     \b
     Example:
@@ -85,7 +91,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     settings = TrainSettings(data=data, model=model_name, train_size=train_size or sizes[0],
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
                              batch_size=batch_size, seed=seed, class_weight=class_weight, precision=precision,
-                             augment=augment)
+                             augment=augment, minutes=minutes)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
