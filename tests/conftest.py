@@ -49,6 +49,21 @@ def make_kaggle_shards(root, cats=20, dogs=20, size=(8, 8), shard_size=8, val=0.
     return out
 
 
+def train_tiny_conv2(root, size):
+    """(image folder, shard folder, run directory) under root: 12 generated pictures per class, a 1-epoch conv2."""
+    from ingest import IngestSettings, ingest
+    from ingest.synthetic import make_demo_images
+    from train.run import TrainSettings, train
+
+    images = make_demo_images(os.path.join(str(root), "images"), per_class=12, seed=1)
+    shards = os.path.join(str(root), "shards")
+    ingest(images, shards, IngestSettings(size=size, shard_size=8, val=0.25, test=0.25), scheduler="sync",
+           progress=False)
+    settings = TrainSettings(data=shards, model="conv2", train_size=12, val_size=6, epochs=1, batch_size=4, lr=1e-3,
+                             loss="bce")
+    return images, shards, train(settings, runs_root=os.path.join(str(root), "runs"), progress=False)["run_dir"]
+
+
 def read_split(shard_dir, split):
     """(images, labels, names) of a whole split of a shard folder, read back from its shards."""
     from shards import ShardReader, load_manifest

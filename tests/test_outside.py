@@ -9,10 +9,9 @@ from click.testing import CliRunner
 
 from cli import cli
 from evaluate import evaluate_run
-from ingest import IngestSettings, ingest
 from ingest.synthetic import make_demo_images
 from kibble.predict import predict
-from train.run import TrainSettings, train
+from tests.conftest import train_tiny_conv2
 
 SIZE = (24, 32)
 
@@ -26,12 +25,7 @@ def evaluated(tmp_path_factory):
     a corrupt .jpg and a text file.
     """
     root = tmp_path_factory.mktemp("outside")
-    images = make_demo_images(str(root / "images"), per_class=12, seed=1)
-    shards = str(root / "shards")
-    ingest(images, shards, IngestSettings(size=SIZE, shard_size=8, val=0.25, test=0.25), scheduler="sync",
-           progress=False)
-    run_dir = train(TrainSettings(data=shards, model="conv2", train_size=12, val_size=6, epochs=1, batch_size=4,
-                                  lr=1e-3, loss="bce"), runs_root=str(root / "runs"), progress=False)["run_dir"]
+    _, _, run_dir = train_tiny_conv2(root, SIZE)
     evaluate_run(run_dir, splits=("val",), progress=False)
     other = make_demo_images(str(root / "other"), per_class=8, seed=7)
     photos = root / "photos"

@@ -10,11 +10,9 @@ from click.testing import CliRunner
 
 from cli import cli
 from kibble.predict import expand_paths, predict, run_threshold
-from ingest import IngestSettings, ingest
-from ingest.synthetic import make_demo_images
 from shards import ShardReader, load_manifest
 from shards.errors import UserError
-from train.run import TrainSettings, train
+from tests.conftest import train_tiny_conv2
 
 SIZE = (24, 32)
 
@@ -22,14 +20,7 @@ SIZE = (24, 32)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(image folder, shard folder, run directory): 12 generated pictures per class, a 1-epoch conv2."""
-    root = tmp_path_factory.mktemp("predict")
-    images = make_demo_images(str(root / "images"), per_class=12, seed=1)
-    shards = str(root / "shards")
-    ingest(images, shards, IngestSettings(size=SIZE, shard_size=8, val=0.25, test=0.25), scheduler="sync",
-           progress=False)
-    result = train(TrainSettings(data=shards, model="conv2", train_size=12, val_size=6, epochs=1, batch_size=4,
-                                 lr=1e-3, loss="bce"), runs_root=str(root / "runs"), progress=False)
-    return images, shards, result["run_dir"]
+    return train_tiny_conv2(tmp_path_factory.mktemp("predict"), SIZE)
 
 
 def _shard_images(shards):
