@@ -218,11 +218,9 @@ def _kibble_variant(keras, variant, seed=0):
 def _build(name, variant, augment="standard"):
     import keras
 
-    from train.models import SPLIT_STEP, build_model
-    from train.fused import fuse_adam, fuse_batch_norm
-    from train.split_step import split_steps
+    from train.fused import as_train_runs_it
+    from train.models import build_model
     from train.run import TrainSettings, _compile
-    from train.tf_env import process_settings
 
     if variant in ("base", "jit", "batch64", "threads-2-1") or name != "kibble":
         model = build_model(name, SHAPE, augment=augment)
@@ -233,12 +231,7 @@ def _build(name, variant, augment="standard"):
     if variant == "batch64":  # the linear scaling rule: twice the batch, twice the rate
         settings = TrainSettings(model=name, batch_size=batch, lr=settings.lr * 2).resolved()
     _compile(model, settings, steps_per_epoch=10000 // batch)
-    if process_settings().fused_adam:  # as train steps it (KIBBLE_PROCESS=fused_adam=0: Keras's own update)
-        fuse_adam(model.optimizer)
-    if process_settings().fused_batch_norm:
-        fuse_batch_norm(model)
-    if process_settings().split_steps and name in SPLIT_STEP:
-        split_steps(model)
+    as_train_runs_it(model, name)  # the step train takes (KIBBLE_PROCESS turns each swap off)
     if variant == "jit":
         # Keras turns XLA off again (with a warning) when a layer does not support it: the default model's
         # RandomTranslation and RandomZoom do not, so this variant is the base model unless model.jit_compile.
@@ -299,16 +292,12 @@ def probe_layers(steps):
 
     tf = _tf()
     from train.models import build_model
-    from train.fused import fuse_adam, fuse_batch_norm
+    from train.fused import as_train_runs_it
     from train.run import TrainSettings, _compile
-    from train.tf_env import process_settings
 
     model = build_model("kibble", SHAPE)
     _compile(model, TrainSettings().resolved(), steps_per_epoch=312)
-    if process_settings().fused_adam:  # the update timed below is the one train makes
-        fuse_adam(model.optimizer)
-    if process_settings().fused_batch_norm:  # and so are the batch norms
-        fuse_batch_norm(model)
+    as_train_runs_it(model, "kibble")  # the update and batch norms timed below are the ones train runs
     rows = []
     for layer in model.layers[1:]:
         inputs = layer.input if isinstance(layer.input, list) else [layer.input]

@@ -101,3 +101,24 @@ def fuse_batch_norm(model):
     if layers:
         model.train_function = None  # traced again with the new layers
     return len(layers)
+
+
+def as_train_runs_it(model, model_name):
+    """Swap in what this process's settings turn on (train.tf_env.ProcessSettings) on a compiled model about to fit.
+
+    Adam's fused update, fused batch norm, and the step in halves for the
+    models in train.models.SPLIT_STEP (train.split_step). `train` calls it
+    on a new or resumed model; the benchmarks on the model they time, so
+    both run the same step.
+    """
+    from train.models import SPLIT_STEP
+    from train.split_step import split_steps
+    from train.tf_env import process_settings
+
+    settings = process_settings()
+    if settings.fused_adam:
+        fuse_adam(model.optimizer)
+    if settings.fused_batch_norm:
+        fuse_batch_norm(model)
+    if settings.split_steps and model_name in SPLIT_STEP:
+        split_steps(model)

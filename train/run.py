@@ -12,7 +12,7 @@ from shards.errors import UserError
 from shards.manifest import verify_shards
 from train.budget import BudgetClock, budget_progress, make_schedule, parse_minutes, schedule_of
 from train.budget import register as register_budget_schedule
-from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES, SPLIT_STEP
+from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
@@ -555,8 +555,7 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
 
 
 def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
-    from train.fused import fuse_adam, fuse_batch_norm
-    from train.split_step import split_steps
+    from train.fused import as_train_runs_it
     from train.tf_env import import_tensorflow, process_settings, save_through_disk
 
     import_tensorflow()  # sets the process up (train.tf_env.ProcessSettings) unless the command line did
@@ -572,12 +571,7 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     steps = worker_batches(settings.train_size, settings.batch_size)
     with dtype_policy(resolve_precision(settings.precision)):  # a resumed bfloat16 run needs a bfloat16 CPU too
         model, state = _model(run, settings, manifest, state, steps)
-    if process_settings().fused_adam:
-        fuse_adam(model.optimizer)
-    if process_settings().fused_batch_norm:
-        fuse_batch_norm(model)
-    if process_settings().split_steps and settings.model in SPLIT_STEP:
-        split_steps(model)
+    as_train_runs_it(model, settings.model)
     Runs(os.path.dirname(os.path.abspath(run.path))).mark_latest(run)
 
     def train_data(epoch, skip_batches=0):
