@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from cli import cli
 from shards.errors import UserError
 from tests.conftest import make_kaggle_shards
-from train.budget import FLOOR, WARMUP, budget_lr, make_schedule, parse_minutes, schedule_of
+from train.budget import FLOOR, WARMUP, BudgetClock, budget_lr, make_schedule, parse_minutes, schedule_of
 from train.run import TrainSettings, train
 from train.rundir import RunDir
 from train.summary import format_summary
@@ -66,6 +66,14 @@ def test_the_rate_warms_up_then_falls_along_a_cosine_to_the_floor():
     assert budget_lr(1.0, peak) == budget_lr(3.0, peak) == pytest.approx(FLOOR * peak)
     falling = [budget_lr(f, peak) for f in np.linspace(WARMUP, 1, 50)]
     assert all(a > b for a, b in zip(falling, falling[1:]))
+
+
+def test_the_clock_stops_early_enough_for_the_validation_it_was_given():
+    # A resumed run: 50 s committed, its last validation took 10 s (state.json's validation_seconds).
+    clock = BudgetClock(100.0, committed_seconds=50.0, validation_seconds=10.0)
+    assert not clock.spent(39.0) and clock.spent(40.0)
+    clock.epoch_done(45.0, validation_seconds=4.0)  # the next epoch's own validation replaces it
+    assert not clock.spent(0.9) and clock.spent(1.0)
 
 
 def test_the_compiled_step_follows_the_clock_and_the_schedule_survives_a_save(tmp_path):

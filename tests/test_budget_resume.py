@@ -38,6 +38,7 @@ def test_a_killed_budget_run_resumes_with_the_seconds_it_had_used(tmp_path, monk
     with open(os.path.join(run_dir, "state.json")) as f:
         kept = json.load(f)
     assert (kept["epoch"], kept["batches"]) == (2, 4)
+    assert 0.0 < kept["validation_seconds"] < kept["seconds"]  # what the resumed clock leaves room for
     before = kept["seconds"] + kept["epoch_seconds"]
 
     # Resumed here with 3 s more than it had used (the schedule stays set for the 60 s it began with).

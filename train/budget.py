@@ -128,13 +128,15 @@ class BudgetClock:
     `used(epoch_elapsed)` is the committed seconds plus the current epoch's;
     the run stops at a batch's end once that plus the last validation's
     length reaches the budget, so the partial epoch's own validation pass
-    still fits (after a resume the first epoch has no such estimate).
+    still fits (a resumed run takes that length from state.json; a new one
+    has none for its first epoch).
     """
 
-    def __init__(self, budget_seconds, committed_seconds=0.0, schedule=None, epoch_elapsed=0.0):
+    def __init__(self, budget_seconds, committed_seconds=0.0, schedule=None, epoch_elapsed=0.0,
+                 validation_seconds=0.0):
         self.budget_seconds, self.schedule = budget_seconds, schedule
         self.committed = committed_seconds
-        self.validation_seconds = 0.0
+        self.validation_seconds = validation_seconds
         self.stopped = False  # set by the callback that stopped the training
         self.set(epoch_elapsed)  # a run resumed mid-epoch: that epoch's seconds before the checkpoint
 

@@ -242,9 +242,10 @@ def _recorder(run, state, steps, every=CheckpointEvery(), clock=None):
             row = {"epoch": epoch + 1, **{k: _number(logs.get(k)) for k in HISTORY_FIELDS[1:5]},
                    "seconds": round(seconds, 2), "lr": _current_lr(self.model), **_memory_mb(),
                    "resumed_at_batch": self.skipped, "batches": self.done}
+            # The validation's length is kept for a resumed --minutes run: it stops early enough to validate.
             new = {**{k: v for k, v in state.items() if k not in ("batches", "epoch_seconds")},
                    "epoch": epoch + 1, "seconds": state.get("seconds", 0) + seconds,
-                   "history": [*state["history"], row]}
+                   "validation_seconds": round(now - self.last_batch, 2), "history": [*state["history"], row]}
             val_loss = float(logs.get("val_loss", float("inf")))
             if val_loss < state["best_val_loss"]:
                 new.update(best_val_loss=val_loss, best_epoch=epoch + 1)
@@ -585,7 +586,8 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     val_data = make_dataset(manifest, "val", settings.batch_size, settings.val_size, settings.seed,
                             shuffle=False, window=settings.window)
     clock = BudgetClock(settings.minutes * 60, state.get("seconds", 0.0), schedule_of(model),
-                        epoch_elapsed=state.get("epoch_seconds", 0.0)) if settings.minutes else None
+                        epoch_elapsed=state.get("epoch_seconds", 0.0),
+                        validation_seconds=state.get("validation_seconds", 0.0)) if settings.minutes else None
     callbacks = [_recorder(run, state, steps, every, clock),
                  keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
