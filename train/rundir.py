@@ -45,6 +45,9 @@ _INT_FIELDS = ("epoch", "resumed_at_batch", "batches")
 EPOCH_FILE = re.compile(r"^epoch-(\d{4,})(-batch-\d{6,})?\.keras$")
 # Temporary model files of kibble before this commit protocol (".tmp-<pid>-last.keras").
 OLD_TEMP_FILE = re.compile(r"^\.tmp-\d+-(last|best)\.keras$")
+# The weights file Keras writes beside a model it saves through disk (train.tf_env.save_through_disk), before
+# zipping it into the .keras file: tempfile's name, "tmp" and 8 characters. A kill during a save leaves it.
+KERAS_TEMP_FILE = re.compile(r"^tmp[a-z0-9_]{8}$")
 
 # Steps of `commit_epoch` that the crash tests stop at (shards.fsio.crash_point,
 # KIBBLE_CRASH_AT=<step> or <step>@<epoch>, or <step>@<epoch>b<batches> for a
@@ -196,8 +199,8 @@ class RunDir:
     def recover(self):
         """Make the files agree with the committed state; return the state (or None).
 
-        Deletes temporary files and epoch files the state does not name (a
-        writer killed before its commit) and finishes the roll forward of a
+        Deletes temporary files (ours and Keras's) and epoch files the state
+        does not name (a writer killed before its commit) and finishes the roll forward of a
         commit whose process was killed after it.
         """
         self._require_lock()
@@ -205,7 +208,7 @@ class RunDir:
         state = self.state()
         keep = state.get("checkpoint") if state else None
         for name in self._own_files():
-            if OLD_TEMP_FILE.match(name) or (EPOCH_FILE.match(name) and name != keep):
+            if OLD_TEMP_FILE.match(name) or KERAS_TEMP_FILE.match(name) or (EPOCH_FILE.match(name) and name != keep):
                 _remove(self.file(name))
         if state is not None:
             self._roll_forward(state)

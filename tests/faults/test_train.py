@@ -151,6 +151,8 @@ PLANTED = [
     (".state.json.tmp-4242", False),     # a killed atomic write
     (".best.keras.tmp-77", False),
     ("epoch-0009.keras", False),         # an epoch never committed
+    ("tmpk3_x9q2a", False),              # Keras's weights file of a save that was killed
+    ("tmp_notes.txt", True),
     ("notes.txt", True),                 # the user's own file
     ("epoch-9.keras.bak", True),
 ]
