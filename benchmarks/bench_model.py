@@ -1,6 +1,6 @@
 """Model benchmark: where a training step's time and memory go, per model and precision.
 
-    python benchmarks/bench_model.py [--quick] [--steps N] [--models kibble,conv2] [--variants] [--layers]
+    python benchmarks/bench_model.py [--quick] [--steps N] [--models kibble,conv2] [--variants [NAME,...]] [--layers]
                                      [--memory SHARDS] [--train-memory SHARDS [--levers NAME,...]]
                                      [--augment standard,photo]
 
@@ -25,7 +25,10 @@ lost utilisation). A training step is counted as 3x the forward pass
 --variants times cheap changes of the default model (step time only):
 augmentation in the tf.data pipeline instead of in the model, none at all,
 jit_compile, batch 64, dense 3x3 convolutions instead of separable ones
-(same widths, and narrower at about the same FLOPs), and one thread pool.
+(same widths, and narrower at about the same FLOPs), one thread pool, and
+the architecture knobs of train.models._kibble: a stride-4 stem
+(`stem-s4`), strided separable convs instead of the 3x3 max-pools
+(`no-pool`), and both.
 --layers times every layer of the default model alone (forward and
 backward at its input shape) and the optimizer's update, grouped by kind:
 "where the step goes". --memory SHARDS measures the RSS of a fresh process
@@ -87,7 +90,11 @@ LEVERS = {
     "inter-op-1": "inter_op_threads=1",
     "threads-1-1": "intra_op_threads=1,inter_op_threads=1",
 }
-VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch64", "dense3x3", "dense3x3-narrow", "threads-2-1")
+VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch64", "dense3x3", "dense3x3-narrow", "threads-2-1",
+            "stem-s4", "no-pool", "stem-s4-no-pool")
+# The default model's architecture knobs (train.models._kibble) each of these variants sets.
+ARCH_VARIANTS = {"stem-s4": {"stem_stride": 4}, "no-pool": {"pool": False},
+                 "stem-s4-no-pool": {"stem_stride": 4, "pool": False}}
 
 
 def say(message):
@@ -199,6 +206,8 @@ def _kibble_variant(keras, variant, seed=0):
     its augmentation layers (`no-augment`). Mirrors train.models._kibble's structure."""
     from train import models
 
+    if variant in ARCH_VARIANTS:
+        return models._kibble(keras, SHAPE, 2, seed, **ARCH_VARIANTS[variant])
     if variant in ("no-augment", "augment-in-data"):
         original = models._augment
         models._augment = lambda keras_, x, *rest: x
@@ -509,8 +518,7 @@ def run_models(models, steps, warmup, variants, augments=("standard",)):
     rounds = 2 if len(augments) > 1 else 1
     configs = [(m, p, "base", a) for m in models for p in precisions()
                for a in (augments * rounds if m == "kibble" else ("standard",))]
-    if variants:
-        configs += [("kibble", "float32", v, "standard") for v in VARIANTS if v != "base"]
+    configs += [("kibble", "float32", v, "standard") for v in variants]
     for name, precision, variant, augment in configs:
         say(f"{name} {precision} {variant} {augment} ...")
         row = _probe(["step", name, precision, variant, steps, warmup, augment])
@@ -588,7 +596,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 steps after 1 warm-up, conv1 and kibble")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (median)")
     parser.add_argument("--models", help="comma-separated models (default: all; with --quick: conv1,kibble)")
-    parser.add_argument("--variants", action="store_true", help="also time the default model's cheap variants")
+    parser.add_argument("--variants", nargs="?", const=",".join(VARIANTS[1:]), metavar="NAME,...",
+                        help=f"also time the default model's cheap variants (all, or these: {', '.join(VARIANTS[1:])})")
     parser.add_argument("--layers", action="store_true", help="also time each layer of the default model")
     parser.add_argument("--memory", metavar="SHARDS", help="also measure RSS by steps, fed from these shards")
     parser.add_argument("--train-memory", metavar="SHARDS",
@@ -612,12 +621,15 @@ def main():
     augments = tuple(args.augment.split(","))
     if set(augments) - set(AUGMENTS) or len(set(augments)) != len(augments):
         parser.error(f"--augment: distinct names from {', '.join(AUGMENTS)}. Received: {args.augment}")
+    variants = tuple(args.variants.split(",")) if args.variants else ()
+    if set(variants) - set(VARIANTS[1:]):
+        parser.error(f"--variants: choose from {', '.join(VARIANTS[1:])}. Received: {args.variants}")
     levers = tuple(args.levers.split(","))
     unknown = set(levers) - set(LEVERS)
     if unknown:
         parser.error(f"--levers: unknown {', '.join(sorted(unknown))}; choose from {', '.join(LEVERS)}")
     if args.only != "extras":
-        print_models(*run_models(models, steps, warmup, args.variants, augments))
+        print_models(*run_models(models, steps, warmup, variants, augments))
         if len(augments) > 1 and "kibble" in models:
             say("augmentations alternated in one process ...")
             result = _probe(["augments", ",".join(augments), max(steps, 10), warmup])

@@ -217,3 +217,23 @@ def test_a_run_from_before_class_weight_is_still_the_same_run(three, tmp_path):
     assert train(settings, run_dir=run_dir, runs_root=str(tmp_path), progress=False)["already_done"]
     with pytest.raises(UserError, match="other settings"):
         train(replace(settings, class_weight="balanced"), run_dir=run_dir, runs_root=str(tmp_path), progress=False)
+
+
+def test_the_default_models_architecture_knobs_change_only_what_they_name():
+    """bench_model.py --variants times these; the default model keeps its stride-2 stem and max-pools."""
+    import keras
+
+    from train.models import _kibble
+
+    def shapes(model):
+        pools = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+        last = [layer for layer in model.layers if isinstance(layer, keras.layers.SeparableConv2D)][-1]
+        return len(pools), tuple(last.output.shape[1:3]), model.count_params()
+
+    shape = (94, 125, 3)
+    pools, last, params = shapes(build_model("kibble", shape))
+    assert (pools, last) == (4, (3, 4))
+    assert shapes(_kibble(keras, shape, 2)) == (pools, last, params)
+    assert shapes(_kibble(keras, shape, 2, stem_stride=4)) == (4, (2, 2), params)
+    no_pool = shapes(_kibble(keras, shape, 2, pool=False))
+    assert no_pool[:2] == (0, (3, 4)) and no_pool[2] == params  # a strided conv has the same weights

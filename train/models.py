@@ -110,7 +110,8 @@ def _photo_augment(keras, x, seed):
     return L.RandomHue(0.04, value_range=(0, 1), seed=seed + 7)(x)
 
 
-def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augment=DEFAULT_AUGMENT):
+def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augment=DEFAULT_AUGMENT,
+            stem_stride=2, pool=True):
     """Residual separable-conv net for a laptop CPU.
 
     Stem: two plain 3x3 convs (stride 2 first). Then per width a residual
@@ -119,6 +120,12 @@ def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augme
     the output layer (`_head`). Random flips, shifts, zooms and small rotations
     (and with `augment` "photo" crops of other aspects and colour changes) run
     inside the model during training only.
+
+    Two knobs that `bench_model.py --variants` times against the default (which
+    keeps both as they are): `stem_stride` 4 strides the stem's second conv
+    too, so the first stage runs at a quarter of the positions; `pool` False
+    downsamples each stage by its second separable conv's stride instead of a
+    3x3 max-pool (whose backward pass is 13% of the default step).
     """
     L = keras.layers
     inputs, x = _inputs(keras, shape)
@@ -126,17 +133,19 @@ def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augme
     x = L.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
     x = L.BatchNormalization(momentum=0.9)(x)
     x = L.Activation("relu")(x)
-    x = L.Conv2D(48, 3, padding="same", use_bias=False)(x)
+    x = L.Conv2D(48, 3, strides=stem_stride // 2, padding="same", use_bias=False)(x)
     x = L.BatchNormalization(momentum=0.9)(x)
     x = L.Activation("relu")(x)
     for width in widths:
         shortcut = L.Conv2D(width, 1, strides=2, padding="same", use_bias=False)(x)
         shortcut = L.BatchNormalization(momentum=0.9)(shortcut)
-        for _ in range(2):
+        for i in range(2):
             x = L.Activation("relu")(x)
-            x = L.SeparableConv2D(width, 3, padding="same", use_bias=False)(x)
+            strides = 2 if (i == 1 and not pool) else 1
+            x = L.SeparableConv2D(width, 3, strides=strides, padding="same", use_bias=False)(x)
             x = L.BatchNormalization(momentum=0.9)(x)
-        x = L.MaxPooling2D(3, strides=2, padding="same")(x)
+        if pool:
+            x = L.MaxPooling2D(3, strides=2, padding="same")(x)
         x = L.Add()([x, shortcut])
     x = L.SeparableConv2D(512, 3, padding="same", use_bias=False)(x)
     x = L.BatchNormalization(momentum=0.9)(x)
