@@ -28,7 +28,8 @@ jit_compile, batch 64, dense 3x3 convolutions instead of separable ones
 (same widths, and narrower at about the same FLOPs), one thread pool, and
 the architecture knobs of train.models._kibble: a stride-4 stem
 (`stem-s4`), strided separable convs instead of the 3x3 max-pools
-(`no-pool`), and both.
+(`no-pool`), both, and the stride-4 stem with dense 3x3 convs at the
+default widths (`stem-s4-dense3x3`).
 --layers times every layer of the default model alone (forward and
 backward at its input shape) and the optimizer's update, grouped by kind:
 "where the step goes". --memory SHARDS measures the RSS of a fresh process
@@ -91,10 +92,13 @@ LEVERS = {
     "threads-1-1": "intra_op_threads=1,inter_op_threads=1",
 }
 VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch64", "dense3x3", "dense3x3-narrow", "threads-2-1",
-            "stem-s4", "no-pool", "stem-s4-no-pool")
+            "stem-s4", "no-pool", "stem-s4-no-pool", "stem-s4-dense3x3")
 # The default model's architecture knobs (train.models._kibble) each of these variants sets.
 ARCH_VARIANTS = {"stem-s4": {"stem_stride": 4}, "no-pool": {"pool": False},
                  "stem-s4-no-pool": {"stem_stride": 4, "pool": False}}
+# Variants whose separable convs are made dense: their widths, and architecture knobs.
+DENSE_VARIANTS = {"dense3x3": ((64, 128, 256, 384), {}), "dense3x3-narrow": ((24, 48, 88, 128), {}),
+                  "stem-s4-dense3x3": ((64, 128, 256, 384), {"stem_stride": 4})}
 
 
 def say(message):
@@ -202,8 +206,8 @@ def probe_ref(precision, steps):
 
 
 def _kibble_variant(keras, variant, seed=0):
-    """The default model with its separable convs made dense (`dense3x3`), optionally narrower, or without
-    its augmentation layers (`no-augment`). Mirrors train.models._kibble's structure."""
+    """The default model with its architecture knobs set (ARCH_VARIANTS), its separable convs made dense
+    (DENSE_VARIANTS), or without its augmentation layers (`no-augment`)."""
     from train import models
 
     if variant in ARCH_VARIANTS:
@@ -215,11 +219,11 @@ def _kibble_variant(keras, variant, seed=0):
             return models.build_model("kibble", SHAPE, seed=seed)
         finally:
             models._augment = original
-    widths = (64, 128, 256, 384) if variant == "dense3x3" else (24, 48, 88, 128)
+    widths, knobs = DENSE_VARIANTS[variant]
     separable = keras.layers.SeparableConv2D
     keras.layers.SeparableConv2D = lambda filters, size, **kw: keras.layers.Conv2D(filters, size, **kw)
     try:
-        return models._kibble(keras, SHAPE, 2, seed, widths=widths)
+        return models._kibble(keras, SHAPE, 2, seed, widths=widths, **knobs)
     finally:
         keras.layers.SeparableConv2D = separable
 
