@@ -93,12 +93,12 @@ LEVERS = {
 }
 VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch64", "dense3x3", "dense3x3-narrow", "threads-2-1",
             "stem-s4", "no-pool", "stem-s4-no-pool", "stem-s4-dense3x3")
-# The default model's architecture knobs (train.models._kibble) each of these variants sets.
-ARCH_VARIANTS = {"stem-s4": {"stem_stride": 4}, "no-pool": {"pool": False},
-                 "stem-s4-no-pool": {"stem_stride": 4, "pool": False}}
-# Variants whose separable convs are made dense: their widths, and architecture knobs.
-DENSE_VARIANTS = {"dense3x3": ((64, 128, 256, 384), {}), "dense3x3-narrow": ((24, 48, 88, 128), {}),
-                  "stem-s4-dense3x3": ((64, 128, 256, 384), {"stem_stride": 4})}
+# Variants that build the default model otherwise: train.models._kibble's arguments, and whether its
+# separable convs are made dense.
+ARCH_VARIANTS = {"stem-s4": ({"stem_stride": 4}, False), "no-pool": ({"pool": False}, False),
+                 "stem-s4-no-pool": ({"stem_stride": 4, "pool": False}, False),
+                 "dense3x3": ({}, True), "dense3x3-narrow": ({"widths": (24, 48, 88, 128)}, True),
+                 "stem-s4-dense3x3": ({"stem_stride": 4}, True)}
 
 
 def say(message):
@@ -206,12 +206,10 @@ def probe_ref(precision, steps):
 
 
 def _kibble_variant(keras, variant, seed=0):
-    """The default model with its architecture knobs set (ARCH_VARIANTS), its separable convs made dense
-    (DENSE_VARIANTS), or without its augmentation layers (`no-augment`)."""
+    """The default model built otherwise (ARCH_VARIANTS: other arguments, separable convs made dense), or
+    without its augmentation layers (`no-augment`)."""
     from train import models
 
-    if variant in ARCH_VARIANTS:
-        return models._kibble(keras, SHAPE, 2, seed, **ARCH_VARIANTS[variant])
     if variant in ("no-augment", "augment-in-data"):
         original = models._augment
         models._augment = lambda keras_, x, *rest: x
@@ -219,11 +217,13 @@ def _kibble_variant(keras, variant, seed=0):
             return models.build_model("kibble", SHAPE, seed=seed)
         finally:
             models._augment = original
-    widths, knobs = DENSE_VARIANTS[variant]
+    knobs, dense = ARCH_VARIANTS[variant]
+    if not dense:
+        return models._kibble(keras, SHAPE, 2, seed, **knobs)
     separable = keras.layers.SeparableConv2D
     keras.layers.SeparableConv2D = lambda filters, size, **kw: keras.layers.Conv2D(filters, size, **kw)
     try:
-        return models._kibble(keras, SHAPE, 2, seed, widths=widths, **knobs)
+        return models._kibble(keras, SHAPE, 2, seed, **knobs)
     finally:
         keras.layers.SeparableConv2D = separable
 
