@@ -19,6 +19,8 @@ INTERVALS = [  # (given, seconds, batches)
     ("90s", 90.0, None),
     ("1.5h", 5400.0, None),
     ("45", 45.0, None),
+    ("20min", 1200.0, None),  # the grammar of --minutes (train.budget.duration_seconds), bare numbers in seconds
+    (".5m", 30.0, None),
     (" 2 m ", 120.0, None),
     ("500batches", None, 500),
     ("1 batch", None, 1),

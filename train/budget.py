@@ -21,8 +21,20 @@ from shards.errors import UserError
 # then a cosine to FLOOR x peak at its end (the default recipe's shape over epochs).
 WARMUP = 0.05
 FLOOR = 0.01
-_UNITS = {"s": 1 / 60, "m": 1.0, "h": 60.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|m|h|min)?\s*$")
+# The one grammar of durations on the command line (--minutes, --checkpoint-every).
+_SECONDS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(s|m|min|h)?$")
+
+
+def duration_seconds(value, bare_unit):
+    """Seconds in "90s", "20m", "20min", "1.5h", or in a number without a unit, which is in `bare_unit` ("s" or "m").
+
+    None when `value` is none of these (negative, nan, inf, exponents and other words included).
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) * _SECONDS[bare_unit] if math.isfinite(value) and value >= 0 else None
+    found = _DURATION.match(str(value).strip().lower()) if value is not None else None
+    return float(found.group(1)) * _SECONDS[found.group(2) or bare_unit] if found else None
 
 
 def parse_minutes(value):
@@ -30,12 +42,9 @@ def parse_minutes(value):
 
     Raises UserError naming the value otherwise (0, negative, nan, inf, other units).
     """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        minutes = float(value)
-    else:
-        found = _DURATION.match(str(value).strip().lower()) if value is not None else None
-        minutes = float(found.group(1)) * _UNITS[(found.group(2) or "m")[0]] if found else None
-    if minutes is None or not (math.isfinite(minutes) and minutes > 0):
+    seconds = duration_seconds(value, "m")
+    minutes = None if seconds is None else seconds / 60
+    if not minutes:
         raise UserError("minutes must be a training time greater than 0, in minutes (20) or with a unit "
                         f"(90s, 20m, 1.5h). Received: minutes={value!r}")
     return minutes

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from shards import storage
 from shards.errors import UserError
 from shards.manifest import verify_shards
-from train.budget import BudgetClock, budget_progress, make_schedule, parse_minutes, schedule_of
+from train.budget import BudgetClock, budget_progress, duration_seconds, make_schedule, parse_minutes, schedule_of
 from train.budget import register as register_budget_schedule
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
@@ -120,8 +120,7 @@ class CheckpointEvery:
 
 
 DEFAULT_CHECKPOINT_EVERY = "10m"
-_UNITS = {"s": 1, "m": 60, "h": 3600}
-_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|batch|batches)?\s*$")
+_BATCHES = re.compile(r"^(\d+)\s*batch(?:es)?$")
 
 
 def parse_checkpoint_every(value):
@@ -131,19 +130,17 @@ def parse_checkpoint_every(value):
     """
     if isinstance(value, CheckpointEvery):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
-        return CheckpointEvery(seconds=float(value) or None)
     text = str(value).strip().lower()
     if text == "off":
         return CheckpointEvery()
-    found = _INTERVAL.match(text)
-    if not found or (found.group(2) or "").startswith("batch") and "." in found.group(1):
+    batches = _BATCHES.match(text) if isinstance(value, str) else None
+    if batches:
+        return CheckpointEvery(batches=int(batches.group(1)) or None)
+    seconds = duration_seconds(value, "s")
+    if seconds is None:
         raise UserError("checkpoint_every must be a duration such as 10m, 90s or 1h, a count such as 500batches, "
                         f"or off (0). Received: checkpoint_every={value!r}")
-    number, unit = float(found.group(1)), found.group(2) or "s"
-    if unit.startswith("batch"):
-        return CheckpointEvery(batches=int(number) or None)
-    return CheckpointEvery(seconds=number * _UNITS[unit] or None)
+    return CheckpointEvery(seconds=seconds or None)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
