@@ -70,6 +70,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from train.tf_env import TENSOR_POOL_ENV  # noqa: E402 - after the repository is on the path
 
 SHAPE = (94, 125, 3)
 BATCH = 32
@@ -80,6 +81,7 @@ MEMORY_CONFIGS = ((2, {}), (0, {}), (2, {"MALLOC_ARENA_MAX": "2"}), (2, {"MALLOC
 # name: KIBBLE_PROCESS overrides of train.tf_env.ProcessSettings, measured against "default" in --train-memory.
 LEVERS = {
     "default": "",
+    "malloc-tensors": "tensor_pool=0",
     "keep-pages": "release_library_pages=0",
     "save-in-memory": "save_through_disk=0",
     "keras-adam": "fused_adam=0",
@@ -91,8 +93,10 @@ LEVERS = {
     "inter-op-1": "inter_op_threads=1",
     "threads-1-1": "intra_op_threads=1,inter_op_threads=1",
 }
-VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch64", "dense3x3", "dense3x3-narrow", "threads-2-1",
-            "stem-s4", "no-pool", "stem-s4-no-pool", "stem-s4-dense3x3")
+VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch16", "batch64", "dense3x3", "dense3x3-narrow",
+            "threads-2-1", "stem-s4", "no-pool", "stem-s4-no-pool", "stem-s4-dense3x3")
+# Variants that train the default model on other batch sizes, with the learning rate scaled linearly.
+BATCH_VARIANTS = {"batch16": 16, "batch64": 64}
 # Variants that build the default model otherwise: train.models._kibble's arguments, and whether its
 # separable convs are made dense.
 ARCH_VARIANTS = {"stem-s4": ({"stem_stride": 4}, False), "no-pool": ({"pool": False}, False),
@@ -138,10 +142,13 @@ def forward_flops(model):
 
 # --- probes: each runs in a fresh process and prints one JSON line ----------------
 
-def _tf(precision="float32", threads=None):
-    from train.tf_env import import_tensorflow
+def _tf(precision="float32", threads=None, model="kibble"):
+    """TensorFlow set up as `train` sets it up for `model` (its tensors from the pool or from malloc)."""
+    from train.models import TENSOR_POOL
+    from train.tf_env import choose_tensor_pool, import_tensorflow, process_settings
 
     tf = import_tensorflow()
+    choose_tensor_pool(model in TENSOR_POOL and process_settings().tensor_pool)
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads[0])
         tf.config.threading.set_inter_op_parallelism_threads(threads[1])
@@ -235,14 +242,14 @@ def _build(name, variant, augment="standard"):
     from train.models import build_model
     from train.run import TrainSettings, _compile
 
-    if variant in ("base", "jit", "batch64", "threads-2-1") or name != "kibble":
+    if variant in ("base", "jit", "threads-2-1", *BATCH_VARIANTS) or name != "kibble":
         model = build_model(name, SHAPE, augment=augment)
     else:
         model = _kibble_variant(keras, variant)
-    batch = 64 if variant == "batch64" else BATCH
+    batch = BATCH_VARIANTS.get(variant, BATCH)
     settings = TrainSettings(model=name, batch_size=batch).resolved()
-    if variant == "batch64":  # the linear scaling rule: twice the batch, twice the rate
-        settings = TrainSettings(model=name, batch_size=batch, lr=settings.lr * 2).resolved()
+    if batch != BATCH:  # the linear scaling rule: the rate in proportion to the batch
+        settings = TrainSettings(model=name, batch_size=batch, lr=settings.lr * batch / BATCH).resolved()
     _compile(model, settings, steps_per_epoch=10000 // batch)
     as_train_runs_it(model, name)  # the step train takes (KIBBLE_PROCESS turns each swap off)
     if variant == "jit":
@@ -270,7 +277,7 @@ def probe_step(name, precision, variant, steps, warmup, augment="standard"):
     import numpy as np
 
     threads = (2, 1) if variant == "threads-2-1" else None
-    tf = _tf(precision, threads)
+    tf = _tf(precision, threads, name)
     row = {"model": name, "precision": precision, "variant": variant, "augment": augment, "load": load(),
            "rss_import_mb": _rss_mb()}
     model, batch = _build(name, variant, augment)
@@ -437,7 +444,9 @@ def train_memory(shards, model, lever, train_size, val_size, scratch, augment="s
            "--model", model, "--train-size", str(train_size), "--val-size", str(val_size), "--epochs", "1",
            "--run-dir", run_dir, "--checkpoint-every", "off", "--no-verify", "--augment", augment]
     row = {"model": model, "lever": lever, "augment": augment, "load": load()}
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "KIBBLE_PROCESS": LEVERS[lever]},
+    # The child decides about TensorFlow's tensor pool itself (this process's own set-up exported its switch).
+    env = {key: value for key, value in os.environ.items() if key != TENSOR_POOL_ENV}
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**env, "KIBBLE_PROCESS": LEVERS[lever]},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = (0, 0, 0)
     while proc.poll() is None:

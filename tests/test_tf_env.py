@@ -8,7 +8,7 @@ import pytest
 
 from shards.errors import UserError
 from tests.conftest import ROOT
-from train.tf_env import SETTINGS_ENV, ProcessSettings, _clean_file_mappings, process_settings
+from train.tf_env import SETTINGS_ENV, TENSOR_POOL_ENV, ProcessSettings, _clean_file_mappings, process_settings
 
 PARSE = [
     ("", ProcessSettings()),
@@ -16,6 +16,7 @@ PARSE = [
     (" intra_op_threads=1 , inter_op_threads=3 ", ProcessSettings(intra_op_threads=1, inter_op_threads=3)),
     ("release_library_pages=0", ProcessSettings(release_library_pages=False)),
     ("inter_op_threads=1", ProcessSettings(inter_op_threads=1)),
+    ("tensor_pool=0", ProcessSettings(tensor_pool=False)),
 ]
 PARSE_ERRORS = ["arenas=2", "malloc_arena_max=two", "malloc_arena_max=-1", "release_library_pages=yes",
                 "malloc_arena_max"]
@@ -135,6 +136,41 @@ def test_import_tensorflow_sets_the_process_up():
     assert result["malloc_mmap_threshold"] == 4194304
     # TensorFlow's import maps a few hundred MB of its libraries; what is left mapped is far less than was released.
     assert result["released_mb"] > 50 and result["rss_file_mb"] < result["released_mb"]
+
+
+POOL = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from train.tf_env import choose_tensor_pool, import_tensorflow
+tf = import_tensorflow()
+chosen = [choose_tensor_pool(wanted == "1") for wanted in sys.argv[2:]]
+tf.linalg.matmul(tf.ones([512, 512]), tf.ones([512, 512]))
+try:  # only an allocator that pools, as TensorFlow's BFC does, keeps these figures
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+except ValueError:
+    peak = None
+print(json.dumps({"chosen": chosen, "peak": peak}))
+"""
+
+
+@pytest.mark.parametrize("user, wanted, chosen", [
+    (None, ["1"], ["true"]),
+    (None, ["0"], ["false"]),
+    (None, ["0", "1"], ["false", "true"]),  # the process's own earlier choice may change before the first op
+    ("false", ["1"], ["false"]),  # the user's own value is kept
+])
+def test_train_chooses_where_tensorflow_takes_its_tensors(user, wanted, chosen):
+    env = {key: value for key, value in os.environ.items() if key != TENSOR_POOL_ENV}
+    if user is not None:
+        env[TENSOR_POOL_ENV] = user
+    out = subprocess.run([sys.executable, "-c", POOL, ROOT, *wanted], capture_output=True, text=True, check=True,
+                         env=env)
+    result = json.loads(out.stdout)
+    assert result["chosen"] == chosen
+    if chosen[-1] == "true":
+        assert result["peak"] >= 3 * 512 * 512 * 4  # the two operands and the product, float32
+    else:
+        assert result["peak"] is None
 
 
 def test_a_bad_setting_is_one_error_line_before_tensorflow_loads(tmp_path):

@@ -18,6 +18,8 @@ from shards.errors import UserError
 
 # TensorFlow's C++ log threshold, read once when it is imported: 3 hides INFO, WARNING and ERROR lines.
 LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
+# TensorFlow's switch for its pooling CPU allocator, read when its runtime starts.
+TENSOR_POOL_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
 # Overrides of ProcessSettings for one process, "name=value,name=value" (benchmarks measure levers with it).
 SETTINGS_ENV = "KIBBLE_PROCESS"
 # glibc's mallopt parameter numbers (malloc.h).
@@ -44,6 +46,11 @@ class ProcessSettings:
     # Unmap the pages of shared libraries that nothing has written to (release_library_pages) after the import,
     # the first step and each epoch: ~300 MB of TensorFlow's library that its import alone touched.
     release_library_pages: bool = True
+    # `train` has TensorFlow take the CPU tensors of the models in train.models.TENSOR_POOL from its
+    # best-fit-with-coalescing pool, which keeps freed memory for the next step, instead of from malloc, whose
+    # large blocks are mmap'ed and unmapped on free: the default model's step faulted in ~1 GB of fresh pages
+    # each time, a third of its CPU time in the kernel (choose_tensor_pool). 0: malloc for every model.
+    tensor_pool: bool = True
     # `train` has Keras write a checkpoint's weights through a temporary file beside it, not through a copy of
     # them all in memory (which it does whenever they fit in the free memory): conv1's 52 M weights and Adam
     # slots made each save hold ~600 MB more for its length. Set by train.run, not at import: `evaluate` and
@@ -119,6 +126,21 @@ def apply_malloc(settings):
         if value and libc.mallopt(param, value) == 1:
             done[name] = value
     return done
+
+
+def choose_tensor_pool(wanted):
+    """Have TensorFlow take its CPU tensors from its pool (TF_CPU_ALLOCATOR_USE_BFC) if `wanted`, else from malloc.
+
+    Returns the switch's value in effect ("true" or "false"). TensorFlow
+    reads it when it makes its first tensor, so this must run before any op
+    (importing TensorFlow makes none); a value the user put in the
+    environment is kept. Child processes inherit the choice.
+    """
+    value = os.environ.get(TENSOR_POOL_ENV)
+    if value is None or value == _applied.get("tensor_pool"):  # unset, or this process's own earlier choice
+        value = os.environ[TENSOR_POOL_ENV] = "true" if wanted else "false"
+        _applied["tensor_pool"] = value
+    return value
 
 
 def apply_threads(tf, settings):
