@@ -70,7 +70,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from train.tf_env import TENSOR_POOL_ENV  # noqa: E402 - after the repository is on the path
+from train.tf_env import ONEDNN_ENV, TENSOR_POOL_ENV  # noqa: E402 - after the repository is on the path
 
 SHAPE = (94, 125, 3)
 BATCH = 32
@@ -82,6 +82,7 @@ MEMORY_CONFIGS = ((2, {}), (0, {}), (2, {"MALLOC_ARENA_MAX": "2"}), (2, {"MALLOC
 LEVERS = {
     "default": "",
     "malloc-tensors": "tensor_pool=0",
+    "no-onednn": "onednn=0",
     "keep-pages": "release_library_pages=0",
     "save-in-memory": "save_through_disk=0",
     "keras-adam": "fused_adam=0",
@@ -444,8 +445,8 @@ def train_memory(shards, model, lever, train_size, val_size, scratch, augment="s
            "--model", model, "--train-size", str(train_size), "--val-size", str(val_size), "--epochs", "1",
            "--run-dir", run_dir, "--checkpoint-every", "off", "--no-verify", "--augment", augment]
     row = {"model": model, "lever": lever, "augment": augment, "load": load()}
-    # The child decides about TensorFlow's tensor pool itself (this process's own set-up exported its switch).
-    env = {key: value for key, value in os.environ.items() if key != TENSOR_POOL_ENV}
+    # The child decides about oneDNN and the tensor pool itself (this process's own set-up exported the switches).
+    env = {key: value for key, value in os.environ.items() if key not in (ONEDNN_ENV, TENSOR_POOL_ENV)}
     proc = subprocess.Popen(cmd, cwd=REPO, env={**env, "KIBBLE_PROCESS": LEVERS[lever]},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = (0, 0, 0)

@@ -8,7 +8,7 @@ import pytest
 
 from shards.errors import UserError
 from tests.conftest import ROOT
-from train.tf_env import SETTINGS_ENV, TENSOR_POOL_ENV, ProcessSettings, _clean_file_mappings, process_settings
+from train.tf_env import ONEDNN_ENV, SETTINGS_ENV, TENSOR_POOL_ENV, ProcessSettings, _clean_file_mappings, process_settings
 
 PARSE = [
     ("", ProcessSettings()),
@@ -122,18 +122,22 @@ def rss_file():
         return next(int(line.split()[1]) for line in handle if line.startswith("RssFile:")) / 1024
 from train.tf_env import applied, import_tensorflow
 tf = import_tensorflow()
-print(json.dumps({**applied(), "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own answer: are its oneDNN kernels on?
+print(json.dumps({**applied(), "onednn_on": _pywrap_util_port.IsMklEnabled(),
+                  "intra": tf.config.threading.get_intra_op_parallelism_threads(),
                   "inter": tf.config.threading.get_inter_op_parallelism_threads(), "rss_file_mb": rss_file()}))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps and glibc are Linux's")
 def test_import_tensorflow_sets_the_process_up():
-    env = {**os.environ, SETTINGS_ENV: "intra_op_threads=1,inter_op_threads=1,malloc_mmap_threshold=4194304"}
+    env = {**{key: value for key, value in os.environ.items() if key != ONEDNN_ENV},
+           SETTINGS_ENV: "intra_op_threads=1,inter_op_threads=1,malloc_mmap_threshold=4194304"}
     out = subprocess.run([sys.executable, "-c", SET_UP, ROOT], capture_output=True, text=True, check=True, env=env)
     result = json.loads(out.stdout)
     assert (result["intra"], result["inter"]) == (1, 1)
     assert result["malloc_mmap_threshold"] == 4194304
+    assert result["onednn"] == "1" and result["onednn_on"]
     # TensorFlow's import maps a few hundred MB of its libraries; what is left mapped is far less than was released.
     assert result["released_mb"] > 50 and result["rss_file_mb"] < result["released_mb"]
 
@@ -160,7 +164,8 @@ print(json.dumps({"chosen": chosen, "peak": peak}))
     ("false", ["1"], ["false"]),  # the user's own value is kept
 ])
 def test_train_chooses_where_tensorflow_takes_its_tensors(user, wanted, chosen):
-    env = {key: value for key, value in os.environ.items() if key != TENSOR_POOL_ENV}
+    # oneDNN off: its own allocator pools large tensors whatever the switch says.
+    env = {**{key: value for key, value in os.environ.items() if key != TENSOR_POOL_ENV}, ONEDNN_ENV: "0"}
     if user is not None:
         env[TENSOR_POOL_ENV] = user
     out = subprocess.run([sys.executable, "-c", POOL, ROOT, *wanted], capture_output=True, text=True, check=True,
@@ -171,6 +176,15 @@ def test_train_chooses_where_tensorflow_takes_its_tensors(user, wanted, chosen):
         assert result["peak"] >= 3 * 512 * 512 * 4  # the two operands and the product, float32
     else:
         assert result["peak"] is None
+
+
+@pytest.mark.parametrize("overrides, switch", [({SETTINGS_ENV: "onednn=0"}, "0"), ({ONEDNN_ENV: "0"}, "0")])
+def test_onednn_stays_off_when_asked(overrides, switch):
+    env = {key: value for key, value in os.environ.items() if key not in (SETTINGS_ENV, ONEDNN_ENV)}
+    out = subprocess.run([sys.executable, "-c", SET_UP, ROOT], capture_output=True, text=True, check=True,
+                         env={**env, **overrides})
+    result = json.loads(out.stdout)
+    assert result["onednn"] == switch and not result["onednn_on"]
 
 
 def test_a_bad_setting_is_one_error_line_before_tensorflow_loads(tmp_path):
@@ -192,8 +206,11 @@ def test_the_process_settings_do_not_change_what_is_learned(tmp_path):
     shards = make_kaggle_shards(tmp_path / "data", cats=16, dogs=16, size=(16, 20), shard_size=8, val=0.25)
     here = train(TrainSettings(data=shards, model="conv2", train_size=16, val_size=6, epochs=1, batch_size=8),
                  run_dir=str(tmp_path / "here"), progress=False)
+    from tensorflow.python.util import _pywrap_util_port
+
     env = {**os.environ, SETTINGS_ENV: "malloc_arena_max=2,malloc_mmap_threshold=4194304,malloc_trim_threshold="
-                                       "1048576,intra_op_threads=1,inter_op_threads=1,release_library_pages=1"}
+                                       "1048576,intra_op_threads=1,inter_op_threads=1,release_library_pages=1",
+           ONEDNN_ENV: "1" if _pywrap_util_port.IsMklEnabled() else "0"}  # the same kernels as in this process
     subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "-q", "train", "--data", shards, "--model", "conv2",
                     "--train-size", "16",
                     "--val-size", "6", "--epochs", "1", "--batch-size", "8", "--run-dir", str(tmp_path / "there"),

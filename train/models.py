@@ -35,9 +35,10 @@ RECIPES = {
 # (128 channels at full resolution) are most of its memory. Not those whose weights are (mlp, conv1: the first
 # half's weight gradients would wait beside the second's), nor the default model (batch normalisation).
 SPLIT_STEP = ("conv2-wide",)
-# Models whose CPU tensors `train` takes from TensorFlow's pool (train.tf_env.choose_tensor_pool): 20-25% less
-# time per step for every model, but the pool grows in regions that double, and conv1's and conv2-wide's
-# 100-200 MB tensors took their peaks 590 and 240 MB higher, past 1.2 GB (docs/benchmarks.md); they keep malloc.
+# Models `train` runs with TensorFlow's oneDNN kernels and takes the CPU tensors of from TensorFlow's pool
+# (train.tf_env: import_tensorflow, choose_tensor_pool): 20-50% less time per step, but both pools grow in regions
+# that double (oneDNN's allocator pools large tensors too), and conv1's and conv2-wide's 100-200 MB tensors took
+# their peaks 190-620 MB higher, conv1's past 2 GB (docs/benchmarks.md). Those two keep Eigen and malloc.
 TENSOR_POOL = ("mlp", "conv2", "kibble")
 
 

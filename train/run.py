@@ -556,7 +556,7 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     from train.fused import as_train_runs_it
     from train.tf_env import choose_tensor_pool, import_tensorflow, process_settings, save_through_disk
 
-    import_tensorflow()  # sets the process up (train.tf_env.ProcessSettings) unless the command line did
+    import_tensorflow(model=settings.model)  # sets the process up (train.tf_env.ProcessSettings) for this model
     choose_tensor_pool(settings.model in TENSOR_POOL and process_settings().tensor_pool)
     if process_settings().save_through_disk:
         save_through_disk()

@@ -18,6 +18,8 @@ from shards.errors import UserError
 
 # TensorFlow's C++ log threshold, read once when it is imported: 3 hides INFO, WARNING and ERROR lines.
 LOG_LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"
+# TensorFlow's switch for its oneDNN kernels, read when it is imported.
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 # TensorFlow's switch for its pooling CPU allocator, read when its runtime starts.
 TENSOR_POOL_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
 # Overrides of ProcessSettings for one process, "name=value,name=value" (benchmarks measure levers with it).
@@ -46,6 +48,11 @@ class ProcessSettings:
     # Unmap the pages of shared libraries that nothing has written to (release_library_pages) after the import,
     # the first step and each epoch: ~300 MB of TensorFlow's library that its import alone touched.
     release_library_pages: bool = True
+    # TensorFlow's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS), which it turns on by itself only on some x86 CPUs
+    # (not on this AMD EPYC, where convolutions and their gradients then ran through Eigen): with them the
+    # default model's training took 36% less CPU time. Set before the import, for the models in
+    # train.models.TENSOR_POOL when `train` names the model (import_tensorflow); a value the user set is kept.
+    onednn: bool = True
     # `train` has TensorFlow take the CPU tensors of the models in train.models.TENSOR_POOL from its
     # best-fit-with-coalescing pool, which keeps freed memory for the next step, instead of from malloc, whose
     # large blocks are mmap'ed and unmapped on free: the default model's step faulted in ~1 GB of fresh pages
@@ -240,8 +247,12 @@ def quiet_logs(verbose=False):
         os.environ.setdefault(LOG_LEVEL_ENV, "3")
 
 
-def import_tensorflow(verbose=False, settings=None):
+def import_tensorflow(verbose=False, settings=None, model=None):
     """Import and return tensorflow, the process set up first (ProcessSettings); hide C++ logs unless `verbose`.
+
+    `model`: the model this process will train, when known. oneDNN is then
+    on only for the models in train.models.TENSOR_POOL: its allocator pools
+    large tensors as the tensor pool does (conv1 2,153 against 1,536 MB).
 
     TF_CPP_MIN_LOG_LEVEL does not cover the lines absl prints before its
     logging is initialised, so stderr's file descriptor is pointed at
@@ -251,6 +262,11 @@ def import_tensorflow(verbose=False, settings=None):
     if set_up:
         settings = process_settings() if settings is None else settings
         _applied.update(apply_malloc(settings), set_up=True)
+        if "tensorflow" not in sys.modules:
+            from train.models import TENSOR_POOL
+
+            onednn = settings.onednn and (model is None or model in TENSOR_POOL)
+            _applied["onednn"] = os.environ.setdefault(ONEDNN_ENV, "1" if onednn else "0")
     if verbose or "tensorflow" in sys.modules:
         import tensorflow
     else:

@@ -4,7 +4,7 @@ import os
 import click
 from click.core import ParameterSource
 
-from kibble.group import TensorFlowCommand, say
+from kibble.group import TrainingCommand, say
 from kibble.options import (access_from, access_options, batch_size_option, checkpoint_interval, data_option, finite,
                             run_dir_option, runs_option, seed_option, training_minutes)
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
@@ -19,7 +19,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                  "augment": ("augment",), "minutes": ("minutes",)}
 
 
-@click.command(cls=TensorFlowCommand)
+@click.command(cls=TrainingCommand)
 @data_option()
 @access_options
 @click.option("--full", is_flag=True,
