@@ -144,11 +144,11 @@ def forward_flops(model):
 # --- probes: each runs in a fresh process and prints one JSON line ----------------
 
 def _tf(precision="float32", threads=None, model="kibble"):
-    """TensorFlow set up as `train` sets it up for `model` (its tensors from the pool or from malloc)."""
+    """TensorFlow set up as `train` sets it up for `model` (oneDNN or not, its tensors from the pool or malloc)."""
     from train.models import TENSOR_POOL
     from train.tf_env import choose_tensor_pool, import_tensorflow, process_settings
 
-    tf = import_tensorflow()
+    tf = import_tensorflow(model=model)
     choose_tensor_pool(model in TENSOR_POOL and process_settings().tensor_pool)
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads[0])
@@ -445,9 +445,7 @@ def train_memory(shards, model, lever, train_size, val_size, scratch, augment="s
            "--model", model, "--train-size", str(train_size), "--val-size", str(val_size), "--epochs", "1",
            "--run-dir", run_dir, "--checkpoint-every", "off", "--no-verify", "--augment", augment]
     row = {"model": model, "lever": lever, "augment": augment, "load": load()}
-    # The child decides about oneDNN and the tensor pool itself (this process's own set-up exported the switches).
-    env = {key: value for key, value in os.environ.items() if key not in (ONEDNN_ENV, TENSOR_POOL_ENV)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**env, "KIBBLE_PROCESS": LEVERS[lever]},
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_child_env({"KIBBLE_PROCESS": LEVERS[lever]}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = (0, 0, 0)
     while proc.poll() is None:
@@ -505,10 +503,17 @@ def print_train_memory(rows, train_size, val_size):
 
 # --- the driver ------------------------------------------------------------------
 
+def _child_env(extra=None):
+    """This environment for a child process, which decides about oneDNN and the tensor pool itself as `train` does
+    (a set-up in this process would have exported its own switches)."""
+    env = {key: value for key, value in os.environ.items() if key not in (ONEDNN_ENV, TENSOR_POOL_ENV)}
+    return {**env, **(extra or {})}
+
+
 def _probe(args, env=None):
     """Run this file as a probe in a fresh process (niced); its JSON line as a dict, or None if it failed."""
     cmd = ["nice", "-n", "5", sys.executable, os.path.abspath(__file__), "--probe", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(env))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         say(f"  probe {' '.join(map(str, args))} failed: {proc.stderr.strip().splitlines()[-1:]}")
