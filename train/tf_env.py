@@ -237,18 +237,25 @@ def applied():
     return dict(_applied)
 
 
+# Whether quiet_logs was asked to show TensorFlow's logs in this process (the command line's --verbose).
+_verbose = [False]
+
+
 def quiet_logs(verbose=False):
     """Hide TensorFlow's C++ start-up logs in this process and the ones it starts, unless `verbose`.
 
     Call it before anything imports TensorFlow (the variable is read then);
     a value the user set in the environment is kept.
     """
-    if not verbose:
+    if verbose:  # a later import_tensorflow() shows them too (`train` imports TensorFlow itself)
+        _verbose[0] = True
+    else:
         os.environ.setdefault(LOG_LEVEL_ENV, "3")
 
 
-def import_tensorflow(verbose=False, settings=None, model=None):
-    """Import and return tensorflow, the process set up first (ProcessSettings); hide C++ logs unless `verbose`.
+def import_tensorflow(verbose=None, settings=None, model=None):
+    """Import and return tensorflow, the process set up first (ProcessSettings); hide C++ logs unless `verbose`
+    (None: if quiet_logs was asked to show them).
 
     `model`: the model this process will train, when known. oneDNN is then
     on only for the models in train.models.TENSOR_POOL: its allocator pools
@@ -258,6 +265,7 @@ def import_tensorflow(verbose=False, settings=None, model=None):
     logging is initialised, so stderr's file descriptor is pointed at
     /dev/null for the duration of the import. Set-up runs once per process.
     """
+    verbose = _verbose[0] if verbose is None else verbose
     set_up = not _applied
     if set_up:
         settings = process_settings() if settings is None else settings
