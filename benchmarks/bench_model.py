@@ -145,11 +145,9 @@ def forward_flops(model):
 
 def _tf(precision="float32", threads=None, model="kibble"):
     """TensorFlow set up as `train` sets it up for `model` (oneDNN or not, its tensors from the pool or malloc)."""
-    from train.models import TENSOR_POOL
-    from train.tf_env import choose_tensor_pool, import_tensorflow, process_settings
+    from train.tf_env import import_tensorflow
 
     tf = import_tensorflow(model=model)
-    choose_tensor_pool(model in TENSOR_POOL and process_settings().tensor_pool)
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads[0])
         tf.config.threading.set_inter_op_parallelism_threads(threads[1])

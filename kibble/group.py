@@ -38,21 +38,15 @@ class TensorFlowCommand(click.Command):
     """A command that needs TensorFlow: imported quietly once its options are
     parsed, so `--help` stays instant."""
 
-    # False: the command imports TensorFlow itself (`train`, whose set-up depends on the model it trains).
-    import_first = True
-
     def invoke(self, ctx):
         from train.tf_env import import_tensorflow
 
-        if self.import_first:
-            import_tensorflow(verbose=ctx.find_root().obj.get("verbose", False))
+        import_tensorflow(verbose=ctx.find_root().obj.get("verbose", False))
         return super().invoke(ctx)
 
 
-class TrainingCommand(TensorFlowCommand):
-    """`train`: TensorFlow is imported once the model is known (train.tf_env.import_tensorflow's `model`)."""
-
-    import_first = False
+class TrainingCommand(click.Command):
+    """`train`: it imports TensorFlow itself once it knows the model (train.tf_env.import_tensorflow's `model`)."""
 
     def invoke(self, ctx):
         from train.tf_env import process_settings

@@ -33,7 +33,7 @@ def duration_seconds(value, bare_unit):
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value) * _SECONDS[bare_unit] if math.isfinite(value) and value >= 0 else None
-    found = _DURATION.match(str(value).strip().lower()) if value is not None else None
+    found = _DURATION.match(str(value).strip().lower())
     return float(found.group(1)) * _SECONDS[found.group(2) or bare_unit] if found else None
 
 

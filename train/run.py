@@ -12,7 +12,7 @@ from shards.errors import UserError
 from shards.manifest import verify_shards
 from train.budget import BudgetClock, budget_progress, duration_seconds, make_schedule, parse_minutes, schedule_of
 from train.budget import register as register_budget_schedule
-from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES, TENSOR_POOL
+from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
@@ -554,10 +554,9 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
 
 def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     from train.fused import as_train_runs_it
-    from train.tf_env import choose_tensor_pool, import_tensorflow, process_settings, save_through_disk
+    from train.tf_env import import_tensorflow, process_settings, save_through_disk
 
     import_tensorflow(model=settings.model)  # sets the process up (train.tf_env.ProcessSettings) for this model
-    choose_tensor_pool(settings.model in TENSOR_POOL and process_settings().tensor_pool)
     if process_settings().save_through_disk:
         save_through_disk()
     import keras

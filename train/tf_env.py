@@ -258,23 +258,27 @@ def import_tensorflow(verbose=None, settings=None, model=None):
     (None: if quiet_logs was asked to show them).
 
     `model`: the model this process will train, when known. oneDNN is then
-    on only for the models in train.models.TENSOR_POOL: its allocator pools
-    large tensors as the tensor pool does (conv1 2,153 against 1,536 MB).
+    on only for the models in train.models.TENSOR_POOL (its allocator pools
+    large tensors as the tensor pool does: conv1 2,153 against 1,536 MB),
+    and their tensors come from the pool (choose_tensor_pool), the others'
+    from malloc; this part runs even if TensorFlow was imported before.
 
     TF_CPP_MIN_LOG_LEVEL does not cover the lines absl prints before its
     logging is initialised, so stderr's file descriptor is pointed at
     /dev/null for the duration of the import. Set-up runs once per process.
     """
+    from train.models import TENSOR_POOL
+
     verbose = _verbose[0] if verbose is None else verbose
-    set_up = not _applied
+    set_up = not _applied.get("set_up")
+    settings = process_settings() if settings is None else settings
+    pooled = model is None or model in TENSOR_POOL
     if set_up:
-        settings = process_settings() if settings is None else settings
         _applied.update(apply_malloc(settings), set_up=True)
         if "tensorflow" not in sys.modules:
-            from train.models import TENSOR_POOL
-
-            onednn = settings.onednn and (model is None or model in TENSOR_POOL)
-            _applied["onednn"] = os.environ.setdefault(ONEDNN_ENV, "1" if onednn else "0")
+            _applied["onednn"] = os.environ.setdefault(ONEDNN_ENV, "1" if settings.onednn and pooled else "0")
+    if model is not None:
+        choose_tensor_pool(settings.tensor_pool and pooled)
     if verbose or "tensorflow" in sys.modules:
         import tensorflow
     else:
