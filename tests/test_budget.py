@@ -76,6 +76,20 @@ def test_the_clock_stops_early_enough_for_the_validation_it_was_given():
     assert not clock.spent(0.9) and clock.spent(1.0)
 
 
+def test_no_epoch_starts_that_would_validate_longer_than_it_trains():
+    # 100 s budget: after 84 s used and a 8 s validation, 8 s are left to train: just enough.
+    clock = BudgetClock(100.0)
+    clock.epoch_done(84.0, validation_seconds=8.0)
+    assert clock.another_epoch_pays()
+    clock = BudgetClock(100.0)
+    clock.epoch_done(84.5, validation_seconds=8.0)  # 7.5 s to train, 8 s to validate: stop here
+    assert not clock.another_epoch_pays() and not clock.spent(0.0)
+    # Counted from a resumed run's committed seconds as well.
+    clock = BudgetClock(100.0, committed_seconds=60.0, validation_seconds=8.0)
+    clock.epoch_done(20.0, validation_seconds=12.0)
+    assert not clock.another_epoch_pays()
+
+
 def test_the_compiled_step_follows_the_clock_and_the_schedule_survives_a_save(tmp_path):
     """SGD on |w - (-10)| (gradient 1): each step moves w by exactly the rate the schedule gave it."""
     import keras

@@ -134,11 +134,12 @@ def schedule_of(model):
 class BudgetClock:
     """The budget's bookkeeping for one `train`: seconds used, the schedule's clock, when to stop.
 
-    `used(epoch_elapsed)` is the committed seconds plus the current epoch's;
+    `set(epoch_elapsed)` is the committed seconds plus the current epoch's;
     the run stops at a batch's end once that plus the last validation's
     length reaches the budget, so the partial epoch's own validation pass
     still fits (a resumed run takes that length from state.json; a new one
-    has none for its first epoch).
+    has none for its first epoch). After an epoch, it starts another only
+    when that one can train at least as long as it validates.
     """
 
     def __init__(self, budget_seconds, committed_seconds=0.0, schedule=None, epoch_elapsed=0.0,
@@ -164,6 +165,17 @@ class BudgetClock:
         self.committed += epoch_seconds
         self.validation_seconds = validation_seconds
         self.set(0.0)
+
+    def another_epoch_pays(self):
+        """Whether, after an epoch, the budget left trains at least as long as the next epoch's validation.
+
+        Otherwise the run stops there: an epoch started with less would
+        spend most of its time validating a few batches (a 60-minute run
+        once began an epoch at minute 59.2, trained 1 batch and validated
+        for 51 s).
+        """
+        left = self.budget_seconds - self.set(0.0) - self.validation_seconds
+        return left >= self.validation_seconds
 
 
 def budget_progress(clock, epochs=None):

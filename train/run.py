@@ -234,7 +234,7 @@ def _recorder(run, state, steps, every=CheckpointEvery(), clock=None):
             seconds = self.before + now - self.started
             if clock is not None:
                 clock.epoch_done(seconds, validation_seconds=now - self.last_batch)
-                if clock.spent(0.0):  # the validation used the rest: start no epoch that must stop at once
+                if not clock.another_epoch_pays():  # too little left to train more than it would validate
                     clock.stopped = self.model.stop_training = True
             row = {"epoch": epoch + 1, **{k: _number(logs.get(k)) for k in HISTORY_FIELDS[1:5]},
                    "seconds": round(seconds, 2), "lr": _current_lr(self.model), **_memory_mb(),
