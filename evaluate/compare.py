@@ -17,7 +17,7 @@ from evaluate.run import evaluate_run
 from shards.errors import UserError
 from shards.format import sha256_file
 from shards.fsio import atomic_path, write_text_atomic
-from train.rundir import BEST, RunDir
+from train.rundir import BEST, RunDir, whole_epochs
 
 # (key, column header, format) in table order.
 COLUMNS = (
@@ -108,7 +108,8 @@ def _row(run, progress):
     config = run.config()
     history = run.history()
     metrics = _current_metrics(run, progress)
-    seconds = [h["seconds"] for h in history if "seconds" in h]
+    # The mean of whole epochs: a time budget's last epoch, cut short, is not one.
+    seconds = [h["seconds"] for h in whole_epochs(history) or history if "seconds" in h]
     splits = metrics["splits"]
     val, test = splits.get("val", {}), splits.get("test", {})
     return {

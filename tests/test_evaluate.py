@@ -337,6 +337,16 @@ def test_compare_evaluates_again_when_the_model_changed(shard_dir, tmp_path):
     assert first["val_roc_auc"] == 0.0 and second["val_roc_auc"] > 0.9
 
 
+def test_compare_s_per_epoch_leaves_out_an_epoch_a_time_budget_cut_short(evaluated, tmp_path):
+    run_dir = str(tmp_path / "tiny-1")
+    shutil.copytree(evaluated[0], run_dir)
+    with open(os.path.join(run_dir, "history.csv"), "w", newline="") as f:  # 2 whole epochs, 1 batch of a third
+        csv.writer(f).writerows([["epoch", "loss", "seconds", "batches"], [1, 0.3, 2.0, 5], [2, 0.2, 3.0, 5],
+                                 [3, 0.2, 0.5, 1]])
+    row = compare_runs([run_dir], progress=False)[0]
+    assert row["epochs"] == 3 and row["seconds_per_epoch"] == 2.5
+
+
 def test_compare_scores_plainly_after_evaluate_tta_and_keeps_its_threshold(evaluated, tmp_path):
     run_dir = str(tmp_path / "tiny-1")
     shutil.copytree(evaluated[0], run_dir)  # compare writes into the run: keep the shared one as it is

@@ -15,7 +15,7 @@ from train.budget import register as register_budget_schedule
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
-from train.rundir import HISTORY_FIELDS, RunDir, Runs  # noqa: F401 - HISTORY_FIELDS re-exported
+from train.rundir import HISTORY_FIELDS, RunDir, Runs, whole_epochs  # noqa: F401 - HISTORY_FIELDS re-exported
 
 LAPTOP_SAMPLE = (4096, 1024)  # the tutorial's train/validation sample
 FULL = (10000, 2500)  # the design's full experiment
@@ -654,7 +654,7 @@ def _summary(run, settings, state, already_done=False):
     # An epoch a time budget cut short: its batches, and the whole epochs before it.
     steps = worker_batches(settings.train_size, settings.batch_size)
     partial = history[-1].get("batches", steps) if history and history[-1].get("batches", steps) < steps else 0
-    whole = [r for r in history if r.get("batches", steps) >= steps] or history
+    whole = whole_epochs(history, steps) or history
     return {
         "run_dir": run.path,
         "model": settings.model,

@@ -338,6 +338,16 @@ class Runs:
         raise UserError(f"cannot find a free run directory name in {self.root}")
 
 
+def whole_epochs(history, steps=None):
+    """history rows of the epochs that trained all `steps` batches (default: the most any row trained).
+
+    A time budget's cut-short last epoch is left out; rows from before the
+    `batches` column count as whole.
+    """
+    steps = steps or max((row.get("batches", 0) for row in history), default=0)
+    return [row for row in history if row.get("batches", steps) >= steps]
+
+
 def _tag(state):
     """The commit's name in crash points: 2 for the end of epoch 2, "3b40" for 40 batches into epoch 3."""
     batches = state.get("batches")
