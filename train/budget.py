@@ -134,7 +134,7 @@ def schedule_of(model):
 class BudgetClock:
     """The budget's bookkeeping for one `train`: seconds used, the schedule's clock, when to stop.
 
-    `set(epoch_elapsed)` is the committed seconds plus the current epoch's;
+    `set(epoch_elapsed)` returns the committed seconds plus the current epoch's;
     the run stops at a batch's end once that plus the last validation's
     length reaches the budget, so the partial epoch's own validation pass
     still fits (a resumed run takes that length from state.json; a new one
