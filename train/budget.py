@@ -174,7 +174,7 @@ class BudgetClock:
         once began an epoch at minute 59.2, trained 1 batch and validated
         for 51 s).
         """
-        left = self.budget_seconds - self.set(0.0) - self.validation_seconds
+        left = self.budget_seconds - self.committed - self.validation_seconds
         return left >= self.validation_seconds
 
 
