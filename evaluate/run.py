@@ -302,12 +302,21 @@ def _load_model(path):
                         "is damaged or not a Keras model: train again, or evaluate --checkpoint last") from None
 
 
+def takes_size(found, expected):
+    """Whether a model input of shape `found` (batch axis left out) takes images of shape `expected`.
+
+    A None dimension takes any size: the default model trained with
+    `train --small-first` takes images of any height and width.
+    """
+    return len(found) == len(expected) and all(f is None or f == e for f, e in zip(found, expected))
+
+
 def _check_input_size(model, path, manifest):
     expected = tuple(manifest.image_shape)
     if len(model.inputs) != 1:
         raise UserError(f"the model {path} has {len(model.inputs)} inputs; evaluate needs one image input")
     found = tuple(model.inputs[0].shape[1:])
-    if found != expected:
+    if not takes_size(found, expected):
         size = "x".join(str(d) for d in found[:2])
         raise UserError(
             f"the model {path} takes images of {'x'.join(str(d) for d in found)}, but the shards in "

@@ -30,7 +30,7 @@ import stat
 import numpy as np
 
 from evaluate.inference import FLIP, model_outputs, scoring
-from evaluate.run import DEFAULT_THRESHOLD, _load_model, recorded_thresholds
+from evaluate.run import DEFAULT_THRESHOLD, _load_model, recorded_thresholds, takes_size
 from shards.errors import UserError
 from shards.format import sha256_file
 from shards.image import BadImage, is_image_name, load_image
@@ -217,7 +217,7 @@ def predict(paths, run_dir, batch_size=64, threshold=None, top_k=1, tta=False):
     model_path = run.checkpoint("best")
     model = _load_model(model_path)
     found = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
-    if found != (*size, 3):
+    if found is None or not takes_size(found, (*size, 3)):
         raise UserError(f"the model {model_path} takes inputs of shape {found}, but {run_dir}/config.json "
                         f"says images are {size[0]}x{size[1]}; the run directory is inconsistent: train it again")
     score = _SigmoidScorer(threshold, classes) if len(classes) == 2 else \

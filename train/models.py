@@ -160,11 +160,13 @@ def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augme
     return keras.Model(inputs, _head(keras, x, num_classes), name="kibble")
 
 
-def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMENT):
+def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMENT, any_size=False):
     """An uncompiled Keras model by name, for images of `image_shape` (H, W, 3) and `num_classes` classes.
 
     `augment` (one of AUGMENTS) chooses the default model's training augmentation; the tutorial's
-    models have none, so they take only "standard".
+    models have none, so they take only "standard". `any_size`: the default model's input takes
+    images of any height and width (`train --small-first` trains it on smaller ones first); the
+    tutorial's models flatten a fixed-size map and cannot.
     """
     import keras
 
@@ -175,6 +177,8 @@ def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMEN
     if augment not in AUGMENTS or (augment != DEFAULT_AUGMENT and name != DEFAULT_MODEL):
         raise ValueError(f"augment must be one of {AUGMENTS} ({DEFAULT_AUGMENT} only for the tutorial's models, "
                          f"which have no augmentation). Received: augment={augment!r} with model={name!r}")
+    if any_size and name != DEFAULT_MODEL:
+        raise ValueError(f"only {DEFAULT_MODEL} takes images of any size. Received: model={name!r}")
     if name == "mlp":
         return _mlp(keras, image_shape, num_classes)
     if name == "conv1":
@@ -183,4 +187,5 @@ def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMEN
         return _plain_conv(keras, image_shape, (48, 48), name, num_classes)
     if name == "conv2-wide":
         return _plain_conv(keras, image_shape, (128, 128), name, num_classes)
-    return _kibble(keras, image_shape, num_classes, seed, augment=augment)
+    return _kibble(keras, (None, None, image_shape[-1]) if any_size else image_shape, num_classes, seed,
+                   augment=augment)

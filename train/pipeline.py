@@ -43,8 +43,21 @@ def epoch_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WIND
         yield images, labels.astype(dtype).reshape(-1, *shape), order
 
 
+def smaller_size(image_shape, scale):
+    """(height, width) of images of `image_shape` scaled by `scale` per side, rounded, at least 8 pixels."""
+    return tuple(max(8, round(side * scale)) for side in image_shape[:2])
+
+
+def image_size_variable(image_shape):
+    """A tf.Variable [height, width] that make_dataset(size=...) resizes its batches to; starts at the shards' size."""
+    import tensorflow as tf
+
+    return tf.Variable(list(image_shape[:2]), dtype=tf.int32, trainable=False, name="train_image_size")
+
+
 def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=True,
-                 initial_epoch=0, prefetch=2, window=WINDOW, worker_index=0, num_workers=1, skip_batches=0):
+                 initial_epoch=0, prefetch=2, window=WINDOW, worker_index=0, num_workers=1, skip_batches=0,
+                 size=None):
     """A tf.data.Dataset of (images, labels) batches of one split, for model.fit.
 
     images: uint8, shape (B, H, W, 3), RGB 0-255 (the models rescale them);
@@ -60,6 +73,10 @@ def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=Tru
     With `skip_batches` k, every iteration is the rest of epoch
     `initial_epoch` after its first k batches (a run resumed inside an
     epoch), none of whose images is read.
+    With `size` (image_size_variable), each batch is resized (area
+    averaging, back to uint8) to the size the variable holds when the batch
+    is made, and passed as it is when that is the shards' size; the batches'
+    height and width are then unknown to the graph (a model taking any size).
     """
     import tensorflow as tf
 
@@ -92,4 +109,15 @@ def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=Tru
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
     dataset = dataset.prefetch(1).flat_map(to_batches)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    if size is not None:
+        dataset = dataset.map(lambda images, labels: (_resized(images, size), labels))
     return dataset.prefetch(prefetch)
+
+
+def _resized(images, size):
+    import tensorflow as tf
+
+    wanted = size.read_value()
+    same = tf.reduce_all(tf.equal(wanted, tf.shape(images)[1:3]))
+    return tf.cond(same, lambda: images, lambda: tf.cast(
+        tf.clip_by_value(tf.round(tf.image.resize(images, wanted, method="area")), 0, 255), tf.uint8))

@@ -11,7 +11,8 @@
         history.csv    one row per finished epoch: epoch (1-based), loss, accuracy,
                        val_loss, val_accuracy, seconds, lr, rss_mb, peak_rss_mb,
                        resumed_at_batch (0, or the batch a resumed epoch restarted at),
-                       batches (trained in the epoch: fewer in one a time budget stopped)
+                       batches (trained in the epoch: fewer in one a time budget stopped),
+                       scale (train --small-first: the training images' scale per side)
         metrics.json   written by `evaluate`
         logs/          TensorBoard event files
         .lock          held (flock) by the one `train` writing the directory
@@ -38,7 +39,7 @@ LATEST = "LATEST"
 CONFIG, BEST, LAST, HISTORY, STATE = "config.json", "best.keras", "last.keras", "history.csv", "state.json"
 METRICS = "metrics.json"
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr", "rss_mb", "peak_rss_mb",
-                  "resumed_at_batch", "batches")
+                  "resumed_at_batch", "batches", "scale")
 _INT_FIELDS = ("epoch", "resumed_at_batch", "batches")
 # A commit's model before it becomes last.keras (epoch-NNNN.keras at an epoch's end,
 # epoch-NNNN-batch-BBBBBB.keras inside epoch NNNN); only the one state.json names counts.

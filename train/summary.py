@@ -16,6 +16,8 @@ def format_summary(result):
     if result.get("stopped_at_budget"):
         done = (f"stopped at the time budget after {_epochs(result)} "
                 f"({result['minutes_used']:.1f} of {result['minutes']:g} min)")
+    if result.get("small_epochs"):
+        done += f" ({result['small_epochs']} on smaller images)"
     return (f"{notes}{result['model']}{precision}: {done}, {result['seconds_per_epoch']:.1f} s/epoch; "
             f"best epoch {result['best_epoch']}: val_loss {result['best_val_loss']:.4f}, "
             f"val_accuracy {acc:.4f}; best model {size}\nrun directory: {result['run_dir']}")

@@ -9,14 +9,15 @@ from kibble.options import (access_from, access_options, batch_size_option, chec
                             run_dir_option, runs_option, seed_option, training_minutes)
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
 from train.precision import DEFAULT_PRECISION, PRECISIONS
-from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED
+from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE
 
 # train's options -> the TrainSettings fields they set (for "which did the user give?").
 _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
                  "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
                  "batch_size": ("batch_size",), "lr": ("lr",), "loss": ("loss",), "seed": ("seed",),
                  "class_weight": ("class_weight",), "precision": ("precision",),
-                 "augment": ("augment",), "minutes": ("minutes",)}
+                 "augment": ("augment",), "minutes": ("minutes",),
+                 "small_first": ("small_first",)}
 
 
 @click.command(cls=TrainingCommand)
@@ -53,6 +54,10 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
               help="The default model's training augmentation: standard (flips, shifts, zooms, small rotations) "
                    "or photo (also crops of other aspects, brightness, contrast, saturation and hue). "
                    "Kept by --resume; the tutorial's models have none.")
+@click.option("--small-first", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, callback=finite,
+              help="Train the default model's first SHARE of the run (of --minutes, else of the epochs) on images "
+                   f"scaled to {SMALL_SCALE:g} per side (about half the pixels, about half the time per epoch), "
+                   "then at the shards' size. 0: always that size. Kept by --resume.", metavar="SHARE")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option(url=True)
@@ -65,7 +70,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr, loss,
-          class_weight, precision, augment, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
+          class_weight, precision, augment, small_first, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
@@ -77,6 +82,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     \b
     Example:
       python cli.py train --full --model conv2 --precision auto
+      python cli.py train --full --minutes 30 --small-first 0.5
       python cli.py train --resume --checkpoint-every 30m
       python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
     """
@@ -91,7 +97,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     settings = TrainSettings(data=data, model=model_name, train_size=train_size or sizes[0],
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
                              batch_size=batch_size, seed=seed, class_weight=class_weight, precision=precision,
-                             augment=augment, minutes=minutes)
+                             augment=augment, minutes=minutes, small_first=small_first)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
