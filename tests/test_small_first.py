@@ -83,6 +83,9 @@ def test_the_switch_follows_the_time_budget_and_never_goes_back():
     # Extended from 10 to 30 minutes after it switched: 310 s is a sixth of the new budget, still full size.
     assert not small_epoch(TrainSettings(minutes=30.0, small_first=0.5),
                            {"epoch": 4, "seconds": 310.0, "history": [small_row] * 3 + [full_row]})
+    # Resumed inside the epoch that began at 290 s: it ends at the size it began with, whatever its own seconds.
+    assert small_epoch(budget, {"epoch": 3, "seconds": 290.0, "batches": 200, "epoch_seconds": 80.0,
+                                "history": [small_row] * 3})
     # An epoch cap with the budget: whichever share is larger.
     assert not small_epoch(TrainSettings(minutes=10.0, epochs=4, small_first=0.5),
                            {"epoch": 2, "seconds": 10.0, "history": [small_row] * 2})
