@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from shards import storage
 from shards.errors import UserError
 from shards.manifest import verify_shards
-from train.budget import BudgetClock, budget_progress, duration_seconds, make_schedule, parse_minutes, schedule_of
+from train.budget import (BudgetClock, budget_fraction, budget_progress, duration_seconds, make_schedule,
+                          parse_minutes, schedule_of)
 from train.budget import register as register_budget_schedule
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
@@ -210,9 +211,10 @@ def small_epoch(settings, state):
     """
     if not settings.small_first or any(row.get("scale", 1.0) == 1.0 for row in state.get("history", [])):
         return False
-    used = state.get("epoch", 0) / settings.epochs if settings.epochs else 0.0
-    if settings.minutes:
-        used = max(used, state.get("seconds", 0.0) / (settings.minutes * 60))
+    epoch, seconds = state.get("epoch", 0), state.get("seconds", 0.0)
+    # The budget's share, or the epochs' when they also bound it (as the schedule's), or the epochs' alone.
+    used = budget_fraction(seconds, epoch, settings.minutes * 60, settings.epochs) if settings.minutes \
+        else epoch / settings.epochs if settings.epochs else 0.0
     return used < settings.small_first
 
 
