@@ -246,7 +246,7 @@ def _build(name, variant, augment="standard"):
     else:
         model = _kibble_variant(keras, variant)
     batch = BATCH_VARIANTS.get(variant, BATCH)
-    settings = TrainSettings(model=name, batch_size=batch).resolved()
+    settings = TrainSettings(model=name, batch_size=BATCH).resolved()
     if batch != BATCH:  # the linear scaling rule: the rate in proportion to the batch
         settings = TrainSettings(model=name, batch_size=batch, lr=settings.lr * batch / BATCH).resolved()
     _compile(model, settings, steps_per_epoch=10000 // batch)

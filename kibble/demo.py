@@ -44,8 +44,9 @@ class DemoSettings:
     # decay) take it well past 85% test accuracy on the generated pictures.
     model: str = "kibble"
     epochs: int = 18
-    lr: float = None  # None: the model's recipe
-    batch_size: int = 32
+    # None: the model's recipe (train.models.RECIPES).
+    lr: float = None
+    batch_size: int = None
     seed: int = 0
 
 

@@ -147,7 +147,7 @@ def small_default_model(monkeypatch):
 
 
 def test_a_budget_stops_the_run_anneals_the_rate_and_extends_on_resume(shards_dir, tmp_path, small_default_model):
-    budget, peak, cap, steps = 4.0, 2e-3, 1000, 12
+    budget, peak, cap, steps = 4.0, TrainSettings().resolved().lr, 1000, 12  # peak: the recipe's rate
     settings = TrainSettings(data=shards_dir, model="kibble", train_size=48, val_size=16, batch_size=4,
                              minutes=budget / 60, epochs=cap)
     result = train(settings, runs_root=str(tmp_path / "runs"), progress=False)

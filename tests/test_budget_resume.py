@@ -9,9 +9,11 @@ import numpy as np
 
 from tests.conftest import ROOT, make_kaggle_shards
 from train.budget import budget_lr
+from train.run import TrainSettings
 from train.rundir import CRASH_ENV, CRASH_EXIT, RunDir
 
-SCHEDULE_SECONDS, PEAK, STEPS = 60.0, 2e-3, 12
+# PEAK: the default model's recipe's rate, which the run below trains at.
+SCHEDULE_SECONDS, PEAK, STEPS = 60.0, TrainSettings().resolved().lr, 12
 # The default model's recipe (its schedule over the budget) on the mlp's few layers, to keep it fast.
 SCRIPT = """
 import sys

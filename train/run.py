@@ -44,7 +44,8 @@ class TrainSettings:
     epochs: int = None
     lr: float = None
     loss: str = None
-    batch_size: int = 32
+    # None: the model's recipe (16 for the default model, 32 for the tutorial's).
+    batch_size: int = None
     # 0 <= seed <= MAX_SEED: weights, shuffle order and augmentation.
     seed: int = 0
     # Images mixed together by the input pipeline's shuffle.
@@ -71,11 +72,12 @@ class TrainSettings:
         0/1 targets); with more classes their loss is cross-entropy ("bce"
         then means sparse categorical cross-entropy).
         """
-        lr, loss, epochs = RECIPES.get(self.model, (None, None, None))
+        lr, loss, epochs, batch_size = RECIPES[self.model]
         if num_classes > 2:
             loss = "bce"
         epochs = self.epochs or (None if self.minutes else epochs)
-        return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=epochs)
+        return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=epochs,
+                       batch_size=self.batch_size or batch_size)
 
     @property
     def epoch_cap(self):

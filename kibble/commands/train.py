@@ -39,7 +39,8 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
               help="Time budget: stop when this much training (with validation) is done, 20 or 90s, 20m, 1.5h; "
                    "the default model's learning rate anneals over it. --epochs is then an upper bound (default: "
                    "none). With --resume: the run's new budget.")
-@batch_size_option(32)
+@batch_size_option(None, "Images per training step. Default: the model's recipe (16 for kibble, 32 for the "
+                   "tutorial's); give --lr with another size (the recipe's rate is for its own batch).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=None,
               callback=finite, help="Learning rate. Default: the model's recipe.")
 @click.option("--loss", type=click.Choice(["mse", "bce"]), default=None,
