@@ -18,9 +18,10 @@ Learning rates (Adam), chosen as follows:
   tutorial's own epoch counts.
 - kibble 1.4e-3 with cosine decay and warm-up: batch normalisation makes the
   residual net tolerant of a large rate. It trained at 2e-3 in batches of 32
-  until 2026-11-26; batches of 16 (its recipe since) hold about 270 MB less
-  for the same time per image and the same accuracy (docs/results.md), and
-  its rate is 2e-3 scaled by the square root of the batch ratio.
+  until 2026-11-26; batches of 16 (its recipe since) hold about 240 MB less
+  in `train --full` for the same time per image and the same accuracy
+  (docs/results.md), and its rate is 2e-3 scaled by the square root of the
+  batch ratio.
 
 A batch size given without a learning rate keeps the recipe's rate.
 """
