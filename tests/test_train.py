@@ -127,19 +127,20 @@ def test_the_batch_size_and_rate_come_from_the_models_recipe():
 
 
 def test_a_run_started_with_another_batch_resumes_with_its_own(shards_dir, tmp_path):
-    # A run from before the default model's recipe took batches of 16 keeps its 32 (and its rate) on --resume.
-    old = TrainSettings(data=shards_dir, train_size=64, val_size=16, epochs=1, batch_size=32, lr=2e-3)
+    # A run whose batch and rate are not its model's recipe (as a default-model run from before its recipe took
+    # batches of 16) keeps them on --resume; the mlp, for speed.
+    old = TrainSettings(data=shards_dir, model="mlp", train_size=64, val_size=16, epochs=1, batch_size=8, lr=2e-3)
     run = train(old, runs_root=str(tmp_path), progress=False)["run_dir"]
     result = train(TrainSettings(epochs=2), runs_root=str(tmp_path), resume=True, given={"epochs"},
                    progress=False)
     assert result["run_dir"] == run and result["epochs"] == 2
     config = json.load(open(os.path.join(run, "config.json")))
-    assert (config["batch_size"], config["lr"]) == (32, 2e-3)
-    assert [row["batches"] for row in RunDir(run).history()] == [2, 2]
-    # without --resume, the recipe's batch (16) is another setting than the run's
+    assert (config["batch_size"], config["lr"]) == (8, 2e-3)
+    assert [row["batches"] for row in RunDir(run).history()] == [8, 8]
+    # without --resume, the recipe's batch (32) is another setting than the run's
     with pytest.raises(UserError, match="other settings"):
-        train(TrainSettings(data=shards_dir, train_size=64, val_size=16, epochs=2, lr=2e-3), run_dir=run,
-              progress=False)
-    again = train(TrainSettings(data=shards_dir, train_size=64, val_size=16, epochs=1), runs_root=str(tmp_path),
-                  progress=False)
-    assert [row["batches"] for row in RunDir(again["run_dir"]).history()] == [4]
+        train(TrainSettings(data=shards_dir, model="mlp", train_size=64, val_size=16, epochs=2, lr=2e-3),
+              run_dir=run, progress=False)
+    again = train(TrainSettings(data=shards_dir, model="mlp", train_size=64, val_size=16, epochs=1),
+                  runs_root=str(tmp_path), progress=False)
+    assert [row["batches"] for row in RunDir(again["run_dir"]).history()] == [2]
