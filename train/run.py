@@ -72,7 +72,7 @@ class TrainSettings:
         0/1 targets); with more classes their loss is cross-entropy ("bce"
         then means sparse categorical cross-entropy).
         """
-        lr, loss, epochs, batch_size = RECIPES[self.model]
+        lr, loss, epochs, batch_size = RECIPES.get(self.model, (None,) * 4)  # validate() names a bad model
         if num_classes > 2:
             loss = "bce"
         epochs = self.epochs or (None if self.minutes else epochs)
