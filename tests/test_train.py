@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -124,6 +125,42 @@ def test_the_batch_size_and_rate_come_from_the_models_recipe():
     assert (TrainSettings(batch_size=64).resolved().batch_size, TrainSettings(batch_size=64).resolved().lr) \
         == (64, 1.4e-3)
     assert TrainSettings(batch_size=64, lr=1e-3).resolved().lr == 1e-3
+
+
+def test_the_weight_decay_comes_from_the_recipe_and_only_the_default_model_takes_it():
+    from train.models import RECIPES
+
+    assert TrainSettings().resolved().weight_decay == RECIPES["kibble"][4] > 0
+    assert TrainSettings(model="conv2").resolved().weight_decay == 0.0
+    assert TrainSettings(weight_decay=0.0).resolved().weight_decay == 0.0  # given, even when 0, is kept
+    assert TrainSettings(weight_decay=0.05).resolved().weight_decay == 0.05
+    TrainSettings(model="conv2", weight_decay=0.0).validate()
+    for bad, model in ((0.1, "conv2"), (-0.1, "kibble"), (1.0, "kibble"), (float("nan"), "kibble"), (True, "kibble")):
+        with pytest.raises(UserError, match="weight_decay must be"):
+            TrainSettings(model=model, weight_decay=bad).validate()
+
+
+def test_the_weight_decay_reaches_adamw_and_a_run_from_before_it_keeps_the_old_one(shards_dir, tmp_path):
+    import keras
+
+    settings = TrainSettings(data=shards_dir, train_size=16, val_size=8, epochs=1, batch_size=8, weight_decay=0.05)
+    run = train(settings, runs_root=str(tmp_path), progress=False)["run_dir"]
+    assert json.load(open(os.path.join(run, "config.json")))["weight_decay"] == 0.05
+    assert keras.models.load_model(os.path.join(run, "last.keras")).optimizer.weight_decay == pytest.approx(0.05)
+    # A config.json from before the setting: the default model then always had 1e-4.
+    old = replace(settings, weight_decay=1e-4)
+    run = train(old, runs_root=str(tmp_path), progress=False)["run_dir"]
+    path = os.path.join(run, "config.json")
+    config = json.load(open(path))
+    del config["weight_decay"]
+    json.dump(config, open(path, "w"))
+    assert train(old, run_dir=run, progress=False)["already_done"]
+    with pytest.raises(UserError, match="other settings"):
+        train(settings, run_dir=run, progress=False)
+    with pytest.raises(UserError, match=r"--weight-decay 0.05 \(the run has 0.0001\)"):
+        train(replace(settings, epochs=2), run_dir=run, resume=True, given={"epochs", "weight_decay"},
+              progress=False)
+    assert train(TrainSettings(epochs=2), run_dir=run, resume=True, given={"epochs"}, progress=False)["epochs"] == 2
 
 
 def test_a_run_started_with_another_batch_resumes_with_its_own(shards_dir, tmp_path):

@@ -46,6 +46,9 @@ class TrainSettings:
     loss: str = None
     # None: the model's recipe (16 for the default model, 32 for the tutorial's).
     batch_size: int = None
+    # AdamW's decoupled weight decay, multiplied by the learning rate at each step. None: the model's recipe;
+    # the tutorial's models take only 0 (their Adam).
+    weight_decay: float = None
     # 0 <= seed <= MAX_SEED: weights, shuffle order and augmentation.
     seed: int = 0
     # Images mixed together by the input pipeline's shuffle.
@@ -72,12 +75,13 @@ class TrainSettings:
         0/1 targets); with more classes their loss is cross-entropy ("bce"
         then means sparse categorical cross-entropy).
         """
-        lr, loss, epochs, batch_size = RECIPES.get(self.model, (None,) * 4)  # validate() names a bad model
+        lr, loss, epochs, batch_size, weight_decay = RECIPES.get(self.model, (None,) * 5)  # validate() names it
         if num_classes > 2:
             loss = "bce"
         epochs = self.epochs or (None if self.minutes else epochs)
         return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=epochs,
-                       batch_size=self.batch_size or batch_size)
+                       batch_size=self.batch_size or batch_size,
+                       weight_decay=weight_decay if self.weight_decay is None else self.weight_decay)
 
     @property
     def epoch_cap(self):
@@ -105,6 +109,12 @@ class TrainSettings:
                             f"model={self.model!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr < 1):
             raise UserError(f"lr must be between 0 and 1. Received: lr={self.lr}")
+        if self.weight_decay is not None and (isinstance(self.weight_decay, bool) or not isinstance(
+                self.weight_decay, (int, float)) or not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1)
+                or (self.weight_decay and self.model != DEFAULT_MODEL)):
+            raise UserError(f"weight_decay must be from 0 up to (not including) 1, and 0 for the tutorial's models "
+                            f"(they train with plain Adam). Received: weight_decay={self.weight_decay!r} with "
+                            f"model={self.model!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"seed must be a whole number from 0 to {MAX_SEED}. Received: seed={self.seed!r}")
         if self.minutes is not None:
@@ -171,8 +181,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 # Settings a run keeps for good: with --resume they come from config.json,
 # and giving another value is refused. Only `epochs` may grow (extension).
-FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "seed", "window",
-                   "class_weight", "precision", "augment", "small_first")
+FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "weight_decay", "seed",
+                   "window", "class_weight", "precision", "augment", "small_first")
 
 
 def _compile(model, settings, steps_per_epoch, num_classes=2):
@@ -187,7 +197,7 @@ def _compile(model, settings, steps_per_epoch, num_classes=2):
         warmup = min(steps_per_epoch, total // 10)
         lr = keras.optimizers.schedules.CosineDecay(
             lr / 10, decay_steps=max(1, total - warmup), alpha=0.01, warmup_target=lr, warmup_steps=warmup)
-    optimizer = keras.optimizers.AdamW(lr, weight_decay=1e-4) if settings.model == DEFAULT_MODEL \
+    optimizer = keras.optimizers.AdamW(lr, weight_decay=settings.weight_decay) if settings.model == DEFAULT_MODEL \
         else keras.optimizers.Adam(lr)
     if num_classes > 2:
         # Named "accuracy" like the two-class metric, so history.csv keeps its columns.
@@ -351,10 +361,19 @@ def _config(settings, manifest, params):
             "params": params}
 
 
-_SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "seed",
-                  "window", "class_weight", "precision", "augment", "minutes", "small_first", "manifest_sha256")
+_SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "weight_decay",
+                  "seed", "window", "class_weight", "precision", "augment", "minutes", "small_first", "manifest_sha256")
 # What a config.json written before a setting existed meant by leaving it out.
 _OLD_DEFAULTS = {"class_weight": "none", "precision": "float32", "augment": DEFAULT_AUGMENT, "small_first": 0.0}
+# The weight decay every default-model run had before it was a setting (the tutorial's models had none).
+_OLD_WEIGHT_DECAY = 1e-4
+
+
+def _old_default(config, key):
+    """What a config.json written before setting `key` existed meant by leaving it out."""
+    if key == "weight_decay":
+        return _OLD_WEIGHT_DECAY if config.get("model") == DEFAULT_MODEL else 0.0
+    return _OLD_DEFAULTS.get(key)
 
 
 def _same_run(run, settings, manifest):
@@ -364,7 +383,7 @@ def _same_run(run, settings, manifest):
     except UserError:
         return False
     wanted = _config(settings, manifest, None)
-    return all(config.get(k, _OLD_DEFAULTS.get(k)) == wanted.get(k) for k in _SAME_RUN_KEYS)
+    return all(config.get(k, _old_default(config, k)) == wanted.get(k) for k in _SAME_RUN_KEYS)
 
 
 def _unfinished_same_run(settings, manifest, runs):
@@ -414,7 +433,8 @@ def _resume_target(run_dir, runs, requested, given, exact, open_data):
     if not os.path.isdir(run.path):
         raise UserError(f"no run directory at {run.path} to resume; start it without --resume")
     config = run.config()
-    settings = TrainSettings(**{k: config[k] for k in asdict(TrainSettings()) if k in config})
+    settings = TrainSettings(**{k: config.get(k, _old_default(config, k)) for k in asdict(TrainSettings())
+                                if k in config or k == "weight_decay"})
     try:
         settings.validate()
     except UserError as exc:

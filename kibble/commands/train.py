@@ -14,7 +14,7 @@ from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMP
 # train's options -> the TrainSettings fields they set (for "which did the user give?").
 _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
                  "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
-                 "batch_size": ("batch_size",), "lr": ("lr",), "loss": ("loss",), "seed": ("seed",),
+                 "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "loss": ("loss",), "seed": ("seed",),
                  "class_weight": ("class_weight",), "precision": ("precision",),
                  "augment": ("augment",), "minutes": ("minutes",),
                  "small_first": ("small_first",)}
@@ -43,6 +43,9 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                    "tutorial's); give --lr with another size (the recipe's rate is for its own batch).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=None,
               callback=finite, help="Learning rate. Default: the model's recipe.")
+@click.option("--weight-decay", type=click.FloatRange(min=0, max=1, max_open=True), default=None, callback=finite,
+              help="The default model's AdamW weight decay (decoupled; each step shrinks the weights by it times "
+                   "the learning rate). Default: the recipe's. Kept by --resume; the tutorial's models take only 0.")
 @click.option("--loss", type=click.Choice(["mse", "bce"]), default=None,
               help="mse (the tutorial's; two classes only) or bce (cross-entropy; sparse categorical with more "
                    "than two classes). Default: the model's recipe; cross-entropy for more than two classes.")
@@ -70,8 +73,8 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                    "only at epochs' ends); a resumed run continues from the batch after it.")
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
-def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr, loss,
-          class_weight, precision, augment, small_first, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
+def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr,
+          weight_decay, loss, class_weight, precision, augment, small_first, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
@@ -97,7 +100,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     sizes = FULL if full else LAPTOP_SAMPLE
     settings = TrainSettings(data=data, model=model_name, train_size=train_size or sizes[0],
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
-                             batch_size=batch_size, seed=seed, class_weight=class_weight, precision=precision,
+                             batch_size=batch_size, weight_decay=weight_decay, seed=seed, class_weight=class_weight, precision=precision,
                              augment=augment, minutes=minutes, small_first=small_first)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
