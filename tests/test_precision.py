@@ -176,3 +176,32 @@ def test_output_layer_stays_float32_under_mixed_bfloat16():
     assert model.get_layer("cat").dtype_policy.name == "float32"
     convs = [layer.dtype_policy.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs and set(convs) == {"mixed_bfloat16"}
+
+
+def test_a_bfloat16_model_is_loaded_in_float32_on_a_cpu_without_bfloat16(tmp_path, cpu):
+    """evaluate, predict and check-outside load models through evaluate.run._load_model."""
+    import keras
+
+    from evaluate.run import _load_model
+    from train.models import build_model
+
+    with precision.dtype_policy("bfloat16"):
+        model = build_model("kibble", (16, 20, 3))
+    path = str(tmp_path / "best.keras")
+    model.save(path)
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 20, 3), dtype=np.uint8)
+
+    def computes(loaded):
+        return {layer.dtype_policy.compute_dtype for layer in loaded._flatten_layers()}
+
+    cpu(ZEN4)
+    native = _load_model(path)
+    assert "bfloat16" in computes(native)
+    cpu(EPYC_AVX2)
+    portable = _load_model(path)
+    assert computes(portable) == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"
+    for mine, theirs in zip(portable.get_weights(), native.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_allclose(portable.predict(images, verbose=0), native.predict(images, verbose=0), atol=2e-2)
+
