@@ -205,3 +205,15 @@ def test_a_bfloat16_model_is_loaded_in_float32_on_a_cpu_without_bfloat16(tmp_pat
         np.testing.assert_array_equal(mine, theirs)
     np.testing.assert_allclose(portable.predict(images, verbose=0), native.predict(images, verbose=0), atol=2e-2)
 
+
+def test_the_default_model_takes_bfloat16_where_the_cpu_has_it_and_the_tutorials_keep_float32(shards_dir, tmp_path,
+                                                                                               cpu):
+    cpu(ZEN4)
+    assert resolve_precision(TrainSettings().resolved().precision) == "bfloat16"
+    assert resolve_precision(TrainSettings(model="conv2").resolved().precision) == "float32"
+    assert resolve_precision(TrainSettings(precision="float32").resolved().precision) == "float32"
+    run = train(TrainSettings(data=shards_dir, model="conv1", train_size=16, val_size=8, epochs=1, batch_size=8),
+                runs_root=str(tmp_path), progress=False)
+    assert run["precision"] == "float32" and _config(run["run_dir"])["precision"] == "float32"
+    cpu(EPYC_AVX2)
+    assert resolve_precision(TrainSettings().resolved().precision) == "float32"

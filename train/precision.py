@@ -5,7 +5,8 @@ dense convolutions and matrix products several times faster); elsewhere
 TensorFlow emulates it, and a step of the default model takes about 40
 times longer than in float32 (16 s against 0.4 s, measured on an AVX2-only
 EPYC). So `bfloat16` is refused on such a CPU, and `auto` picks it only
-where the flags say the hardware is there.
+where the flags say the hardware is there. The default model's recipe
+(train.models.RECIPES) takes `auto`; the tutorial's models take float32.
 """
 import contextlib
 import sys
@@ -13,9 +14,6 @@ import sys
 from shards.errors import UserError
 
 PRECISIONS = ("auto", "float32", "bfloat16")
-# float32 until bfloat16's accuracy has been shown to hold on a bfloat16 CPU
-# (the machine this was built on has none); `auto` is the explicit opt-in.
-DEFAULT_PRECISION = "float32"
 # Keras's global dtype policy per resolved precision.
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 CPUINFO = "/proc/cpuinfo"

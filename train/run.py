@@ -15,7 +15,7 @@ from train.budget import (BudgetClock, budget_fraction, budget_progress, duratio
 from train.budget import register as register_budget_schedule
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
-from train.precision import DEFAULT_PRECISION, PRECISIONS, dtype_policy, resolve_precision
+from train.precision import PRECISIONS, dtype_policy, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs, whole_epochs  # noqa: F401 - HISTORY_FIELDS re-exported
 
 LAPTOP_SAMPLE = (4096, 1024)  # the tutorial's train/validation sample
@@ -55,8 +55,9 @@ class TrainSettings:
     window: int = WINDOW
     # "balanced": weigh each class's loss by n / (classes * images of the class), for uneven sets.
     class_weight: str = "none"
-    # auto, float32 or bfloat16 (train.precision); train() resolves auto, so config.json names the one used.
-    precision: str = DEFAULT_PRECISION
+    # auto, float32 or bfloat16 (train.precision); None: the model's recipe. train() resolves it to float32 or
+    # bfloat16, so config.json names the one used.
+    precision: str = None
     # The default model's training augmentation, one of train.models.AUGMENTS ("photo" adds crops of other
     # aspects and colour changes); the tutorial's models have none and take only the default.
     augment: str = DEFAULT_AUGMENT
@@ -75,13 +76,14 @@ class TrainSettings:
         0/1 targets); with more classes their loss is cross-entropy ("bce"
         then means sparse categorical cross-entropy).
         """
-        lr, loss, epochs, batch_size, weight_decay = RECIPES.get(self.model, (None,) * 5)  # validate() names it
-        if num_classes > 2:
+        lr, loss, epochs, batch_size, weight_decay, precision = RECIPES.get(self.model, (None,) * 6)  # validate()
+        if num_classes > 2:  # names a bad model
             loss = "bce"
         epochs = self.epochs or (None if self.minutes else epochs)
         return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=epochs,
                        batch_size=self.batch_size or batch_size,
-                       weight_decay=weight_decay if self.weight_decay is None else self.weight_decay)
+                       weight_decay=weight_decay if self.weight_decay is None else self.weight_decay,
+                       precision=self.precision or precision)
 
     @property
     def epoch_cap(self):
@@ -101,7 +103,7 @@ class TrainSettings:
         if self.class_weight not in CLASS_WEIGHTS:
             raise UserError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}. "
                             f"Received: class_weight={self.class_weight!r}")
-        if self.precision not in PRECISIONS:
+        if self.precision not in (None, *PRECISIONS):
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={self.precision!r}")
         if self.augment not in AUGMENTS or (self.augment != DEFAULT_AUGMENT and self.model != DEFAULT_MODEL):
             raise UserError(f"augment must be one of {', '.join(AUGMENTS)}, and {DEFAULT_AUGMENT} for the tutorial's "
@@ -434,7 +436,7 @@ def _resume_target(run_dir, runs, requested, given, exact, open_data):
         raise UserError(f"no run directory at {run.path} to resume; start it without --resume")
     config = run.config()
     settings = TrainSettings(**{k: config.get(k, _old_default(config, k)) for k in asdict(TrainSettings())
-                                if k in config or k == "weight_decay"})
+                                if k in config or _old_default(config, k) is not None})
     try:
         settings.validate()
     except UserError as exc:
@@ -587,9 +589,9 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
     directory another process is writing, and settings a resume cannot change.
     """
     settings.validate()
-    settings = replace(settings, precision=resolve_precision(settings.precision))
-    every = parse_checkpoint_every(checkpoint_every)
     given = _given_fields(settings, given)
+    settings = replace(settings, precision=resolve_precision(settings.resolved().precision))
+    every = parse_checkpoint_every(checkpoint_every)
     exact = given & {"train_size", "val_size"} if exact_sizes is None else set(exact_sizes)
     requested, notes = settings, []
     runs = Runs(runs_root)

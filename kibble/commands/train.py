@@ -8,7 +8,7 @@ from kibble.group import TrainingCommand, say
 from kibble.options import (access_from, access_options, batch_size_option, checkpoint_interval, data_option, finite,
                             run_dir_option, runs_option, seed_option, training_minutes)
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
-from train.precision import DEFAULT_PRECISION, PRECISIONS
+from train.precision import PRECISIONS
 from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE
 
 # train's options -> the TrainSettings fields they set (for "which did the user give?").
@@ -51,9 +51,10 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                    "than two classes). Default: the model's recipe; cross-entropy for more than two classes.")
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none", show_default=True,
               help="balanced: weigh each class by n / (classes x its images in the train split), for uneven sets.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="bfloat16: mixed bfloat16 (output layer float32), only on a CPU with AVX-512 BF16 or AMX; "
-                   "auto: bfloat16 where the CPU has it, else float32. Kept by --resume.")
+                   "auto: bfloat16 where the CPU has it, else float32. Default: the model's recipe (auto for "
+                   "kibble, float32 for the tutorial's). Kept by --resume.")
 @click.option("--augment", type=click.Choice(AUGMENTS), default=DEFAULT_AUGMENT, show_default=True,
               help="The default model's training augmentation: standard (flips, shifts, zooms, small rotations) "
                    "or photo (also crops of other aspects, brightness, contrast, saturation and hue). "
