@@ -76,8 +76,9 @@ class TrainSettings:
         0/1 targets); with more classes their loss is cross-entropy ("bce"
         then means sparse categorical cross-entropy).
         """
-        lr, loss, epochs, batch_size, weight_decay, precision = RECIPES.get(self.model, (None,) * 6)  # validate()
-        if num_classes > 2:  # names a bad model
+        # An unknown model gets None everywhere: validate() names it.
+        lr, loss, epochs, batch_size, weight_decay, precision = RECIPES.get(self.model, (None,) * 6)
+        if num_classes > 2:
             loss = "bce"
         epochs = self.epochs or (None if self.minutes else epochs)
         return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=epochs,
@@ -111,9 +112,10 @@ class TrainSettings:
                             f"model={self.model!r}")
         if self.lr is not None and not (math.isfinite(self.lr) and 0 < self.lr < 1):
             raise UserError(f"lr must be between 0 and 1. Received: lr={self.lr}")
-        if self.weight_decay is not None and (isinstance(self.weight_decay, bool) or not isinstance(
-                self.weight_decay, (int, float)) or not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1)
-                or (self.weight_decay and self.model != DEFAULT_MODEL)):
+        decay = self.weight_decay
+        if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float))
+                                  or not (math.isfinite(decay) and 0 <= decay < 1)
+                                  or (decay and self.model != DEFAULT_MODEL)):
             raise UserError(f"weight_decay must be from 0 up to (not including) 1, and 0 for the tutorial's models "
                             f"(they train with plain Adam). Received: weight_decay={self.weight_decay!r} with "
                             f"model={self.model!r}")

@@ -14,7 +14,8 @@ from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMP
 # train's options -> the TrainSettings fields they set (for "which did the user give?").
 _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
                  "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
-                 "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "loss": ("loss",), "seed": ("seed",),
+                 "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "loss": ("loss",),
+                 "seed": ("seed",),
                  "class_weight": ("class_weight",), "precision": ("precision",),
                  "augment": ("augment",), "minutes": ("minutes",),
                  "small_first": ("small_first",)}
@@ -75,7 +76,8 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr,
-          weight_decay, loss, class_weight, precision, augment, small_first, seed, run_dir, runs_root, resume, checkpoint_every, no_verify):
+          weight_decay, loss, class_weight, precision, augment, small_first, seed, run_dir, runs_root, resume,
+          checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
@@ -101,7 +103,8 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     sizes = FULL if full else LAPTOP_SAMPLE
     settings = TrainSettings(data=data, model=model_name, train_size=train_size or sizes[0],
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
-                             batch_size=batch_size, weight_decay=weight_decay, seed=seed, class_weight=class_weight, precision=precision,
+                             batch_size=batch_size, weight_decay=weight_decay, seed=seed, class_weight=class_weight,
+                             precision=precision,
                              augment=augment, minutes=minutes, small_first=small_first)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
