@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from cli import cli
 from shards.errors import UserError
 from tests.conftest import make_kaggle_shards
+from train.precision import resolve_precision
 from train.run import TrainSettings, train
 
 SHAPE = (24, 32, 3)
@@ -96,6 +97,7 @@ def photo_run(tmp_path):
     shards = make_kaggle_shards(tmp_path, cats=12, dogs=12, size=(16, 16), val=0.25, test=0.1)
     settings = TrainSettings(data=shards, train_size=8, val_size=4, epochs=1, batch_size=4, augment="photo")
     settings = settings.resolved()
+    settings = replace(settings, precision=resolve_precision(settings.precision))  # as train() records it
     run = RunDir(str(tmp_path / "run"))
     os.makedirs(run.path)
     with run.lock():
