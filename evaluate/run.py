@@ -37,6 +37,7 @@ from shards.format import sha256_file
 from shards import storage
 from shards.manifest import verify_shards, write_json_atomic
 from shards.progress import Progress
+from train.precision import float32_unless_native
 from train.rundir import BEST, CONFIG, LAST, RunDir
 from train.tf_env import quiet_logs
 
@@ -301,36 +302,6 @@ def _load_model(path):
         raise UserError(f"cannot load the model {path} ({type(exc).__name__}: {detail[:200]}); the file "
                         "is damaged or not a Keras model: train again, or evaluate --checkpoint last") from None
     return float32_unless_native(model)
-
-
-def float32_unless_native(model):
-    """`model`, or a float32 copy of it when it computes in bfloat16 and this CPU has no bfloat16 unit.
-
-    A model trained with `--precision bfloat16` (or auto on such a CPU)
-    keeps Keras's mixed_bfloat16 policy in its file; on a CPU without
-    AVX-512 BF16 or AMX, TensorFlow would emulate bfloat16, tens of times
-    slower. Its weights are float32 already, so the copy is the same model
-    computed in float32 (scores differ by bfloat16's rounding, about 1e-2).
-    """
-    from train.precision import read_cpuinfo, supports_bfloat16
-
-    if not any(layer.dtype_policy.compute_dtype == "bfloat16" for layer in model._flatten_layers()) \
-            or supports_bfloat16(read_cpuinfo() or ""):
-        return model
-    copy = type(model).from_config(_float32_config(model.get_config()))
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _float32_config(config):
-    """A model config with every mixed_bfloat16 dtype policy made float32."""
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and config.get("config", {}).get("name") == "mixed_bfloat16":
-            return {**config, "config": {**config["config"], "name": "float32"}}
-        return {key: _float32_config(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_float32_config(value) for value in config]
-    return config
 
 
 def takes_size(found, expected):

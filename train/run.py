@@ -373,21 +373,20 @@ _OLD_DEFAULTS = {"class_weight": "none", "precision": "float32", "augment": DEFA
 _OLD_WEIGHT_DECAY = 1e-4
 
 
-def _old_default(config, key):
-    """What a config.json written before setting `key` existed meant by leaving it out."""
-    if key == "weight_decay":
-        return _OLD_WEIGHT_DECAY if config.get("model") == DEFAULT_MODEL else 0.0
-    return _OLD_DEFAULTS.get(key)
+def _with_old_defaults(config):
+    """A config.json's settings, with what one written before a setting existed meant by leaving it out."""
+    old = {**_OLD_DEFAULTS, "weight_decay": _OLD_WEIGHT_DECAY if config.get("model") == DEFAULT_MODEL else 0.0}
+    return {**old, **config}
 
 
 def _same_run(run, settings, manifest):
     """Whether `run` was started with exactly these settings on these shards."""
     try:
-        config = run.config()
+        config = _with_old_defaults(run.config())
     except UserError:
         return False
     wanted = _config(settings, manifest, None)
-    return all(config.get(k, _old_default(config, k)) == wanted.get(k) for k in _SAME_RUN_KEYS)
+    return all(config.get(k) == wanted.get(k) for k in _SAME_RUN_KEYS)
 
 
 def _unfinished_same_run(settings, manifest, runs):
@@ -436,9 +435,8 @@ def _resume_target(run_dir, runs, requested, given, exact, open_data):
     run = RunDir(run_dir) if run_dir else runs.latest()
     if not os.path.isdir(run.path):
         raise UserError(f"no run directory at {run.path} to resume; start it without --resume")
-    config = run.config()
-    settings = TrainSettings(**{k: config.get(k, _old_default(config, k)) for k in asdict(TrainSettings())
-                                if k in config or _old_default(config, k) is not None})
+    config = _with_old_defaults(run.config())
+    settings = TrainSettings(**{k: config[k] for k in asdict(TrainSettings()) if k in config})
     try:
         settings.validate()
     except UserError as exc:
