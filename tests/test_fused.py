@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from train.fused import _fused_batch_norm_call, _fused_update_step, fuse_adam, fuse_batch_norm
+from train.precision import dtype_policy, read_cpuinfo, supports_bfloat16
 
 
 def _fit(optimizer_class, fused, steps=12, **kwargs):
@@ -118,3 +119,40 @@ def test_a_fused_batch_norm_model_saves_as_keras_batch_norm(tmp_path, monkeypatc
     assert all("call" not in vars(layer) for layer in loaded.layers)  # Keras's own call again
     np.testing.assert_allclose(loaded.predict(np.zeros((2, 10, 12, 3), "uint8"), verbose=0),
                                model.predict(np.zeros((2, 10, 12, 3), "uint8"), verbose=0), rtol=1e-6)
+
+
+@pytest.mark.skipif(not supports_bfloat16(read_cpuinfo() or ""),
+                    reason="this CPU has neither AVX-512 BF16 nor AMX: train refuses bfloat16 here")
+def test_fused_batch_norm_takes_bfloat16_as_it_is(monkeypatch):
+    """Under mixed bfloat16 the kernel gets the bfloat16 tensor itself, and its step matches Keras's float32 one."""
+    import keras
+    import tensorflow as tf
+
+    x = tf.cast(tf.random.stateless_normal([8, 9, 11, 5], seed=(1, 2)) * 3.0 + 1.0, tf.bfloat16)
+    upstream = tf.random.stateless_normal([8, 9, 11, 5], seed=(3, 4))
+    kernel, inputs = tf.compat.v1.nn.fused_batch_norm, []
+
+    def spied(x, *args, **kwargs):
+        inputs.append(x.dtype)
+        return kernel(x, *args, **kwargs)
+    monkeypatch.setattr(tf.compat.v1.nn, "fused_batch_norm", spied)
+    results = []
+    for fused in (False, True):
+        with dtype_policy("bfloat16"):
+            model = keras.Sequential([keras.Input((9, 11, 5)), keras.layers.BatchNormalization(momentum=0.9)])
+        if fused:
+            assert fuse_batch_norm(model) == 1
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = model(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+        layer = model.layers[0]
+        gradients = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
+        assert y.dtype == tf.bfloat16 and gradients[0].dtype == tf.bfloat16
+        results.append([tf.cast(t, tf.float32).numpy() for t in [y, *gradients]]
+                       + [layer.moving_mean.numpy(), layer.moving_variance.numpy()])
+    assert inputs and set(inputs) == {tf.bfloat16}  # only the fused model calls it, with no float32 copy before
+    names = ["output", "input gradient", "gamma gradient", "beta gradient", "moving mean", "moving variance"]
+    for name, theirs, ours in zip(names, *results):
+        scale = np.abs(theirs).max()
+        np.testing.assert_allclose(ours, theirs, atol=2e-2 * scale, err_msg=name)  # bfloat16 keeps 8 bits

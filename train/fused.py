@@ -21,7 +21,9 @@ scales and shifts in separate ops, and differentiates each; TensorFlow's
 FusedBatchNormV3 (oneDNN on x86) does the forward and the backward pass
 each in one kernel. The moving statistics are updated as Keras does, with
 the biased batch variance (the kernel returns the unbiased one, which is
-scaled back). Inference (moving statistics) stays Keras's.
+scaled back). Inference (moving statistics) stays Keras's. Under mixed
+bfloat16 the kernel takes and returns bfloat16 tensors (float32 scale,
+offset and statistics), where Keras would compute in float32.
 tests/test_fused.py compares each with Keras's own.
 """
 import types
@@ -68,7 +70,9 @@ def _fused_batch_norm_call(self, inputs, training=None, mask=None):
     if not (training and self.trainable) or mask is not None or self.renorm or len(inputs.shape) != 4 \
             or self.axis not in (-1, 3):
         return plain(self, inputs, training=training, mask=mask)
-    x = tf.cast(inputs, tf.float32)
+    # bfloat16 goes to the kernel as it is (its statistics and arithmetic are float32 inside): a float32 copy of
+    # the input and of its gradient would double the memory traffic that is this layer's whole cost.
+    x = inputs if inputs.dtype == tf.bfloat16 else tf.cast(inputs, tf.float32)
     channels = x.shape[-1]
     gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
     beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
