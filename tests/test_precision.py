@@ -217,3 +217,34 @@ def test_the_default_model_takes_bfloat16_where_the_cpu_has_it_and_the_tutorials
     assert run["precision"] == "float32" and _config(run["run_dir"])["precision"] == "float32"
     cpu(EPYC_AVX2)
     assert resolve_precision(TrainSettings().resolved().precision) == "float32"
+
+
+def test_a_bfloat16_run_resumed_on_a_cpu_without_bfloat16_goes_on_in_float32(shards_dir, tmp_path, cpu):
+    """Trained where `auto` meant bfloat16, extended on a laptop: float32 from there, the optimizer state kept."""
+    import keras
+
+    def computes(path):
+        return {layer.dtype_policy.compute_dtype for layer in keras.models.load_model(path)._flatten_layers()}
+
+    cpu(ZEN4)
+    first = train(TrainSettings(data=shards_dir, model="conv1", train_size=16, val_size=8, epochs=1, batch_size=8,
+                                precision="bfloat16"), runs_root=str(tmp_path), progress=False)
+    run_dir = first["run_dir"]
+    last = os.path.join(run_dir, "last.keras")
+    assert "bfloat16" in computes(last)
+    cpu(EPYC_AVX2)
+    result = CliRunner().invoke(cli, ["train", "--resume", "--run-dir", run_dir, "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "goes on in float32" in result.output and "conv1 (float32): 2 epochs" in result.output
+    config = _config(run_dir)
+    assert config["precision"] == "float32"
+    assert config["precision_changed"] == {"from": "bfloat16", "epoch": 1, "batches": 0}
+    assert computes(last) == {"float32"}
+    # Two batches of 8 an epoch: a fresh optimizer would have counted 2 steps, the resumed one counts on from 2.
+    assert int(keras.models.load_model(last).optimizer.iterations.numpy()) == 4
+    # Back on a bfloat16 CPU the run stays float32: config.json says so now.
+    cpu(ZEN4)
+    again = train(TrainSettings(data=shards_dir, epochs=3), run_dir=run_dir, resume=True, given={"epochs"},
+                  progress=False)
+    assert again["epochs"] == 3 and again["precision"] == "float32" and not again["notes"]
+    assert computes(last) == {"float32"}

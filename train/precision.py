@@ -7,6 +7,9 @@ times longer than in float32 (16 s against 0.4 s, measured on an AVX2-only
 EPYC). So `bfloat16` is refused on such a CPU, and `auto` picks it only
 where the flags say the hardware is there. The default model's recipe
 (train.models.RECIPES) takes `auto`; the tutorial's models take float32.
+A model trained in bfloat16 is scored in float32 on a CPU without it
+(float32_unless_native), and a bfloat16 run resumed there goes on in
+float32 (load_model_in_float32; train.run records the switch).
 """
 import contextlib
 import sys
@@ -82,6 +85,39 @@ def float32_unless_native(model):
     copy = type(model).from_config(_float32_config(model.get_config()))
     copy.set_weights(model.get_weights())
     return copy
+
+
+def load_model_in_float32(path):
+    """The Keras model saved at `path`, any mixed_bfloat16 layer of it made float32, with its optimizer's state.
+
+    For a bfloat16 run resumed on a CPU without bfloat16 (train.run): the
+    weights and the optimizer's slots are float32 under either policy, so
+    only the saved configuration changes. A file with bfloat16 layers is
+    rewritten into a temporary copy (entries streamed, never whole in
+    memory); the checkpoint itself is not touched. Any other loads as it is.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+    import zipfile
+
+    import keras
+
+    with zipfile.ZipFile(path) as source:
+        config = json.loads(source.read("config.json"))
+        if _float32_config(config) == config:
+            return keras.models.load_model(path)
+        with tempfile.TemporaryDirectory(prefix="kibble-float32-") as tmp:
+            copy = os.path.join(tmp, os.path.basename(path))
+            with zipfile.ZipFile(copy, "w") as target:
+                for item in source.infolist():
+                    if item.filename == "config.json":
+                        target.writestr(item, json.dumps(_float32_config(config)))
+                        continue
+                    with source.open(item) as reader, target.open(item, "w") as writer:
+                        shutil.copyfileobj(reader, writer, 1 << 20)
+            return keras.models.load_model(copy)
 
 
 def _float32_config(config):

@@ -15,7 +15,7 @@ from train.budget import (BudgetClock, budget_fraction, budget_progress, duratio
 from train.budget import register as register_budget_schedule
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
-from train.precision import PRECISIONS, dtype_policy, resolve_precision
+from train.precision import PRECISIONS, dtype_policy, load_model_in_float32, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs, whole_epochs  # noqa: F401 - HISTORY_FIELDS re-exported
 
 LAPTOP_SAMPLE = (4096, 1024)  # the tutorial's train/validation sample
@@ -491,6 +491,24 @@ def _extend(run, settings, epochs, done):
     return replace(settings, epochs=epochs), note
 
 
+def _float32_from_here(run, settings, state):
+    """A bfloat16 run resumed on a CPU without bfloat16 goes on in float32; returns (settings, note).
+
+    Emulated, bfloat16 would be tens of times slower, and the run's weights
+    and optimizer state are float32 in either case. config.json records the
+    switch (precision float32 from now on, `precision_changed` saying from
+    what and where), so a later resume anywhere keeps float32.
+    """
+    done = (state or {}).get("epoch", 0)
+    config = run.config()
+    config["precision"] = "float32"
+    config["precision_changed"] = {"from": "bfloat16", "epoch": done, "batches": (state or {}).get("batches", 0)}
+    run.write_config(config)
+    note = (f"this CPU has no bfloat16 unit (AVX-512 BF16 or AMX): {run.path} trained in bfloat16 for {done} "
+            "epochs and goes on in float32 (same weights and optimizer state; recorded in config.json)")
+    return replace(settings, precision="float32"), note
+
+
 def _extend_budget(run, settings, minutes, state):
     """Set the run's time budget to `minutes` (given with --resume); returns (settings, note or None).
 
@@ -622,6 +640,9 @@ def train(settings=TrainSettings(), run_dir=None, runs_root="runs", resume=False
             notes += [note] if note else []
         if state is not None and _finished(settings, state):
             return _summary(run, settings, state, already_done=True)
+        if resume and settings.precision == "bfloat16" and resolve_precision("auto") != "bfloat16":
+            settings, note = _float32_from_here(run, settings, state)
+            notes.append(note)
         return {**_fit(run, settings, manifest, state, progress, every), "notes": notes}
 
 
@@ -640,7 +661,7 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     skip = state.get("batches", 0) if state else 0  # batches of the next epoch done before a kill
     keras.utils.set_random_seed(settings.seed + start_epoch)
     steps = worker_batches(settings.train_size, settings.batch_size)
-    with dtype_policy(resolve_precision(settings.precision)):  # a resumed bfloat16 run needs a bfloat16 CPU too
+    with dtype_policy(resolve_precision(settings.precision)):
         model, state = _model(run, settings, manifest, state, steps)
     as_train_runs_it(model, settings.model)
     Runs(os.path.dirname(os.path.abspath(run.path))).mark_latest(run)
@@ -700,7 +721,8 @@ def _model(run, settings, manifest, state, steps):
     if state:
         register_budget_schedule()  # the optimizer of a --minutes run holds one
         try:
-            model = keras.models.load_model(run.checkpoint("last"))
+            model = (load_model_in_float32(run.checkpoint("last")) if settings.precision == "float32"
+                     else keras.models.load_model(run.checkpoint("last")))
         except Exception as exc:  # noqa: BLE001 - any load failure means the same thing here
             raise UserError(f"cannot load {run.checkpoint('last')} to resume ({exc}); start a new run") from None
         state.setdefault("history", run.history())  # a run from before history was part of the state
