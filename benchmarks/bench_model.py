@@ -22,7 +22,8 @@ counted (they are memory-bound, and that is the point: their time shows as
 lost utilisation). A training step is counted as 3x the forward pass
 (forward, gradients of the inputs, gradients of the weights).
 
---variants times cheap changes of the default model (step time only):
+--variants times cheap changes of the default model (step time only; in
+each precision the CPU computes natively, as the base rows):
 augmentation in the tf.data pipeline instead of in the model, none at all,
 jit_compile, batch 64, dense 3x3 convolutions instead of separable ones
 (same widths, and narrower at about the same FLOPs), one thread pool, and
@@ -535,7 +536,7 @@ def run_models(models, steps, warmup, variants, augments=("standard",)):
     rounds = 2 if len(augments) > 1 else 1
     configs = [(m, p, "base", a) for m in models for p in precisions()
                for a in (augments * rounds if m == "kibble" else ("standard",))]
-    configs += [("kibble", "float32", v, "standard") for v in variants]
+    configs += [("kibble", p, v, "standard") for v in variants for p in precisions()]
     for name, precision, variant, augment in configs:
         say(f"{name} {precision} {variant} {augment} ...")
         row = _probe(["step", name, precision, variant, steps, warmup, augment])
