@@ -504,8 +504,8 @@ def _float32_from_here(run, settings, state):
     config["precision"] = "float32"
     config["precision_changed"] = {"from": "bfloat16", "epoch": done, "batches": (state or {}).get("batches", 0)}
     run.write_config(config)
-    note = (f"this CPU has no bfloat16 unit (AVX-512 BF16 or AMX): {run.path} trained in bfloat16 for {done} "
-            "epochs and goes on in float32 (same weights and optimizer state; recorded in config.json)")
+    note = (f"this CPU has no bfloat16 unit (AVX-512 BF16 or AMX): {run.path}, trained in bfloat16 so far, goes on "
+            f"in float32 from epoch {done + 1} (same weights and optimizer state; recorded in config.json)")
     return replace(settings, precision="float32"), note
 
 
