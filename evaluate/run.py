@@ -37,7 +37,7 @@ from shards.format import sha256_file
 from shards import storage
 from shards.manifest import verify_shards, write_json_atomic
 from shards.progress import Progress
-from train.precision import float32_unless_native
+from train.precision import load_model_in_float32, resolve_precision
 from train.rundir import BEST, CONFIG, LAST, RunDir
 from train.tf_env import quiet_logs
 
@@ -295,13 +295,15 @@ def _load_model(path):
     quiet_logs()
     import keras
 
+    # A model trained in bfloat16 is computed in float32 on a CPU without bfloat16 (train.precision).
+    load = keras.saving.load_model if resolve_precision("auto") == "bfloat16" else load_model_in_float32
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = load(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file; all mean the same here
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load the model {path} ({type(exc).__name__}: {detail[:200]}); the file "
                         "is damaged or not a Keras model: train again, or evaluate --checkpoint last") from None
-    return float32_unless_native(model)
+    return model
 
 
 def takes_size(found, expected):

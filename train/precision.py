@@ -7,9 +7,9 @@ times longer than in float32 (16 s against 0.4 s, measured on an AVX2-only
 EPYC). So `bfloat16` is refused on such a CPU, and `auto` picks it only
 where the flags say the hardware is there. The default model's recipe
 (train.models.RECIPES) takes `auto`; the tutorial's models take float32.
-A model trained in bfloat16 is scored in float32 on a CPU without it
-(float32_unless_native), and a bfloat16 run resumed there goes on in
-float32 (load_model_in_float32; train.run records the switch).
+A model trained in bfloat16 is scored in float32 on a CPU without it, and
+a bfloat16 run resumed there goes on in float32 (load_model_in_float32;
+train.run records the switch).
 """
 import contextlib
 import sys
@@ -70,29 +70,16 @@ def resolve_precision(requested, cpuinfo_text=None):
     return "bfloat16"
 
 
-def float32_unless_native(model):
-    """`model`, or a float32 copy of it when it computes in bfloat16 and this CPU has no bfloat16 unit.
+def load_model_in_float32(path, compile=True):
+    """The Keras model saved at `path` (keras.saving.load_model), any mixed_bfloat16 layer of it made float32.
 
-    A model trained with `--precision bfloat16` (or auto on such a CPU)
-    keeps Keras's mixed_bfloat16 policy in its file; on a CPU without
-    AVX-512 BF16 or AMX, TensorFlow would emulate bfloat16, tens of times
-    slower. Its weights are float32 already, so the copy is the same model
-    computed in float32 (scores differ by bfloat16's rounding, about 1e-2).
-    """
-    if not any(layer.dtype_policy.compute_dtype == "bfloat16" for layer in model._flatten_layers()) \
-            or resolve_precision("auto") == "bfloat16":
-        return model
-    copy = type(model).from_config(_float32_config(model.get_config()))
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def load_model_in_float32(path):
-    """The Keras model saved at `path`, any mixed_bfloat16 layer of it made float32, with its optimizer's state.
-
-    For a bfloat16 run resumed on a CPU without bfloat16 (train.run): the
-    weights and the optimizer's slots are float32 under either policy, so
-    only the saved configuration changes. A file with bfloat16 layers is
+    For a model trained in bfloat16 used on a CPU without bfloat16: scored
+    by evaluate, predict and check-outside (evaluate/run.py), or resumed by
+    train (train.run). Emulated, bfloat16 would be tens of times slower.
+    The weights and the optimizer's slots are float32 under either policy,
+    so only the saved configuration changes: the same weights computed in
+    float32 (scores differ by bfloat16's rounding, about 1e-2), and a
+    resumed optimizer keeps its state. A file with bfloat16 layers is
     rewritten into a temporary copy (entries streamed, never whole in
     memory); the checkpoint itself is not touched. Any other loads as it is.
     """
@@ -104,10 +91,12 @@ def load_model_in_float32(path):
 
     import keras
 
+    if not zipfile.is_zipfile(path):  # a legacy .h5 model: Keras's own loader, and its own errors
+        return keras.saving.load_model(path, compile=compile)
     with zipfile.ZipFile(path) as source:
         config = json.loads(source.read("config.json"))
         if _float32_config(config) == config:
-            return keras.models.load_model(path)
+            return keras.saving.load_model(path, compile=compile)
         with tempfile.TemporaryDirectory(prefix="kibble-float32-") as tmp:
             copy = os.path.join(tmp, os.path.basename(path))
             with zipfile.ZipFile(copy, "w") as target:
@@ -117,7 +106,7 @@ def load_model_in_float32(path):
                         continue
                     with source.open(item) as reader, target.open(item, "w") as writer:
                         shutil.copyfileobj(reader, writer, 1 << 20)
-            return keras.models.load_model(copy)
+            return keras.saving.load_model(copy, compile=compile)
 
 
 def _float32_config(config):
