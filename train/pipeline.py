@@ -15,31 +15,38 @@ being batched) plus `prefetch` batches, whatever the size of the split.
 import numpy as np
 
 from shards import iterate
+from train import mixing
 from shards.errors import UserError
 from shards.iterate import WINDOW, worker_batches  # noqa: F401 - re-exported for train.run
 from shards.stream import plan_blocks  # noqa: F401 - train.run checks sizes with it
 
 
-def label_spec(num_classes):
+def label_spec(num_classes, one_hot=False):
     """(dtype, shape after the batch axis) of the labels fed to a model of `num_classes` classes.
 
     Two classes: float32 (1,), the 0/1 target of the tutorial's single sigmoid
     unit (its MSE needs a float). More: int32 class indices, what sparse
-    categorical cross-entropy takes (no one-hot copy of every label).
+    categorical cross-entropy takes (no one-hot copy of every label), or
+    with `one_hot` float32 (num_classes,) rows, what CutMix's mixed labels
+    need (train.mixing).
     """
-    return (np.float32, (1,)) if num_classes <= 2 else (np.int32, ())
+    if num_classes <= 2:
+        return np.float32, (1,)
+    return (np.float32, (num_classes,)) if one_hot else (np.int32, ())
 
 
 def epoch_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WINDOW, num_classes=2,
-                  worker_index=0, num_workers=1, skip_batches=0):
+                  worker_index=0, num_workers=1, skip_batches=0, one_hot=False):
     """Yield (images, labels, order) windows of one worker's part of one epoch, in epoch order.
 
-    As shards.iterate.epoch_windows, with labels as `label_spec(num_classes)`:
-    float32 (n, 1) for two classes, int32 (n,) for more.
+    As shards.iterate.epoch_windows, with labels as `label_spec(num_classes, one_hot)`:
+    float32 (n, 1) for two classes, int32 (n,) or one-hot float32 (n, num_classes) for more.
     """
-    dtype, shape = label_spec(num_classes)
+    dtype, shape = label_spec(num_classes, one_hot)
     for images, labels, order in iterate.epoch_windows(blocks, batch_size, seed, epoch, shuffle, window,
                                                        worker_index, num_workers, skip_batches):
+        if num_classes > 2 and one_hot:
+            labels = np.eye(num_classes, dtype=dtype)[labels]
         yield images, labels.astype(dtype).reshape(-1, *shape), order
 
 
@@ -57,7 +64,7 @@ def image_size_variable(image_shape):
 
 def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=True,
                  initial_epoch=0, prefetch=2, window=WINDOW, worker_index=0, num_workers=1, skip_batches=0,
-                 size=None):
+                 size=None, cutmix=0.0, one_hot=False):
     """A tf.data.Dataset of (images, labels) batches of one split, for model.fit.
 
     images: uint8, shape (B, H, W, 3), RGB 0-255 (the models rescale them);
@@ -77,6 +84,9 @@ def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=Tru
     averaging, back to uint8) to the size the variable holds when the batch
     is made, and passed as it is when that is the shards' size; the batches'
     height and width are then unknown to the graph (a model taking any size).
+    With `cutmix` > 0, about that share of the images get a patch of
+    another (train.mixing.cutmix) and soft labels; with more than two
+    classes the labels are then one-hot, as they are with `one_hot`.
     """
     import tensorflow as tf
 
@@ -90,22 +100,28 @@ def make_dataset(manifest, split, batch_size=32, limit=None, seed=0, shuffle=Tru
     height, width, _ = manifest.image_shape
     num_classes = manifest.num_classes
     epochs_started = [initial_epoch]
+    one_hot = one_hot or cutmix > 0
 
     def generator():
         epoch = epochs_started[0]
         if not skip_batches:  # resumed: every iteration is the same rest of one epoch
             epochs_started[0] += 1
-        yield from epoch_windows(blocks, batch_size, seed, epoch, shuffle, window, num_classes, worker_index,
-                                 num_workers, skip_batches)
+        for i, (images, labels, order) in enumerate(epoch_windows(
+                blocks, batch_size, seed, epoch, shuffle, window, num_classes, worker_index, num_workers,
+                skip_batches, one_hot)):
+            yield images, labels, order, mixing.window_seed(seed, epoch, skip_batches, i)
 
-    def to_batches(images, labels, order):
+    def to_batches(images, labels, order, key):
         # The mix is applied here, in TensorFlow's threads, not under the GIL.
         mixed = (tf.gather(images, order), tf.gather(labels, order))
+        if cutmix > 0:
+            mixed = mixing.cutmix(*mixed, cutmix, key)
         return tf.data.Dataset.from_tensor_slices(mixed).batch(batch_size)
 
-    dtype, shape = label_spec(num_classes)
+    dtype, shape = label_spec(num_classes, one_hot)
     signature = (tf.TensorSpec((None, height, width, 3), tf.uint8),
-                 tf.TensorSpec((None, *shape), tf.as_dtype(dtype)), tf.TensorSpec((None,), tf.int64))
+                 tf.TensorSpec((None, *shape), tf.as_dtype(dtype)), tf.TensorSpec((None,), tf.int64),
+                 tf.TensorSpec((2,), tf.int64))
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
     dataset = dataset.prefetch(1).flat_map(to_batches)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))

@@ -13,6 +13,8 @@ from shards.manifest import verify_shards
 from train.budget import (BudgetClock, budget_fraction, budget_progress, duration_seconds, make_schedule,
                           parse_minutes, schedule_of)
 from train.budget import register as register_budget_schedule
+from train.mixing import register as register_mixing_metric
+from train.mixing import rounded_binary_accuracy
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import PRECISIONS, dtype_policy, load_model_in_float32, resolve_precision
@@ -68,6 +70,8 @@ class TrainSettings:
     # The default model trains the first `small_first` share of the run (of the time budget, or of the
     # epochs) on images scaled by SMALL_SCALE per side, then on the shards' size; 0: always that size.
     small_first: float = 0.0
+    # The default model's CutMix (train.mixing): the share of training images that get a patch of another; 0: none.
+    cutmix: float = 0.0
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -130,6 +134,10 @@ class TrainSettings:
             raise UserError(f"small_first must be a share from 0 up to (not including) 1, and 0 for the tutorial's "
                             f"models (they take one image size). Received: small_first={self.small_first!r} "
                             f"with model={self.model!r}")
+        if isinstance(self.cutmix, bool) or not isinstance(self.cutmix, (int, float)) \
+                or not 0 <= self.cutmix <= 1 or (self.cutmix and self.model != DEFAULT_MODEL):
+            raise UserError(f"cutmix must be a share from 0 to 1, and 0 for the tutorial's models (they keep the "
+                            f"tutorial's training). Received: cutmix={self.cutmix!r} with model={self.model!r}")
 
 
 @dataclass(frozen=True)
@@ -186,7 +194,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 # Settings a run keeps for good: with --resume they come from config.json,
 # and giving another value is refused. Only `epochs` may grow (extension).
 FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "weight_decay", "seed",
-                   "window", "class_weight", "precision", "augment", "small_first")
+                   "window", "class_weight", "precision", "augment", "small_first", "cutmix")
 
 
 def _compile(model, settings, steps_per_epoch, num_classes=2):
@@ -203,12 +211,15 @@ def _compile(model, settings, steps_per_epoch, num_classes=2):
             lr / 10, decay_steps=max(1, total - warmup), alpha=0.01, warmup_target=lr, warmup_steps=warmup)
     optimizer = keras.optimizers.AdamW(lr, weight_decay=settings.weight_decay) if settings.model == DEFAULT_MODEL \
         else keras.optimizers.Adam(lr)
-    if num_classes > 2:
-        # Named "accuracy" like the two-class metric, so history.csv keeps its columns.
+    # Named "accuracy" whatever the labels, so history.csv keeps its columns. CutMix's labels are soft
+    # (train.mixing): one-hot rows for more than two classes, and rounded before the two-class accuracy.
+    if num_classes > 2 and settings.cutmix:
+        loss, accuracy = "categorical_crossentropy", keras.metrics.CategoricalAccuracy(name="accuracy")
+    elif num_classes > 2:
         loss, accuracy = "sparse_categorical_crossentropy", keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     else:
         loss = "mean_squared_error" if settings.loss == "mse" else "binary_crossentropy"
-        accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
+        accuracy = rounded_binary_accuracy() if settings.cutmix else keras.metrics.BinaryAccuracy(name="accuracy")
     model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
 
 
@@ -366,9 +377,11 @@ def _config(settings, manifest, params):
 
 
 _SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "weight_decay",
-                  "seed", "window", "class_weight", "precision", "augment", "minutes", "small_first", "manifest_sha256")
+                  "seed", "window", "class_weight", "precision", "augment", "minutes", "small_first", "cutmix",
+                  "manifest_sha256")
 # What a config.json written before a setting existed meant by leaving it out.
-_OLD_DEFAULTS = {"class_weight": "none", "precision": "float32", "augment": DEFAULT_AUGMENT, "small_first": 0.0}
+_OLD_DEFAULTS = {"class_weight": "none", "precision": "float32", "augment": DEFAULT_AUGMENT, "small_first": 0.0,
+                 "cutmix": 0.0}
 # The weight decay every default-model run had before it was a setting (the tutorial's models had none).
 _OLD_WEIGHT_DECAY = 1e-4
 
@@ -671,14 +684,14 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     def train_data(epoch, skip_batches=0):
         return make_dataset(manifest, "train", settings.batch_size, settings.train_size, settings.seed,
                             shuffle=True, initial_epoch=epoch, window=settings.window, skip_batches=skip_batches,
-                            size=size)
+                            size=size, cutmix=settings.cutmix)
 
     # Resumed inside an epoch: one fit of that epoch's remaining batches, then the others.
     phases = [(start_epoch, start_epoch + 1, train_data(start_epoch, skip))] if skip else []
     if start_epoch + bool(skip) < settings.epoch_cap:
         phases.append((start_epoch + bool(skip), settings.epoch_cap, train_data(start_epoch + bool(skip))))
     val_data = make_dataset(manifest, "val", settings.batch_size, settings.val_size, settings.seed,
-                            shuffle=False, window=settings.window)
+                            shuffle=False, window=settings.window, one_hot=bool(settings.cutmix))
     clock = BudgetClock(settings.minutes * 60, state.get("seconds", 0.0), schedule_of(model),
                         epoch_elapsed=state.get("epoch_seconds", 0.0),
                         validation_seconds=state.get("validation_seconds", 0.0)) if settings.minutes else None
@@ -720,6 +733,7 @@ def _model(run, settings, manifest, state, steps):
 
     if state:
         register_budget_schedule()  # the optimizer of a --minutes run holds one
+        register_mixing_metric()  # a --cutmix run's two-class accuracy
         try:
             model = (load_model_in_float32(run.checkpoint("last")) if settings.precision == "float32"
                      else keras.models.load_model(run.checkpoint("last")))

@@ -18,7 +18,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                  "seed": ("seed",),
                  "class_weight": ("class_weight",), "precision": ("precision",),
                  "augment": ("augment",), "minutes": ("minutes",),
-                 "small_first": ("small_first",)}
+                 "small_first": ("small_first",), "cutmix": ("cutmix",)}
 
 
 @click.command(cls=TrainingCommand)
@@ -64,6 +64,9 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
               help="Train the default model's first SHARE of the run (of --minutes, else of the epochs) on images "
                    f"scaled to {SMALL_SCALE:g} per side (about half the pixels, about half the time per epoch), "
                    "then at the shards' size. 0: always that size. Kept by --resume.", metavar="SHARE")
+@click.option("--cutmix", type=click.FloatRange(min=0, max=1), default=0.0, callback=finite, metavar="SHARE",
+              help="CutMix for the default model: paste a patch of another training image (a random share of "
+                   "the area) into this SHARE of the images, the label mixed by area. 0: none. Kept by --resume.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option(url=True)
@@ -76,7 +79,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr,
-          weight_decay, loss, class_weight, precision, augment, small_first, seed, run_dir, runs_root, resume,
+          weight_decay, loss, class_weight, precision, augment, small_first, cutmix, seed, run_dir, runs_root, resume,
           checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
@@ -105,7 +108,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
                              batch_size=batch_size, weight_decay=weight_decay, seed=seed, class_weight=class_weight,
                              precision=precision,
-                             augment=augment, minutes=minutes, small_first=small_first)
+                             augment=augment, minutes=minutes, small_first=small_first, cutmix=cutmix)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
