@@ -15,10 +15,10 @@ being batched) plus `prefetch` batches, whatever the size of the split.
 import numpy as np
 
 from shards import iterate
-from train import mixing
 from shards.errors import UserError
 from shards.iterate import WINDOW, worker_batches  # noqa: F401 - re-exported for train.run
 from shards.stream import plan_blocks  # noqa: F401 - train.run checks sizes with it
+from train import mixing
 
 
 def label_spec(num_classes, one_hot=False):
