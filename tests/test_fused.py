@@ -108,6 +108,16 @@ def test_fused_batch_norm_trains_as_keras_does(monkeypatch):
     np.testing.assert_allclose(fused_predictions, keras_predictions, rtol=1e-4, atol=1e-5)
 
 
+def test_batch_norm_inside_a_nested_model_is_fused_too():
+    import keras
+
+    inner = keras.Sequential([keras.Input((10, 12, 3)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization()])
+    inputs = keras.Input((10, 12, 3))
+    outer = keras.Model(inputs, keras.layers.BatchNormalization()(inner(inputs)))
+    assert fuse_batch_norm(outer) == 2
+    assert inner.layers[-1].call.__func__ is _fused_batch_norm_call
+
+
 def test_a_fused_batch_norm_model_saves_as_keras_batch_norm(tmp_path, monkeypatch):
     import keras
 

@@ -87,6 +87,14 @@ def _fused_batch_norm_call(self, inputs, training=None, mask=None):
     return tf.cast(outputs, self.compute_dtype)
 
 
+def _nested_layers(model):
+    """Every layer of a Keras model, those of models nested in it included, through the public `layers`."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _nested_layers(layer)
+
+
 def fuse_batch_norm(model):
     """Make each BatchNormalization layer of a Keras model (TensorFlow backend) train through FusedBatchNormV3.
 
@@ -98,7 +106,7 @@ def fuse_batch_norm(model):
 
     if keras.backend.backend() != "tensorflow":
         return 0
-    layers = [layer for layer in model._flatten_layers(include_self=False)
+    layers = [layer for layer in _nested_layers(model)
               if type(layer) is keras.layers.BatchNormalization and not layer.synchronized]
     for layer in layers:
         layer.call = types.MethodType(_fused_batch_norm_call, layer)
