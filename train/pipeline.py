@@ -46,8 +46,10 @@ def epoch_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WIND
     for images, labels, order in iterate.epoch_windows(blocks, batch_size, seed, epoch, shuffle, window,
                                                        worker_index, num_workers, skip_batches):
         if num_classes > 2 and one_hot:
-            labels = np.eye(num_classes, dtype=dtype)[labels]
-        yield images, labels.astype(dtype).reshape(-1, *shape), order
+            labels = np.eye(num_classes, dtype=dtype)[labels]  # already float32 (n, num_classes)
+        else:
+            labels = labels.astype(dtype).reshape(-1, *shape)
+        yield images, labels, order
 
 
 def smaller_size(image_shape, scale):

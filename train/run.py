@@ -129,15 +129,18 @@ class TrainSettings:
             if isinstance(self.minutes, (str, bool)):  # the command line parses "90s" or "1.5h" into minutes
                 raise UserError(f"minutes must be a number of minutes. Received: minutes={self.minutes!r}")
             parse_minutes(self.minutes)
-        if isinstance(self.small_first, bool) or not isinstance(self.small_first, (int, float)) \
-                or not 0 <= self.small_first < 1 or (self.small_first and self.model != DEFAULT_MODEL):
-            raise UserError(f"small_first must be a share from 0 up to (not including) 1, and 0 for the tutorial's "
-                            f"models (they take one image size). Received: small_first={self.small_first!r} "
-                            f"with model={self.model!r}")
-        if isinstance(self.cutmix, bool) or not isinstance(self.cutmix, (int, float)) \
-                or not 0 <= self.cutmix <= 1 or (self.cutmix and self.model != DEFAULT_MODEL):
-            raise UserError(f"cutmix must be a share from 0 to 1, and 0 for the tutorial's models (they keep the "
-                            f"tutorial's training). Received: cutmix={self.cutmix!r} with model={self.model!r}")
+        self._check_share("small_first", below_one=True, why="they take one image size")
+        self._check_share("cutmix", below_one=False, why="they keep the tutorial's training")
+
+    def _check_share(self, name, below_one, why):
+        """A UserError unless setting `name` is a share from 0 (to 1, or up to but not including 1 when
+        `below_one`) and 0 for the tutorial's models (`why` says why they take none)."""
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not (0 <= value < 1 if below_one else 0 <= value <= 1) or (value and self.model != DEFAULT_MODEL):
+            upto = "up to (not including) 1" if below_one else "to 1"
+            raise UserError(f"{name} must be a share from 0 {upto}, and 0 for the tutorial's models ({why}). "
+                            f"Received: {name}={value!r} with model={self.model!r}")
 
 
 @dataclass(frozen=True)
