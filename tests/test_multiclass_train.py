@@ -153,6 +153,26 @@ def test_a_set_smaller_than_the_default_sample_trains_on_what_it_holds(three, tm
     assert asked.exit_code == 2 and "asked for 500 train images" in asked.stderr, asked.output
 
 
+def test_all_takes_what_each_split_holds_and_a_rerun_resumes_it(three, tmp_path):
+    _, shards = three
+    held = load_manifest(shards)
+    args = ["train", "--data", shards, "--runs", str(tmp_path), "--model", "mlp", "--epochs", "1",
+            "--train-size", "all", "--val-size", "ALL"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "split holds fewer" not in result.stderr  # all is not a size asked for and cut
+    [name] = [n for n in os.listdir(tmp_path) if n.startswith("mlp-")]
+    config = RunDir(str(tmp_path / name)).config()
+    assert (config["train_size"], config["val_size"]) == (held.split_count("train"), held.split_count("val"))
+    again = CliRunner().invoke(cli, [*args, "--resume", "--epochs", "2"])
+    assert again.exit_code == 0, again.output
+    assert [n for n in os.listdir(tmp_path) if n.startswith("mlp-")] == [name]  # the same run, extended
+    assert len(RunDir(str(tmp_path / name)).history()) == 2
+    for bad in ("none", "0", "-3", "1.5"):
+        refused = CliRunner().invoke(cli, ["train", "--data", shards, "--train-size", bad])
+        assert refused.exit_code == 2 and "or all" in refused.output, (bad, refused.output)
+
+
 def _probe(folder):
     """One new image per class (and a broken file) to predict: {file name: class}."""
     os.makedirs(folder, exist_ok=True)

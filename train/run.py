@@ -22,6 +22,7 @@ from train.rundir import HISTORY_FIELDS, RunDir, Runs, whole_epochs  # noqa: F40
 
 LAPTOP_SAMPLE = (4096, 1024)  # the tutorial's train/validation sample
 FULL = (10000, 2500)  # the design's full experiment
+ALL_IMAGES = 2 ** 62  # a size that asks for all a split holds (`train --train-size all`), cut by _sizes_held
 CLASS_WEIGHTS = ("none", "balanced")
 # Seeds go to NumPy's legacy seeding (below 2**32) as seed + epoch.
 MAX_SEED = 2**31 - 1
@@ -572,14 +573,15 @@ def _sizes_held(settings, manifest, exact):
     """(settings, notes): a default sample size larger than its split becomes what the split holds.
 
     A size in `exact` (one the user asked for) is kept, and refused later
-    if the split is smaller.
+    if the split is smaller. ALL_IMAGES becomes what the split holds, without a note.
     """
     notes, changes = [], {}
     for name, split in (("train_size", "train"), ("val_size", "val")):
         asked, held = getattr(settings, name), manifest.split_count(split)
         if name not in exact and 0 < held < asked:
             changes[name] = held
-            notes.append(f"{split}: {held:,} images (the split holds fewer than the {asked:,} asked)")
+            if asked < ALL_IMAGES:
+                notes.append(f"{split}: {held:,} images (the split holds fewer than the {asked:,} asked)")
     return replace(settings, **changes), notes
 
 

@@ -9,7 +9,7 @@ from kibble.options import (access_from, access_options, batch_size_option, chec
                             run_dir_option, runs_option, seed_option, training_minutes)
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
 from train.precision import PRECISIONS
-from train.run import CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE
+from train.run import ALL_IMAGES, CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE
 
 # train's options -> the TrainSettings fields they set (for "which did the user give?").
 _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
@@ -21,17 +21,36 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                  "small_first": ("small_first",), "cutmix": ("cutmix",)}
 
 
+class SplitSize(click.ParamType):
+    """A number of images (at least 1), or "all" (ALL_IMAGES): whatever the split holds."""
+
+    name = "integer|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "all":
+            return ALL_IMAGES
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"must be a whole number of images (at least 1), or all. Received: {value!r}", param, ctx)
+        return number
+
+
 @click.command(cls=TrainingCommand)
 @data_option()
 @access_options
 @click.option("--full", is_flag=True,
               help=f"Train on {FULL[0]:,} / validate on {FULL[1]:,} images (the full experiment), "
                    "or all a smaller split holds.")
-@click.option("--train-size", type=click.IntRange(min=1), default=None,
-              help=f"Train images (first N of the shuffled split). Default {LAPTOP_SAMPLE[0]:,}, "
+@click.option("--train-size", type=SplitSize(), default=None,
+              help=f"Train images (first N of the shuffled split), or all. Default {LAPTOP_SAMPLE[0]:,}, "
                    "the tutorial's sample, or all a smaller split holds.")
-@click.option("--val-size", type=click.IntRange(min=1), default=None,
-              help=f"Validation images. Default {LAPTOP_SAMPLE[1]:,}, or all a smaller split holds.")
+@click.option("--val-size", type=SplitSize(), default=None,
+              help=f"Validation images, or all. Default {LAPTOP_SAMPLE[1]:,}, or all a smaller split holds.")
 @click.option("--model", "model_name", type=click.Choice(MODELS), default=DEFAULT_MODEL, show_default=True,
               help="Architecture; the first four are the tutorial's.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -93,6 +112,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     Example:
       python cli.py train --full --model conv2 --precision auto
       python cli.py train --full --minutes 30 --small-first 0.5
+      python cli.py train --train-size all --val-size 2500 --minutes 60
       python cli.py train --resume --checkpoint-every 30m
       python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
     """
@@ -110,7 +130,8 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
                              precision=precision,
                              augment=augment, minutes=minutes, small_first=small_first, cutmix=cutmix)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
-    exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
+    exact = {name for name, value in (("train_size", train_size), ("val_size", val_size))
+             if value and value != ALL_IMAGES}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
     with remote_training(run_dir, runs_root, resume, cache_root) as (local_run_dir, local_runs):
         result = run_train(settings, run_dir=local_run_dir, runs_root=local_runs, resume=resume,
