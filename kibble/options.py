@@ -78,6 +78,32 @@ def finite(ctx, param, value):
     return value
 
 
+class NumberOrWord(click.ParamType):
+    """A whole number from `low` (to `high`, if given), or `word` (any case), which stands for `meaning`.
+
+    `unit` names what is counted, in the message for anything else.
+    """
+
+    def __init__(self, word, meaning, low, high=None, unit="number"):
+        self.word, self.meaning, self.low, self.high, self.unit = word, meaning, low, high, unit
+        self.name = f"integer|{word}"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == self.word:
+            return self.meaning
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < self.low or (self.high is not None and number > self.high):
+            span = f"from {self.low} to {self.high}" if self.high is not None else f"(at least {self.low})"
+            self.fail(f"must be a whole number of {self.unit} {span}, or {self.word}. Received: {value!r}",
+                      param, ctx)
+        return number
+
+
 class FolderOrURL(click.Path):
     """A folder path, or an fsspec URL (s3://bucket/shards, gs://..., memory://...) passed on as is.
 

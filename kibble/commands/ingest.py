@@ -8,29 +8,9 @@ from shards.image import DEFAULT_MAX_PIXELS, FITS
 from ingest.fingerprint import DEFAULT_DISTANCE, MAX_DISTANCE
 from ingest.plan import LABEL_CONFLICTS, MAX_SEED
 from kibble.group import say
-from kibble.options import (DEFAULT_SHARDS, FolderOrURL, LocalFolder, class_list, input_location, seed_option,
-                            share_option, size_option)
+from kibble.options import (DEFAULT_SHARDS, FolderOrURL, LocalFolder, NumberOrWord, class_list, input_location,
+                            seed_option, share_option, size_option)
 from shards.format import COMPRESSIONS
-
-
-class NearDistance(click.ParamType):
-    """A number of bits 0..MAX_DISTANCE, or "off" (None): near-duplicates not looked for."""
-
-    name = "near-distance"
-
-    def convert(self, value, param, ctx):
-        if value is None or isinstance(value, int):
-            return value
-        if str(value).strip().lower() == "off":
-            return None
-        try:
-            bits = int(value)
-        except ValueError:
-            bits = -1
-        if not 0 <= bits <= MAX_DISTANCE:
-            self.fail(f"must be a whole number of bits from 0 to {MAX_DISTANCE}, or off. Received: {value!r}",
-                      param, ctx)
-        return bits
 
 
 @click.command()
@@ -75,7 +55,7 @@ class NearDistance(click.ParamType):
               metavar="FILE",
               help="CSV of image paths (relative to INPUT) and labels, for sets whose layout carries none; "
                    "images it does not name are excluded (details above).")
-@click.option("--near-distance", type=NearDistance(), default=str(DEFAULT_DISTANCE), show_default=True,
+@click.option("--near-distance", type=NumberOrWord("off", None, 0, MAX_DISTANCE, "bits"), default=str(DEFAULT_DISTANCE), show_default=True,
               metavar="0..%d|off" % MAX_DISTANCE,
               help="Images whose 64-bit fingerprints differ in at most this many bits are near-duplicates: "
                    "kept in one split; under different labels, handled as --label-conflicts says. "

@@ -6,7 +6,7 @@ from click.core import ParameterSource
 
 from kibble.group import TrainingCommand, say
 from kibble.options import (access_from, access_options, batch_size_option, checkpoint_interval, data_option, finite,
-                            run_dir_option, runs_option, seed_option, training_minutes)
+                            NumberOrWord, run_dir_option, runs_option, seed_option, training_minutes)
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
 from train.precision import PRECISIONS
 from train.run import ALL_IMAGES, CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE
@@ -21,35 +21,16 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                  "small_first": ("small_first",), "cutmix": ("cutmix",)}
 
 
-class SplitSize(click.ParamType):
-    """A number of images (at least 1), or "all" (ALL_IMAGES): whatever the split holds."""
-
-    name = "integer|all"
-
-    def convert(self, value, param, ctx):
-        if value is None or isinstance(value, int):
-            return value
-        if str(value).strip().lower() == "all":
-            return ALL_IMAGES
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if number < 1:
-            self.fail(f"must be a whole number of images (at least 1), or all. Received: {value!r}", param, ctx)
-        return number
-
-
 @click.command(cls=TrainingCommand)
 @data_option()
 @access_options
 @click.option("--full", is_flag=True,
               help=f"Train on {FULL[0]:,} / validate on {FULL[1]:,} images (the full experiment), "
                    "or all a smaller split holds.")
-@click.option("--train-size", type=SplitSize(), default=None,
+@click.option("--train-size", type=NumberOrWord("all", ALL_IMAGES, 1, unit="images"), default=None,
               help=f"Train images (first N of the shuffled split), or all. Default {LAPTOP_SAMPLE[0]:,}, "
                    "the tutorial's sample, or all a smaller split holds.")
-@click.option("--val-size", type=SplitSize(), default=None,
+@click.option("--val-size", type=NumberOrWord("all", ALL_IMAGES, 1, unit="images"), default=None,
               help=f"Validation images, or all. Default {LAPTOP_SAMPLE[1]:,}, or all a smaller split holds.")
 @click.option("--model", "model_name", type=click.Choice(MODELS), default=DEFAULT_MODEL, show_default=True,
               help="Architecture; the first four are the tutorial's.")
