@@ -55,8 +55,8 @@ from shards.format import COMPRESSIONS
               metavar="FILE",
               help="CSV of image paths (relative to INPUT) and labels, for sets whose layout carries none; "
                    "images it does not name are excluded (details above).")
-@click.option("--near-distance", type=NumberOrWord("off", None, 0, MAX_DISTANCE, "bits"), default=str(DEFAULT_DISTANCE), show_default=True,
-              metavar="0..%d|off" % MAX_DISTANCE,
+@click.option("--near-distance", type=NumberOrWord("off", None, 0, MAX_DISTANCE, "bits"),
+              default=str(DEFAULT_DISTANCE), show_default=True, metavar="0..%d|off" % MAX_DISTANCE,
               help="Images whose 64-bit fingerprints differ in at most this many bits are near-duplicates: "
                    "kept in one split; under different labels, handled as --label-conflicts says. "
                    "off: do not look for them (clean data; the scan then reads only each file's bytes and "

@@ -5,8 +5,8 @@ import click
 from click.core import ParameterSource
 
 from kibble.group import TrainingCommand, say
-from kibble.options import (access_from, access_options, batch_size_option, checkpoint_interval, data_option, finite,
-                            NumberOrWord, run_dir_option, runs_option, seed_option, training_minutes)
+from kibble.options import (NumberOrWord, access_from, access_options, batch_size_option, checkpoint_interval,
+                            data_option, finite, run_dir_option, runs_option, seed_option, training_minutes)
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
 from train.precision import PRECISIONS
 from train.run import ALL_IMAGES, CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE
