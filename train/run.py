@@ -573,12 +573,12 @@ def _sizes_held(settings, manifest, exact):
     """(settings, notes): a default sample size larger than its split becomes what the split holds.
 
     A size in `exact` (one the user asked for) is kept, and refused later
-    if the split is smaller. ALL_IMAGES becomes what the split holds, without a note.
+    if the split is smaller. ALL_IMAGES, asked for or not, becomes what the split holds, without a note.
     """
     notes, changes = [], {}
     for name, split in (("train_size", "train"), ("val_size", "val")):
         asked, held = getattr(settings, name), manifest.split_count(split)
-        if name not in exact and 0 < held < asked:
+        if (name not in exact or asked == ALL_IMAGES) and 0 < held < asked:
             changes[name] = held
             if asked < ALL_IMAGES:
                 notes.append(f"{split}: {held:,} images (the split holds fewer than the {asked:,} asked)")

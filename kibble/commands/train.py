@@ -111,8 +111,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
                              precision=precision,
                              augment=augment, minutes=minutes, small_first=small_first, cutmix=cutmix)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
-    exact = {name for name, value in (("train_size", train_size), ("val_size", val_size))
-             if value and value != ALL_IMAGES}
+    exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
     with remote_training(run_dir, runs_root, resume, cache_root) as (local_run_dir, local_runs):
         result = run_train(settings, run_dir=local_run_dir, runs_root=local_runs, resume=resume,
