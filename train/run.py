@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from shards import storage
 from shards.errors import UserError
 from shards.manifest import verify_shards
+from train import averaging
 from train.budget import (BudgetClock, budget_fraction, budget_progress, duration_seconds, make_schedule,
                           parse_minutes, schedule_of)
 from train.budget import register as register_budget_schedule
@@ -73,6 +74,9 @@ class TrainSettings:
     small_first: float = 0.0
     # The default model's CutMix (train.mixing): the share of training images that get a patch of another; 0: none.
     cutmix: float = 0.0
+    # The default model's moving average of its weights (train.averaging): its decay per step, below 1; the
+    # average is what validation scores and the checkpoints hold. 0: none.
+    average: float = 0.0
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -132,6 +136,7 @@ class TrainSettings:
             parse_minutes(self.minutes)
         self._check_share("small_first", below_one=True, why="they take one image size")
         self._check_share("cutmix", below_one=False, why="they keep the tutorial's training")
+        self._check_share("average", below_one=True, why="they keep the tutorial's training")
 
     def _check_share(self, name, below_one, why):
         """A UserError unless setting `name` is a share from 0 (to 1, or up to but not including 1 when
@@ -198,7 +203,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 # Settings a run keeps for good: with --resume they come from config.json,
 # and giving another value is refused. Only `epochs` may grow (extension).
 FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "weight_decay", "seed",
-                   "window", "class_weight", "precision", "augment", "small_first", "cutmix")
+                   "window", "class_weight", "precision", "augment", "small_first", "cutmix", "average")
 
 
 def _compile(model, settings, steps_per_epoch, num_classes=2):
@@ -213,8 +218,12 @@ def _compile(model, settings, steps_per_epoch, num_classes=2):
         warmup = min(steps_per_epoch, total // 10)
         lr = keras.optimizers.schedules.CosineDecay(
             lr / 10, decay_steps=max(1, total - warmup), alpha=0.01, warmup_target=lr, warmup_steps=warmup)
-    optimizer = keras.optimizers.AdamW(lr, weight_decay=settings.weight_decay) if settings.model == DEFAULT_MODEL \
-        else keras.optimizers.Adam(lr)
+    if settings.average:
+        optimizer = averaging.averaging_adamw(lr, settings.weight_decay, settings.average)
+    elif settings.model == DEFAULT_MODEL:
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=settings.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(lr)
     # Named "accuracy" whatever the labels, so history.csv keeps its columns. CutMix's labels are soft
     # (train.mixing): one-hot rows for more than two classes, and rounded before the two-class accuracy.
     if num_classes > 2 and settings.cutmix:
@@ -302,7 +311,8 @@ def _recorder(run, state, steps, every=CheckpointEvery(), clock=None, scale=None
                     (every.seconds and now - self.committed < every.seconds):
                 return
             new = {**state, "batches": done, "epoch_seconds": self.before + now - self.started}
-            run.commit_epoch(self.model, new)
+            with averaging.in_model(self.model):  # a checkpoint holds the average as its weights (if any)
+                run.commit_epoch(self.model, new)
             state.update(new)
             self.committed, self.committed_batches = time.monotonic(), done
 
@@ -328,7 +338,8 @@ def _recorder(run, state, steps, every=CheckpointEvery(), clock=None, scale=None
                 new.update(best_val_loss=val_loss, best_epoch=epoch + 1)
             if clock is not None and clock.stopped:  # the budget it stopped at: done until it is extended
                 new["budget_stop_seconds"] = clock.budget_seconds
-            run.commit_epoch(self.model, new)
+            with averaging.in_model(self.model):
+                run.commit_epoch(self.model, new)
             state.clear()
             state.update(new)
             _release_pages()  # validation and saving map library code once an epoch
@@ -382,10 +393,10 @@ def _config(settings, manifest, params):
 
 _SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "weight_decay",
                   "seed", "window", "class_weight", "precision", "augment", "minutes", "small_first", "cutmix",
-                  "manifest_sha256")
+                  "average", "manifest_sha256")
 # What a config.json written before a setting existed meant by leaving it out.
 _OLD_DEFAULTS = {"class_weight": "none", "precision": "float32", "augment": DEFAULT_AUGMENT, "small_first": 0.0,
-                 "cutmix": 0.0}
+                 "cutmix": 0.0, "average": 0.0}
 # The weight decay every default-model run had before it was a setting (the tutorial's models had none).
 _OLD_WEIGHT_DECAY = 1e-4
 
@@ -702,6 +713,7 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
                         validation_seconds=state.get("validation_seconds", 0.0)) if settings.minutes else None
     scale = _small_first(settings, state, size, manifest.image_shape) if size is not None else None
     callbacks = [*([scale] if scale is not None else []), _recorder(run, state, steps, every, clock, scale),
+                 *([averaging.validation_callback()] if settings.average else []),
                  keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
     verbose = 0 if not progress else (1 if sys.stderr.isatty() else 2)
@@ -739,12 +751,14 @@ def _model(run, settings, manifest, state, steps):
     if state:
         register_budget_schedule()  # the optimizer of a --minutes run holds one
         register_mixing_metric()  # a --cutmix run's two-class accuracy
+        averaging.register()  # an --average run's optimizer
         try:
             model = (load_model_in_float32(run.checkpoint("last")) if settings.precision == "float32"
                      else keras.models.load_model(run.checkpoint("last")))
         except Exception as exc:  # noqa: BLE001 - any load failure means the same thing here
             raise UserError(f"cannot load {run.checkpoint('last')} to resume ({exc}); start a new run") from None
         state.setdefault("history", run.history())  # a run from before history was part of the state
+        averaging.resumed(model)  # the trained weights back in the model, the average in its slot
         return model, state
     model = build_model(settings.model, manifest.image_shape, seed=settings.seed, num_classes=manifest.num_classes,
                         augment=settings.augment, any_size=bool(settings.small_first))

@@ -18,7 +18,7 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                  "seed": ("seed",),
                  "class_weight": ("class_weight",), "precision": ("precision",),
                  "augment": ("augment",), "minutes": ("minutes",),
-                 "small_first": ("small_first",), "cutmix": ("cutmix",)}
+                 "small_first": ("small_first",), "cutmix": ("cutmix",), "average": ("average",)}
 
 
 @click.command(cls=TrainingCommand)
@@ -67,6 +67,11 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @click.option("--cutmix", type=click.FloatRange(min=0, max=1), default=0.0, callback=finite, metavar="SHARE",
               help="CutMix for the default model: paste a patch of another training image (a random share of "
                    "the area) into this SHARE of the images, the label mixed by area. 0: none. Kept by --resume.")
+@click.option("--average", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, callback=finite,
+              metavar="DECAY",
+              help="Keep a moving average of the default model's weights, each step's decay DECAY (0.999: about "
+                   "the last 1,000 steps); validation scores it and the checkpoints hold it. 0: none. Kept by "
+                   "--resume.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option(url=True)
@@ -79,8 +84,8 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr,
-          weight_decay, loss, class_weight, precision, augment, small_first, cutmix, seed, run_dir, runs_root, resume,
-          checkpoint_every, no_verify):
+          weight_decay, loss, class_weight, precision, augment, small_first, cutmix, average, seed,
+          run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
     The test split is never read. Running the same command again (or
@@ -94,6 +99,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
       python cli.py train --full --model conv2 --precision auto
       python cli.py train --full --minutes 30 --small-first 0.5
       python cli.py train --train-size all --val-size 2500 --minutes 60
+      python cli.py train --full --minutes 60 --average 0.999
       python cli.py train --resume --checkpoint-every 30m
       python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
     """
@@ -109,7 +115,8 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
                              val_size=val_size or sizes[1], epochs=epochs, lr=lr, loss=loss,
                              batch_size=batch_size, weight_decay=weight_decay, seed=seed, class_weight=class_weight,
                              precision=precision,
-                             augment=augment, minutes=minutes, small_first=small_first, cutmix=cutmix)
+                             augment=augment, minutes=minutes, small_first=small_first, cutmix=cutmix,
+                             average=average)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
