@@ -19,15 +19,12 @@ weights with the average when it returns, which a run resumed inside an
 epoch (two fits) or stopped by a time budget would then train on.
 """
 import contextlib
+import functools
 
-BUILT = None
 
-
+@functools.cache
 def _optimizer_class():
     """AveragingAdamW, defined on first use so that importing train.averaging does not import TensorFlow."""
-    global BUILT
-    if BUILT is not None:
-        return BUILT
     import keras
     import tensorflow as tf
 
@@ -63,8 +60,7 @@ def _optimizer_class():
         def get_config(self):
             return {**super().get_config(), "average_decay": self.average_decay}
 
-    BUILT = AveragingAdamW
-    return BUILT
+    return AveragingAdamW
 
 
 def averaging_adamw(learning_rate, weight_decay, average_decay):
@@ -79,10 +75,7 @@ def register():
 
 def averages(model):
     """The model's optimizer's moving averages (one per trainable weight), or None when it keeps none."""
-    optimizer = getattr(model, "optimizer", None)
-    if BUILT is None or not isinstance(optimizer, BUILT) or not optimizer.averages:
-        return None
-    return optimizer.averages
+    return getattr(getattr(model, "optimizer", None), "averages", None) or None
 
 
 def swap(model):

@@ -12,6 +12,7 @@ instead of stopping halfway down it. The fraction lives in a tf.Variable
 that a callback sets after every batch: the compiled train step reads it,
 so nothing is traced again.
 """
+import functools
 import math
 import re
 
@@ -65,16 +66,14 @@ def budget_lr(fraction, peak, warmup=WARMUP, floor=FLOOR):
     return peak * (floor + (1 - floor) * cosine)
 
 
+@functools.cache
 def _schedule_class():
     """BudgetSchedule, defined on first use so that importing train.budget does not import TensorFlow."""
-    global BudgetSchedule
-    if BudgetSchedule is not None:
-        return BudgetSchedule
     import keras
     import tensorflow as tf
 
     @keras.saving.register_keras_serializable(package="kibble", name="BudgetSchedule")
-    class _BudgetSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    class BudgetSchedule(keras.optimizers.schedules.LearningRateSchedule):
         """Warm-up, then a cosine to floor x peak, over the fraction of a time budget used.
 
         `clock` (seconds of the budget used) is set from outside, by
@@ -104,11 +103,7 @@ def _schedule_class():
             return {"peak": self.peak, "budget_seconds": self.budget_seconds, "total_steps": self.total_steps,
                     "warmup": self.warmup, "floor": self.floor}
 
-    BudgetSchedule = _BudgetSchedule
     return BudgetSchedule
-
-
-BudgetSchedule = None
 
 
 def register():

@@ -15,6 +15,7 @@ exactly. Labels: two classes keep one float32 column (the share of class
 index 1); more classes become one-hot float32 rows (categorical instead of
 sparse cross-entropy, for validation too).
 """
+import functools
 
 # Raised by make_dataset's windows into a stateless seed: (run seed, epoch * _EPOCH + skip * _SKIP + window).
 _EPOCH = 2**40
@@ -54,9 +55,6 @@ def cutmix(images, labels, share, seed):
     return mixed, labels * (1.0 - taken) + tf.roll(labels, -1, axis=0) * taken
 
 
-_METRIC = None
-
-
 def register():
     """Make RoundedBinaryAccuracy known to Keras, so that a last.keras compiled with it loads (train --resume)."""
     return _metric_class()
@@ -67,10 +65,8 @@ def rounded_binary_accuracy(name="accuracy"):
     return _metric_class()(name=name)
 
 
+@functools.cache  # defined on first use: importing train.mixing does not import Keras
 def _metric_class():
-    global _METRIC
-    if _METRIC is not None:
-        return _METRIC
     import keras
 
     @keras.saving.register_keras_serializable(package="kibble", name="RoundedBinaryAccuracy")
@@ -80,5 +76,4 @@ def _metric_class():
         def update_state(self, y_true, y_pred, sample_weight=None):
             return super().update_state(keras.ops.round(y_true), y_pred, sample_weight)
 
-    _METRIC = RoundedBinaryAccuracy
-    return _METRIC
+    return RoundedBinaryAccuracy
