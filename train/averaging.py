@@ -41,7 +41,7 @@ def _optimizer_class():
             if self.built:
                 return
             super().build(variables)
-            # The slots start as the weights themselves (the first step's decay is 0.1).
+            # The slots start as the weights themselves (the first step's decay is 2/11).
             self.averages = self.add_optimizer_variables(variables, "average")
             for average, variable in zip(self.averages, variables):
                 average.assign(variable)
