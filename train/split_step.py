@@ -27,8 +27,8 @@ def _part_gradients(model, x, y, sample_weight):
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
-        y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
-        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        y_pred = model(x, training=True)
+        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
         scaled = model.optimizer.scale_loss(loss)
     return tape.gradient(scaled, model.trainable_weights), loss, y_pred
 
@@ -51,9 +51,13 @@ def _halves(model, x, y, sample_weight):
     return gradients, loss, tf.concat([first[2], second[2]], axis=0)
 
 
+def _loss_mean(model):
+    """The Mean that model.fit reports as `loss`: Keras's loss tracker, the compiled model's metric of that name."""
+    return next(metric for metric in model.metrics if metric.name == "loss")
+
+
 def _split_train_step(self, data):
     import tensorflow as tf
-    from keras.src.losses import loss as loss_module
 
     x, y, sample_weight = _unpack(data)
     size = tf.shape(x)[0]
@@ -61,7 +65,9 @@ def _split_train_step(self, data):
                                       lambda: _part_gradients(self, x, y, sample_weight))
     loss = tf.reshape(loss, [])  # tf.cond can lose the static shapes Keras's trackers read
     y_pred = tf.ensure_shape(y_pred, [None, *self.outputs[0].shape[1:]])
-    self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=size)
+    # The mean over the replicas' losses, as Keras's own step reports it (each replica's loss is scaled down).
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    _loss_mean(self).update_state(loss * tf.cast(replicas, loss.dtype), sample_weight=size)
     self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
     return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
