@@ -38,8 +38,13 @@ def test_the_average_follows_every_step_with_its_decay_warmed_up():
             seen.append([w.numpy().copy() for w in self.model.trainable_variables])
 
     x = np.random.default_rng(0).random((64, 4), dtype=np.float32)
-    model.fit(x, (x[:, 0] > 0.5).astype("float32"), epochs=3, batch_size=8, verbose=0, callbacks=[Record()])
-    assert len(seen) == 24
+    y = (x[:, 0] > 0.5).astype("float32")
+    model.fit(x[:8], y[:8], epochs=1, batch_size=8, verbose=0, callbacks=[Record()])
+    # one step: the average starts at the weights (2/11 of them), not at zero
+    for ours, first, trained in zip(model.optimizer.averages, start, seen[0]):
+        np.testing.assert_allclose(ours.numpy(), 2 / 11 * first + 9 / 11 * trained, rtol=1e-5, atol=1e-6)
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[Record()])
+    assert len(seen) == 25
     expected = start
     for step, weights in enumerate(seen, start=1):
         decay = min(0.9, (1 + step) / (10 + step))
@@ -79,21 +84,39 @@ def test_validation_scores_the_average_and_the_checkpoint_holds_it_as_the_models
 
 
 def test_a_resumed_run_trains_on_the_trained_weights_and_keeps_its_decay(shards_dir, tmp_path):
+    from train.pipeline import worker_batches
+    from train.run import _model
+
     run_dir = str(tmp_path / "run")
-    train(TrainSettings(data=shards_dir, train_size=24, val_size=12, epochs=1, batch_size=8, average=0.9, lr=1e-9),
-          run_dir=run_dir, progress=False)
+    settings = TrainSettings(data=shards_dir, train_size=24, val_size=12, epochs=1, batch_size=8, average=0.9,
+                             lr=0.02)
+    train(settings, run_dir=run_dir, progress=False)
     averaged, trained, _ = _file_weights(os.path.join(run_dir, "last.keras"))
-    # at a rate of 1e-9 the trained weights stay put, and the average moves towards them
+    assert any(not np.allclose(a, t, atol=1e-4) for a, t in zip(averaged, trained))
+    # what a resume loads: the trained weights back in the model, the average back in its slot
+    run = RunDir(run_dir)
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    with run.lock():
+        model, _ = _model(run, TrainSettings(**{**config_settings(config), "epochs": 2}), load_manifest(shards_dir),
+                          run.recover(), worker_batches(24, 8))
+    for weight, value in zip(model.trainable_variables, trained):
+        np.testing.assert_array_equal(weight.numpy(), value)
+    for slot, value in zip(model.optimizer.averages, averaged):
+        np.testing.assert_array_equal(slot.numpy(), value)
+    # and the whole resume trains on, keeping the decay and refusing another
     train(TrainSettings(epochs=2), run_dir=run_dir, resume=True, progress=False, given={"epochs"})
-    averaged2, trained2, _ = _file_weights(os.path.join(run_dir, "last.keras"))
-    for t, t2 in zip(trained, trained2):
-        np.testing.assert_allclose(t2, t, rtol=0, atol=1e-5)
-    moved = [np.abs(a2 - t).sum() < np.abs(a - t).sum() for a, a2, t in zip(averaged, averaged2, trained)
-             if not np.allclose(a, t, atol=1e-5)]
-    assert moved and all(moved)
+    assert [row["epoch"] for row in RunDir(run_dir).history()] == [1, 2]
+    assert json.load(open(os.path.join(run_dir, "config.json")))["average"] == 0.9
     with pytest.raises(UserError, match="average"):
         train(TrainSettings(epochs=3, average=0.99), run_dir=run_dir, resume=True, progress=False,
               given={"epochs", "average"})
+
+
+def config_settings(config):
+    """The TrainSettings fields of a config.json."""
+    from dataclasses import fields
+
+    return {f.name: config[f.name] for f in fields(TrainSettings) if f.name in config}
 
 
 def test_a_run_without_average_saves_plain_adamw(shards_dir, tmp_path):

@@ -24,11 +24,18 @@ def _fit(optimizer_class, fused, steps=12, **kwargs):
     return model, [w.numpy() for w in model.weights] + [v.numpy() for v in optimizer.variables]
 
 
-@pytest.mark.parametrize("name,kwargs", [("Adam", {}), ("AdamW", {"weight_decay": 1e-2})])
+def _averaging(learning_rate, **kwargs):
+    from train.averaging import averaging_adamw
+
+    return averaging_adamw(learning_rate, kwargs["weight_decay"], 0.9)
+
+
+@pytest.mark.parametrize("name,kwargs", [("Adam", {}), ("AdamW", {"weight_decay": 1e-2}),
+                                         ("AveragingAdamW", {"weight_decay": 1e-2})])
 def test_fused_steps_match_keras(name, kwargs):
     import keras
 
-    optimizer_class = getattr(keras.optimizers, name)
+    optimizer_class = _averaging if name == "AveragingAdamW" else getattr(keras.optimizers, name)
     _, keras_values = _fit(optimizer_class, fused=False, **kwargs)
     _, fused_values = _fit(optimizer_class, fused=True, **kwargs)
     assert len(keras_values) == len(fused_values)
@@ -44,6 +51,12 @@ def test_other_optimizers_are_left_alone():
     assert not fuse_adam(keras.optimizers.SGD(0.1))
     assert not fuse_adam(keras.optimizers.Adam(0.1, amsgrad=True))
     assert fuse_adam(keras.optimizers.Adam(0.1))
+
+    class OwnStep(keras.optimizers.Adam):  # a subclass with an update of its own keeps it
+        def update_step(self, gradient, variable, learning_rate):
+            variable.assign_sub(learning_rate * gradient)
+
+    assert not fuse_adam(OwnStep(0.1))
 
 
 def test_a_fused_model_saves_and_resumes_as_keras_adam(tmp_path):

@@ -41,14 +41,17 @@ def _optimizer_class():
             if self.built:
                 return
             super().build(variables)
-            # The slots start as the weights themselves (the first step's decay is 2/11).
+            # Set to the weights at the first step (apply): build usually runs inside the first trace of the
+            # train step, where an assign of initial values does not survive TensorFlow's retrace.
             self.averages = self.add_optimizer_variables(variables, "average")
-            for average, variable in zip(self.averages, variables):
-                average.assign(variable)
 
         def apply(self, grads, trainable_variables=None):
             if trainable_variables is None:  # model.fit and apply_gradients always name them
                 raise ValueError("AveragingAdamW.apply needs the variables it trains, to average them")
+            # Before the first step the average is the weights as they start.
+            first = tf.cast(tf.equal(self.iterations, 0), tf.float32)
+            for average, variable in zip(self.averages, trainable_variables):
+                average.assign(first * tf.cast(variable, average.dtype) + (1.0 - first) * average)
             result = super().apply(grads, trainable_variables)
             # self.iterations counts the steps applied, this one included.
             steps = tf.cast(self.iterations, tf.float32)

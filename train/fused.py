@@ -50,12 +50,15 @@ def _fused_update_step(self, gradient, variable, learning_rate):
 def fuse_adam(optimizer):
     """Make a Keras Adam or AdamW (TensorFlow backend) take its steps through ResourceApplyAdam; whether it did.
 
-    Left as it is: other optimizers, amsgrad (the kernel has no v_hat), a
-    wrapped optimizer (loss scaling) and any backend but TensorFlow's.
+    Subclasses that keep Adam's own update_step are fused too (train.averaging's
+    AveragingAdamW). Left as it is: other optimizers, a subclass with its own
+    update step, amsgrad (the kernel has no v_hat), a wrapped optimizer (loss
+    scaling) and any backend but TensorFlow's.
     """
     import keras
 
-    if type(optimizer) not in (keras.optimizers.Adam, keras.optimizers.AdamW) or optimizer.amsgrad:
+    if not isinstance(optimizer, keras.optimizers.Adam) or optimizer.amsgrad \
+            or type(optimizer).update_step is not keras.optimizers.Adam.update_step:
         return False
     if keras.backend.backend() != "tensorflow":
         return False
