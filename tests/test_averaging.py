@@ -54,6 +54,30 @@ def test_the_average_follows_every_step_with_its_decay_warmed_up():
         assert not np.allclose(ours.numpy(), trained, atol=1e-4)  # an average, not the last weights
 
 
+def test_batch_norm_statistics_average_over_the_same_window_as_the_weights():
+    import keras
+
+    from train.averaging import average_statistics, averaging_adamw
+    from train.fused import fuse_batch_norm
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4, 4, 2))
+    norm = keras.layers.BatchNormalization(momentum=0.5)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(norm(inputs)))
+    model = keras.Model(inputs, outputs)
+    model.compile(averaging_adamw(0.01, 0.0, 0.9), "binary_crossentropy")
+    assert fuse_batch_norm(model) == 1 and average_statistics(model, 0.9) == 1
+    x = np.random.default_rng(2).normal(3.0, 2.0, (96, 4, 4, 2)).astype("float32")
+    model.fit(x, np.ones(96, "float32"), epochs=1, batch_size=8, verbose=0, shuffle=False)
+    # the layer is the model's first: its batch means are the inputs' own, step t (from 0) with decay
+    # min(0.9, (1 + t) / (10 + t)) instead of the layer's 0.5
+    expected = np.zeros(2)
+    for step in range(12):
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * x[step * 8:(step + 1) * 8].mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(norm.moving_mean.numpy(), expected, rtol=1e-4)
+
+
 def _file_weights(path):
     """(the model's trainable weights, the optimizer's average slots) as saved in a checkpoint."""
     import keras

@@ -112,6 +112,30 @@ def resumed(model):
     swap(model)
 
 
+def average_statistics(model, decay):
+    """Make each fused batch normalisation layer (train.fused) keep its moving statistics over the window of
+    the weights' average: momentum min(decay, (1 + t) / (10 + t)) at step t instead of the layer's own. Returns
+    the number of layers. The statistics are then those of the averaged model's window, not of the last few
+    steps' weights; they are saved as usual. Layers Keras runs itself (fused batch norm off) keep their own.
+    """
+    import tensorflow as tf
+
+    from train.fused import batch_norm_layers
+
+    iterations = model.optimizer.iterations
+
+    def momentum():
+        steps = tf.cast(iterations, tf.float32)
+        return tf.minimum(float(decay), (1.0 + steps) / (10.0 + steps))
+
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        layer.statistics_momentum = momentum
+    if layers:
+        model.train_function = None  # traced again with the new momentum
+    return len(layers)
+
+
 def validation_callback():
     """A Keras callback that validates the averaged weights: they are in the model from test begin to test end."""
     import keras

@@ -84,7 +84,8 @@ def _fused_batch_norm_call(self, inputs, training=None, mask=None):
     count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
     variance = variance * (count - 1) / tf.maximum(count, 2.0)  # the kernel's Bessel correction undone
     mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
-    momentum = self.momentum
+    # train.averaging sets statistics_momentum: statistics averaged over the window of the weights' average.
+    momentum = self.statistics_momentum() if hasattr(self, "statistics_momentum") else self.momentum
     self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * momentum + mean * (1.0 - momentum))
     self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * momentum + variance * (1.0 - momentum))
     return tf.cast(outputs, self.compute_dtype)
@@ -98,6 +99,14 @@ def _nested_layers(model):
             yield from _nested_layers(layer)
 
 
+def batch_norm_layers(model):
+    """The model's plain (not synchronised) BatchNormalization layers, those of nested models included."""
+    import keras
+
+    return [layer for layer in _nested_layers(model)
+            if type(layer) is keras.layers.BatchNormalization and not layer.synchronized]
+
+
 def fuse_batch_norm(model):
     """Make each BatchNormalization layer of a Keras model (TensorFlow backend) train through FusedBatchNormV3.
 
@@ -109,8 +118,7 @@ def fuse_batch_norm(model):
 
     if keras.backend.backend() != "tensorflow":
         return 0
-    layers = [layer for layer in _nested_layers(model)
-              if type(layer) is keras.layers.BatchNormalization and not layer.synchronized]
+    layers = batch_norm_layers(model)
     for layer in layers:
         layer.call = types.MethodType(_fused_batch_norm_call, layer)
     if layers:

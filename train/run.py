@@ -693,6 +693,8 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     with dtype_policy(resolve_precision(settings.precision)):
         model, state = _model(run, settings, manifest, state, steps)
     as_train_runs_it(model, settings.model)
+    if settings.average:
+        averaging.average_statistics(model, settings.average)
     Runs(os.path.dirname(os.path.abspath(run.path))).mark_latest(run)
 
     size = image_size_variable(manifest.image_shape) if settings.small_first else None
