@@ -77,6 +77,9 @@ class TrainSettings:
     # The default model's moving average of its weights (train.averaging): its decay per step, below 1; the
     # average is what validation scores and the checkpoints hold. 0: none.
     average: float = 0.0
+    # The default model's label smoothing (Keras's cross-entropy): each target moves this share of the way to
+    # the uniform one (0/1 -> share/2 and 1 - share/2 for two classes). 0: none.
+    label_smoothing: float = 0.0
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -137,6 +140,10 @@ class TrainSettings:
         self._check_share("small_first", below_one=True, why="they take one image size")
         self._check_share("cutmix", below_one=False, why="they keep the tutorial's training")
         self._check_share("average", below_one=True, why="they keep the tutorial's training")
+        self._check_share("label_smoothing", below_one=True, why="they keep the tutorial's training")
+        if self.label_smoothing and self.loss == "mse":
+            raise UserError(f"label_smoothing needs the cross-entropy loss (bce). Received: label_smoothing="
+                            f"{self.label_smoothing!r} with loss='mse'")
 
     def _check_share(self, name, below_one, why):
         """A UserError unless setting `name` is a share from 0 (to 1, or up to but not including 1 when
@@ -203,7 +210,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 # Settings a run keeps for good: with --resume they come from config.json,
 # and giving another value is refused. Only `epochs` may grow (extension).
 FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "weight_decay", "seed",
-                   "window", "class_weight", "precision", "augment", "small_first", "cutmix", "average")
+                   "window", "class_weight", "precision", "augment", "small_first", "cutmix", "average",
+                   "label_smoothing")
 
 
 def _compile(model, settings, steps_per_epoch, num_classes=2):
@@ -226,14 +234,24 @@ def _compile(model, settings, steps_per_epoch, num_classes=2):
         optimizer = keras.optimizers.Adam(lr)
     # Named "accuracy" whatever the labels, so history.csv keeps its columns. CutMix's labels are soft
     # (train.mixing): one-hot rows for more than two classes, and rounded before the two-class accuracy.
-    if num_classes > 2 and settings.cutmix:
-        loss, accuracy = "categorical_crossentropy", keras.metrics.CategoricalAccuracy(name="accuracy")
+    # Label smoothing with more than two classes also takes one-hot rows (the sparse loss has no smoothing).
+    smoothing = settings.label_smoothing
+    if one_hot_labels(settings, num_classes):
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if smoothing \
+            else "categorical_crossentropy"
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
     elif num_classes > 2:
         loss, accuracy = "sparse_categorical_crossentropy", keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     else:
-        loss = "mean_squared_error" if settings.loss == "mse" else "binary_crossentropy"
+        loss = "mean_squared_error" if settings.loss == "mse" else \
+            keras.losses.BinaryCrossentropy(label_smoothing=smoothing) if smoothing else "binary_crossentropy"
         accuracy = rounded_binary_accuracy() if settings.cutmix else keras.metrics.BinaryAccuracy(name="accuracy")
     model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
+
+
+def one_hot_labels(settings, num_classes):
+    """Whether the run's labels are one-hot rows: more than two classes, with CutMix or label smoothing."""
+    return num_classes > 2 and bool(settings.cutmix or settings.label_smoothing)
 
 
 def _current_lr(model):
@@ -393,10 +411,10 @@ def _config(settings, manifest, params):
 
 _SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "weight_decay",
                   "seed", "window", "class_weight", "precision", "augment", "minutes", "small_first", "cutmix",
-                  "average", "manifest_sha256")
+                  "average", "label_smoothing", "manifest_sha256")
 # What a config.json written before a setting existed meant by leaving it out.
 _OLD_DEFAULTS = {"class_weight": "none", "precision": "float32", "augment": DEFAULT_AUGMENT, "small_first": 0.0,
-                 "cutmix": 0.0, "average": 0.0}
+                 "cutmix": 0.0, "average": 0.0, "label_smoothing": 0.0}
 # The weight decay every default-model run had before it was a setting (the tutorial's models had none).
 _OLD_WEIGHT_DECAY = 1e-4
 
@@ -702,14 +720,16 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     def train_data(epoch, skip_batches=0):
         return make_dataset(manifest, "train", settings.batch_size, settings.train_size, settings.seed,
                             shuffle=True, initial_epoch=epoch, window=settings.window, skip_batches=skip_batches,
-                            size=size, cutmix=settings.cutmix)
+                            size=size, cutmix=settings.cutmix,
+                            one_hot=one_hot_labels(settings, manifest.num_classes))
 
     # Resumed inside an epoch: one fit of that epoch's remaining batches, then the others.
     phases = [(start_epoch, start_epoch + 1, train_data(start_epoch, skip))] if skip else []
     if start_epoch + bool(skip) < settings.epoch_cap:
         phases.append((start_epoch + bool(skip), settings.epoch_cap, train_data(start_epoch + bool(skip))))
     val_data = make_dataset(manifest, "val", settings.batch_size, settings.val_size, settings.seed,
-                            shuffle=False, window=settings.window, one_hot=bool(settings.cutmix))
+                            shuffle=False, window=settings.window,
+                            one_hot=one_hot_labels(settings, manifest.num_classes))
     clock = BudgetClock(settings.minutes * 60, state.get("seconds", 0.0), schedule_of(model),
                         epoch_elapsed=state.get("epoch_seconds", 0.0),
                         validation_seconds=state.get("validation_seconds", 0.0)) if settings.minutes else None

@@ -18,7 +18,8 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
                  "seed": ("seed",),
                  "class_weight": ("class_weight",), "precision": ("precision",),
                  "augment": ("augment",), "minutes": ("minutes",),
-                 "small_first": ("small_first",), "cutmix": ("cutmix",), "average": ("average",)}
+                 "small_first": ("small_first",), "cutmix": ("cutmix",), "average": ("average",),
+                 "label_smoothing": ("label_smoothing",)}
 
 
 @click.command(cls=TrainingCommand)
@@ -72,6 +73,10 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
               help="Keep a moving average of the default model's weights, each step's decay DECAY (0.999: about "
                    "the last 1,000 steps); validation scores it and the checkpoints hold it. 0: none. Kept by "
                    "--resume.")
+@click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
+              callback=finite, metavar="SHARE",
+              help="The default model's cross-entropy against targets moved SHARE of the way to uniform (0.1: "
+                   "0.05 and 0.95 for two classes). 0: none. Kept by --resume.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option(url=True)
@@ -84,7 +89,8 @@ _TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_s
 @click.option("--no-verify", is_flag=True, help="Skip checking the shards' checksums before training.")
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr,
-          weight_decay, loss, class_weight, precision, augment, small_first, cutmix, average, seed,
+          weight_decay, loss, class_weight, precision, augment, small_first, cutmix, average,
+          label_smoothing, seed,
           run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
@@ -100,6 +106,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
       python cli.py train --full --minutes 30 --small-first 0.5
       python cli.py train --train-size all --val-size 2500 --minutes 60
       python cli.py train --full --minutes 60 --average 0.999
+      python cli.py train --full --minutes 60 --label-smoothing 0.1
       python cli.py train --resume --checkpoint-every 30m
       python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
     """
@@ -116,7 +123,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
                              batch_size=batch_size, weight_decay=weight_decay, seed=seed, class_weight=class_weight,
                              precision=precision,
                              augment=augment, minutes=minutes, small_first=small_first, cutmix=cutmix,
-                             average=average)
+                             average=average, label_smoothing=label_smoothing)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
