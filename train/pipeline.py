@@ -28,7 +28,7 @@ def label_spec(num_classes, one_hot=False):
     unit (its MSE needs a float). More: int32 class indices, what sparse
     categorical cross-entropy takes (no one-hot copy of every label), or
     with `one_hot` float32 (num_classes,) rows, what CutMix's mixed labels
-    need (train.mixing).
+    (train.mixing) and label smoothing's categorical loss need.
     """
     if num_classes <= 2:
         return np.float32, (1,)
