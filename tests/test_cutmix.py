@@ -118,12 +118,9 @@ def test_a_cutmix_run_trains_resumes_and_keeps_its_share(shards_dir, tmp_path):
 def test_cutmix_with_more_than_two_classes_trains_on_one_hot_labels(tmp_path):
     import keras
 
-    from tests.test_multiclass_train import _folders
-    from ingest import IngestSettings, ingest
+    from tests.test_multiclass_train import small_three_class_shards
 
-    shards = str(tmp_path / "shards")
-    ingest(_folders(str(tmp_path / "images"), {"blue": 12, "green": 12, "red": 12}), shards,
-           IngestSettings(size=(16, 16), shard_size=16, val=0.25, test=0.1), scheduler="sync", progress=False)
+    shards = small_three_class_shards(tmp_path)
     result = train(TrainSettings(data=shards, train_size=24, val_size=8, epochs=1, batch_size=8, cutmix=1.0),
                    runs_root=str(tmp_path / "runs"), progress=False)
     model = keras.models.load_model(os.path.join(result["run_dir"], "last.keras"))

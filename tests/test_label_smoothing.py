@@ -54,12 +54,9 @@ def test_without_smoothing_the_loss_stays_plain_cross_entropy(shards_dir, tmp_pa
 
 
 def test_more_than_two_classes_smooth_over_one_hot_rows(tmp_path):
-    from ingest import IngestSettings, ingest
-    from tests.test_multiclass_train import _folders
+    from tests.test_multiclass_train import small_three_class_shards
 
-    shards = str(tmp_path / "shards")
-    ingest(_folders(str(tmp_path / "images"), {"blue": 12, "green": 12, "red": 12}), shards,
-           IngestSettings(size=(16, 16), shard_size=16, val=0.25, test=0.1), scheduler="sync", progress=False)
+    shards = small_three_class_shards(tmp_path)
     result = train(TrainSettings(data=shards, train_size=24, val_size=8, epochs=1, batch_size=8, label_smoothing=0.3),
                    runs_root=str(tmp_path / "runs"), progress=False)
     loss = _saved_loss(result["run_dir"])

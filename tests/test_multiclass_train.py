@@ -44,6 +44,14 @@ def _folders(root, counts=COUNTS):
     return root
 
 
+def small_three_class_shards(root):
+    """Shards of 12 images in each of three colour classes at 16x16 (a few seconds to ingest); their folder."""
+    shards = os.path.join(str(root), "shards")
+    ingest(_folders(os.path.join(str(root), "images"), {"blue": 12, "green": 12, "red": 12}), shards,
+           IngestSettings(size=(16, 16), shard_size=16, val=0.25, test=0.1), scheduler="sync", progress=False)
+    return shards
+
+
 @pytest.fixture(scope="module")
 def three(tmp_path_factory):
     """(image folder, shard folder) of the three colour classes."""
