@@ -181,3 +181,23 @@ def test_a_run_started_with_another_batch_resumes_with_its_own(shards_dir, tmp_p
     again = train(TrainSettings(data=shards_dir, model="mlp", train_size=64, val_size=16, epochs=1),
                   runs_root=str(tmp_path), progress=False)
     assert [row["batches"] for row in RunDir(again["run_dir"]).history()] == [2]
+
+
+# The settings the first config.json held: every one written since holds them.
+FIRST_SETTINGS = {"data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "seed", "window"}
+
+
+def test_every_later_setting_says_what_an_older_config_without_it_meant():
+    """A setting added without that would resume old runs with its present default, whatever they meant."""
+    from dataclasses import fields
+
+    from train.run import FIXED_ON_RESUME, _with_old_defaults
+
+    names = {f.name for f in fields(TrainSettings)}
+    first = {name: getattr(TrainSettings(), name) for name in FIRST_SETTINGS}
+    config = _with_old_defaults(first)
+    assert set(config) == names, f"no meaning for a config.json without {sorted(names - set(config))}"
+    assert config["weight_decay"] == 1e-4 and config["precision"] == "float32" and config["small_first"] == 0.0
+    assert _with_old_defaults({**first, "model": "conv2"})["weight_decay"] == 0.0
+    assert _with_old_defaults({**first, "average": 0.99})["average"] == 0.99  # what the file holds wins
+    assert set(FIXED_ON_RESUME) == names - {"epochs", "minutes"}

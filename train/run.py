@@ -5,7 +5,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from shards import storage
 from shards.errors import UserError
@@ -33,9 +33,34 @@ NO_EPOCH_CAP = 1_000_000
 SMALL_SCALE = 0.68
 
 
+_FIRST = object()  # `_setting`'s `absent` for the settings the first config.json already held
+
+
+def _setting(default, absent=_FIRST, may_grow=False):
+    """A TrainSettings field, with what the run's bookkeeping needs to know of it.
+
+    `absent`: for a setting added after runs were first written, what a
+    config.json that leaves it out meant (a value, or a function of the
+    config). `may_grow`: --resume may give it a new value (the run is
+    extended); every other setting is fixed for the run's life
+    (FIXED_ON_RESUME).
+    """
+    return field(default=default, metadata={"absent": absent, "may_grow": may_grow})
+
+
+def _old_weight_decay(config):
+    # The weight decay every default-model run had before it was a setting (the tutorial's models had none).
+    return 1e-4 if config.get("model") == DEFAULT_MODEL else 0.0
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    """Every setting of a run; written to config.json so a run can be redone."""
+    """Every setting of a run; written to config.json so a run can be redone.
+
+    A new setting is one field here, made with `_setting` (what an older
+    config.json without it meant); resume, the same-run check and old
+    configs read that.
+    """
 
     # Shard folder written by `ingest`.
     data: str = os.path.join("data", "shards")
@@ -45,41 +70,41 @@ class TrainSettings:
     train_size: int = LAPTOP_SAMPLE[0]
     val_size: int = LAPTOP_SAMPLE[1]
     # None: the model's recipe (train.models.RECIPES).
-    epochs: int = None
+    epochs: int = _setting(None, may_grow=True)
     lr: float = None
     loss: str = None
     # None: the model's recipe (16 for the default model, 32 for the tutorial's).
     batch_size: int = None
     # AdamW's decoupled weight decay, multiplied by the learning rate at each step. None: the model's recipe;
     # the tutorial's models take only 0 (their Adam).
-    weight_decay: float = None
+    weight_decay: float = _setting(None, absent=_old_weight_decay)
     # 0 <= seed <= MAX_SEED: weights, shuffle order and augmentation.
     seed: int = 0
     # Images mixed together by the input pipeline's shuffle.
     window: int = WINDOW
     # "balanced": weigh each class's loss by n / (classes * images of the class), for uneven sets.
-    class_weight: str = "none"
+    class_weight: str = _setting("none", absent="none")
     # auto, float32 or bfloat16 (train.precision); None: the model's recipe. train() resolves it to float32 or
     # bfloat16, so config.json names the one used.
-    precision: str = None
+    precision: str = _setting(None, absent="float32")
     # The default model's training augmentation, one of train.models.AUGMENTS ("photo" adds crops of other
     # aspects and colour changes); the tutorial's models have none and take only the default.
-    augment: str = DEFAULT_AUGMENT
+    augment: str = _setting(DEFAULT_AUGMENT, absent=DEFAULT_AUGMENT)
     # Training time budget in minutes (train.budget): the run stops when it is used, and the default
     # model's learning rate anneals over it. None: epochs alone bound the run. With a budget,
     # `epochs` is an upper bound, None for none (the recipe's count is not filled in).
-    minutes: float = None
+    minutes: float = _setting(None, absent=None, may_grow=True)
     # The default model trains the first `small_first` share of the run (of the time budget, or of the
     # epochs) on images scaled by SMALL_SCALE per side, then on the shards' size; 0: always that size.
-    small_first: float = 0.0
+    small_first: float = _setting(0.0, absent=0.0)
     # The default model's CutMix (train.mixing): the share of training images that get a patch of another; 0: none.
-    cutmix: float = 0.0
+    cutmix: float = _setting(0.0, absent=0.0)
     # The default model's moving average of its weights (train.averaging): its decay per step, below 1; the
     # average is what validation scores and the checkpoints hold. 0: none.
-    average: float = 0.0
+    average: float = _setting(0.0, absent=0.0)
     # The default model's label smoothing (Keras's cross-entropy): each target moves this share of the way to
     # the uniform one (0/1 -> share/2 and 1 - share/2 for two classes). 0: none.
-    label_smoothing: float = 0.0
+    label_smoothing: float = _setting(0.0, absent=0.0)
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -208,10 +233,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 # Settings a run keeps for good: with --resume they come from config.json,
-# and giving another value is refused. Only `epochs` may grow (extension).
-FIXED_ON_RESUME = ("data", "model", "train_size", "val_size", "lr", "loss", "batch_size", "weight_decay", "seed",
-                   "window", "class_weight", "precision", "augment", "small_first", "cutmix", "average",
-                   "label_smoothing")
+# and giving another value is refused. Only `epochs` and `minutes` may grow (extension).
+FIXED_ON_RESUME = tuple(f.name for f in fields(TrainSettings) if not f.metadata.get("may_grow"))
 
 
 def _compile(model, settings, steps_per_epoch, num_classes=2):
@@ -409,19 +432,14 @@ def _config(settings, manifest, params):
             "params": params}
 
 
-_SAME_RUN_KEYS = ("data", "model", "train_size", "val_size", "epochs", "lr", "loss", "batch_size", "weight_decay",
-                  "seed", "window", "class_weight", "precision", "augment", "minutes", "small_first", "cutmix",
-                  "average", "label_smoothing", "manifest_sha256")
-# What a config.json written before a setting existed meant by leaving it out.
-_OLD_DEFAULTS = {"class_weight": "none", "precision": "float32", "augment": DEFAULT_AUGMENT, "small_first": 0.0,
-                 "cutmix": 0.0, "average": 0.0, "label_smoothing": 0.0}
-# The weight decay every default-model run had before it was a setting (the tutorial's models had none).
-_OLD_WEIGHT_DECAY = 1e-4
+# What must match for a run to be the same one: every setting, and the shards it trained on.
+_SAME_RUN_KEYS = (*(f.name for f in fields(TrainSettings)), "manifest_sha256")
 
 
 def _with_old_defaults(config):
     """A config.json's settings, with what one written before a setting existed meant by leaving it out."""
-    old = {**_OLD_DEFAULTS, "weight_decay": _OLD_WEIGHT_DECAY if config.get("model") == DEFAULT_MODEL else 0.0}
+    old = {f.name: absent(config) if callable(absent) else absent
+           for f in fields(TrainSettings) if (absent := f.metadata.get("absent", _FIRST)) is not _FIRST}
     return {**old, **config}
 
 

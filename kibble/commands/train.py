@@ -1,5 +1,6 @@
 """`train`: shards -> a run directory (config, checkpoints, history)."""
 import os
+from dataclasses import fields
 
 import click
 from click.core import ParameterSource
@@ -9,17 +10,13 @@ from kibble.options import (NumberOrWord, access_from, access_options, batch_siz
                             data_option, finite, run_dir_option, runs_option, seed_option, training_minutes)
 from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
 from train.precision import PRECISIONS
-from train.run import ALL_IMAGES, CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE
+from train.run import (ALL_IMAGES, CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE,
+                       TrainSettings)
 
-# train's options -> the TrainSettings fields they set (for "which did the user give?").
-_TRAIN_FIELDS = {"data": ("data",), "full": ("train_size", "val_size"), "train_size": ("train_size",),
-                 "val_size": ("val_size",), "model_name": ("model",), "epochs": ("epochs",),
-                 "batch_size": ("batch_size",), "lr": ("lr",), "weight_decay": ("weight_decay",), "loss": ("loss",),
-                 "seed": ("seed",),
-                 "class_weight": ("class_weight",), "precision": ("precision",),
-                 "augment": ("augment",), "minutes": ("minutes",),
-                 "small_first": ("small_first",), "cutmix": ("cutmix",), "average": ("average",),
-                 "label_smoothing": ("label_smoothing",)}
+# train's options -> the TrainSettings fields they set (for "which did the user give?"): each setting's own
+# option, and the two whose names differ.
+_TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name != "model"},
+                 "model_name": ("model",), "full": ("train_size", "val_size")}
 
 
 @click.command(cls=TrainingCommand)
@@ -112,7 +109,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     """
     from shards import storage
     from train.remote_run import remote_training
-    from train.run import TrainSettings, train as run_train
+    from train.run import train as run_train
     from train.summary import format_summary
 
     if full and (train_size or val_size):
