@@ -47,3 +47,15 @@ def test_full_and_sizes_together_are_refused():
 def test_unknown_model_is_a_click_error():
     result = CliRunner().invoke(cli, ["train", "--model", "resnet50"])
     assert result.exit_code == 2 and "resnet50" in result.output
+
+
+def test_each_setting_the_command_line_counts_as_given_is_one_of_its_options():
+    """An option named unlike its setting and missing from the map would slip past --resume's refusal."""
+    from kibble.commands.train import _TRAIN_FIELDS, train as command
+    from train.run import FIXED_ON_RESUME
+
+    options = {p.name for p in command.params}
+    counted = {option for option in _TRAIN_FIELDS if option in options}
+    assert counted == set(_TRAIN_FIELDS) - {"window"}  # the pipeline's window has no option
+    given = {name for option in counted for name in _TRAIN_FIELDS[option]}
+    assert set(FIXED_ON_RESUME) - {"window"} <= given
