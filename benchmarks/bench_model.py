@@ -442,7 +442,8 @@ def train_memory(shards, model, lever, train_size, val_size, scratch, augment="s
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = ["nice", "-n", "5", sys.executable, os.path.join(REPO, "cli.py"), "-q", "train", "--data", shards,
            "--model", model, "--train-size", str(train_size), "--val-size", str(val_size), "--epochs", "1",
-           "--run-dir", run_dir, "--checkpoint-every", "off", "--no-verify", "--augment", augment]
+           "--run-dir", run_dir, "--checkpoint-every", "off", "--no-verify", "--augment", augment,
+           "--small-first", "0"]  # one epoch of the recipe's smaller-first run would be all small images
     row = {"model": model, "lever": lever, "augment": augment, "load": load()}
     proc = subprocess.Popen(cmd, cwd=REPO, env=_child_env({"KIBBLE_PROCESS": LEVERS[lever]}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -144,7 +144,7 @@ def config_settings(config):
 
 
 def test_a_run_without_average_saves_plain_adamw(shards_dir, tmp_path):
-    result = train(TrainSettings(data=shards_dir, train_size=16, val_size=8, epochs=1, batch_size=8),
+    result = train(TrainSettings(data=shards_dir, train_size=16, val_size=8, epochs=1, batch_size=8, average=0.0),
                    runs_root=str(tmp_path), progress=False)
     config = json.load(open(os.path.join(result["run_dir"], "config.json")))
     assert config["average"] == 0.0

@@ -19,9 +19,9 @@ def test_train_help_examples_parse_and_help_is_fast(tmp_path, monkeypatch):
         ("train", True, False), ("train", False, True), ("train", False, False)]
     assert parsed[6][1]["runs_root"] == "s3://my-bucket/runs"
     assert parsed[0][1]["model_name"] == "conv2"
-    assert (parsed[1][1]["minutes"], parsed[1][1]["small_first"]) == (30.0, 0.5)
+    assert (parsed[1][1]["minutes"], parsed[1][1]["small_first"], parsed[1][1]["average"]) == (60.0, None, None)
     assert (parsed[2][1]["train_size"], parsed[2][1]["val_size"]) == (ALL_IMAGES, 2500)
-    assert (parsed[3][1]["minutes"], parsed[3][1]["average"]) == (60.0, 0.999)
+    assert (parsed[3][1]["minutes"], parsed[3][1]["small_first"], parsed[3][1]["average"]) == (60.0, 0.0, 0.0)
     assert parsed[4][1]["label_smoothing"] == 0.1
     # Fast: --help must not pay for TensorFlow, Keras or Dask (seconds of imports) in a fresh interpreter.
     probe = ("import sys, cli\ntry:\n    cli.cli(['train', '--help'], prog_name='python cli.py')\n"

@@ -89,7 +89,7 @@ def test_the_switch_follows_the_time_budget_and_never_goes_back():
     # An epoch cap with the budget: whichever share is larger.
     assert not small_epoch(TrainSettings(minutes=10.0, epochs=4, small_first=0.5),
                            {"epoch": 2, "seconds": 10.0, "history": [small_row] * 2})
-    assert not small_epoch(TrainSettings(minutes=10.0), {"epoch": 0, "seconds": 0.0, "history": []})
+    assert not small_epoch(TrainSettings(minutes=10.0, small_first=0.0), {"epoch": 0, "seconds": 0.0, "history": []})
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -127,6 +127,18 @@ def test_the_batch_size_and_rate_come_from_the_models_recipe():
     assert TrainSettings(batch_size=64, lr=1e-3).resolved().lr == 1e-3
 
 
+def test_the_default_models_recipe_trains_smaller_images_first_and_averages_its_weights():
+    kibble, conv2 = TrainSettings().resolved(), TrainSettings(model="conv2").resolved()
+    assert (kibble.small_first, kibble.average) == (0.5, 0.999)
+    assert (conv2.small_first, conv2.average) == (0.0, 0.0)
+    plain = TrainSettings(small_first=0.0, average=0.0).resolved()  # given, even when 0, is kept
+    assert (plain.small_first, plain.average) == (0.0, 0.0)
+    assert TrainSettings(average=0.99).resolved().average == 0.99
+    TrainSettings(model="conv2").validate()
+    with pytest.raises(UserError, match="small_first must be"):
+        TrainSettings(model="conv2", small_first=0.5).validate()
+
+
 def test_the_weight_decay_comes_from_the_recipe_and_only_the_default_model_takes_it():
     from train.models import RECIPES
 

@@ -25,21 +25,24 @@ Learning rates (Adam), chosen as follows:
 
 A batch size given without a learning rate keeps the recipe's rate.
 """
+from collections import namedtuple
 
 TUTORIAL_MODELS = ("mlp", "conv1", "conv2", "conv2-wide")
 DEFAULT_MODEL = "kibble"
 MODELS = TUTORIAL_MODELS + (DEFAULT_MODEL,)
-# name: (learning rate, loss, epochs used by the tutorial or by us, batch size, weight decay, precision). Weight
-# decay is AdamW's, decoupled and multiplied by the learning rate at each step (Keras's): the tutorial's models
-# train with plain Adam (0). Precision (train.precision): "auto" trains the default model in bfloat16 where the CPU
-# computes it natively (its accuracy was checked there, docs/results.md), float32 elsewhere; the tutorial's models
-# keep float32, as they were measured.
+# Each model's recipe: what `train` uses for a setting not given (train.run.TrainSettings.resolved). Weight decay
+# is AdamW's, decoupled and multiplied by the learning rate at each step (Keras's): the tutorial's models train with
+# plain Adam (0). Precision (train.precision): "auto" trains the default model in bfloat16 where the CPU computes it
+# natively (its accuracy was checked there, docs/results.md), float32 elsewhere; the tutorial's models keep float32,
+# as they were measured. `small_first` and `average` (the default model's smaller images first and moving average
+# of the weights, since 2026-11-27): the tutorial's models take neither.
+Recipe = namedtuple("Recipe", "lr loss epochs batch_size weight_decay precision small_first average")
 RECIPES = {
-    "mlp": (1e-5, "mse", 10, 32, 0.0, "float32"),
-    "conv1": (1e-4, "mse", 5, 32, 0.0, "float32"),
-    "conv2": (1e-4, "mse", 15, 32, 0.0, "float32"),
-    "conv2-wide": (1e-4, "mse", 15, 32, 0.0, "float32"),
-    "kibble": (1.4e-3, "bce", 24, 16, 1e-4, "auto"),
+    "mlp": Recipe(1e-5, "mse", 10, 32, 0.0, "float32", 0.0, 0.0),
+    "conv1": Recipe(1e-4, "mse", 5, 32, 0.0, "float32", 0.0, 0.0),
+    "conv2": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0),
+    "conv2-wide": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0),
+    "kibble": Recipe(1.4e-3, "bce", 24, 16, 1e-4, "auto", 0.5, 0.999),
 }
 # Models whose training step is taken in two halves of the batch (train.split_step): conv2-wide's activations
 # (128 channels at full resolution) are most of its memory. Not those whose weights are (mlp, conv1: the first

@@ -16,7 +16,7 @@ from train.budget import (BudgetClock, budget_fraction, budget_progress, duratio
 from train.budget import register as register_budget_schedule
 from train.mixing import register as register_mixing_metric
 from train.mixing import rounded_binary_accuracy
-from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES
+from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES, Recipe
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import PRECISIONS, dtype_policy, load_model_in_float32, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs, whole_epochs  # noqa: F401 - HISTORY_FIELDS re-exported
@@ -96,12 +96,14 @@ class TrainSettings:
     minutes: float = _setting(None, absent=None, may_grow=True)
     # The default model trains the first `small_first` share of the run (of the time budget, or of the
     # epochs) on images scaled by SMALL_SCALE per side, then on the shards' size; 0: always that size.
-    small_first: float = _setting(0.0, absent=0.0)
+    # None: the model's recipe (0.5 for the default model since 2026-11-27; runs before it had 0).
+    small_first: float = _setting(None, absent=0.0)
     # The default model's CutMix (train.mixing): the share of training images that get a patch of another; 0: none.
     cutmix: float = _setting(0.0, absent=0.0)
     # The default model's moving average of its weights (train.averaging): its decay per step, below 1; the
-    # average is what validation scores and the checkpoints hold. 0: none.
-    average: float = _setting(0.0, absent=0.0)
+    # average is what validation scores and the checkpoints hold. 0: none. None: the model's recipe (0.999 for
+    # the default model since 2026-11-27; runs before it had 0).
+    average: float = _setting(None, absent=0.0)
     # The default model's label smoothing (Keras's cross-entropy): each target moves this share of the way to
     # the uniform one (0/1 -> share/2 and 1 - share/2 for two classes). 0: none.
     label_smoothing: float = _setting(0.0, absent=0.0)
@@ -114,14 +116,15 @@ class TrainSettings:
         then means sparse categorical cross-entropy).
         """
         # An unknown model gets None everywhere: validate() names it.
-        lr, loss, epochs, batch_size, weight_decay, precision = RECIPES.get(self.model, (None,) * 6)
-        if num_classes > 2:
-            loss = "bce"
-        epochs = self.epochs or (None if self.minutes else epochs)
-        return replace(self, lr=self.lr or lr, loss=self.loss or loss, epochs=epochs,
-                       batch_size=self.batch_size or batch_size,
-                       weight_decay=weight_decay if self.weight_decay is None else self.weight_decay,
-                       precision=self.precision or precision)
+        recipe = RECIPES.get(self.model) or Recipe(*(None,) * len(Recipe._fields))
+        loss = "bce" if num_classes > 2 else recipe.loss
+        epochs = self.epochs or (None if self.minutes else recipe.epochs)
+        # Given values are kept, 0 included; None takes the recipe's.
+        kept = {name: getattr(recipe, name) if getattr(self, name) is None else getattr(self, name)
+                for name in ("weight_decay", "small_first", "average")}
+        return replace(self, lr=self.lr or recipe.lr, loss=self.loss or loss, epochs=epochs,
+                       batch_size=self.batch_size or recipe.batch_size, precision=self.precision or recipe.precision,
+                       **kept)
 
     @property
     def epoch_cap(self):
@@ -174,6 +177,8 @@ class TrainSettings:
         """A UserError unless setting `name` is a share from 0 (to 1, or up to but not including 1 when
         `below_one`) and 0 for the tutorial's models (`why` says why they take none)."""
         value = getattr(self, name)
+        if value is None:  # the model's recipe's (resolved)
+            return
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not (0 <= value < 1 if below_one else 0 <= value <= 1) or (value and self.model != DEFAULT_MODEL):
             upto = "up to (not including) 1" if below_one else "to 1"
@@ -290,6 +295,8 @@ def small_epoch(settings, state):
     epoch has trained at the shards' size: a budget or epoch count extended
     later (--resume) never goes back to small images.
     """
+    if settings.small_first is None:
+        raise ValueError("small_first is the recipe's until TrainSettings.resolved() fills it in")
     if not settings.small_first or any(row.get("scale", 1.0) == 1.0 for row in state.get("history", [])):
         return False
     epoch, seconds = state.get("epoch", 0), state.get("seconds", 0.0)

@@ -58,18 +58,19 @@ _TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name !
               help="The default model's training augmentation: standard (flips, shifts, zooms, small rotations) "
                    "or photo (also crops of other aspects, brightness, contrast, saturation and hue). "
                    "Kept by --resume; the tutorial's models have none.")
-@click.option("--small-first", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, callback=finite,
+@click.option("--small-first", type=click.FloatRange(min=0, max=1, max_open=True), default=None, callback=finite,
               help="Train the default model's first SHARE of the run (of --minutes, else of the epochs) on images "
                    f"scaled to {SMALL_SCALE:g} per side (about half the pixels, about half the time per epoch), "
-                   "then at the shards' size. 0: always that size. Kept by --resume.", metavar="SHARE")
+                   "then at the shards' size. 0: always that size. Default: the recipe's (0.5 for kibble; the "
+                   "tutorial's models take only 0). Kept by --resume.", metavar="SHARE")
 @click.option("--cutmix", type=click.FloatRange(min=0, max=1), default=0.0, callback=finite, metavar="SHARE",
               help="CutMix for the default model: paste a patch of another training image (a random share of "
                    "the area) into this SHARE of the images, the label mixed by area. 0: none. Kept by --resume.")
-@click.option("--average", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, callback=finite,
+@click.option("--average", type=click.FloatRange(min=0, max=1, max_open=True), default=None, callback=finite,
               metavar="DECAY",
               help="Keep a moving average of the default model's weights, each step's decay DECAY (0.999: about "
-                   "the last 1,000 steps); validation scores it and the checkpoints hold it. 0: none. Kept by "
-                   "--resume.")
+                   "the last 1,000 steps); validation scores it and the checkpoints hold it. 0: none. Default: "
+                   "the recipe's (0.999 for kibble; the tutorial's models take only 0). Kept by --resume.")
 @click.option("--label-smoothing", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0,
               callback=finite, metavar="SHARE",
               help="The default model's cross-entropy against targets moved SHARE of the way to uniform (0.1: "
@@ -95,14 +96,17 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     `train --resume`) continues an interrupted run from its last checkpoint:
     the end of an epoch, or a mid-epoch one (every 10 minutes by default);
     `train --resume --epochs N` extends a run to N epochs. `train --minutes
-    60` trains for a time budget instead of an epoch count.
+    60` trains for a time budget instead of an epoch count. The default
+    model's recipe trains the first half of the run on smaller images and
+    validates and saves a moving average of its weights (`--small-first 0
+    --average 0`: neither, as before 2026-11-27).
 
     \b
     Example:
       python cli.py train --full --model conv2 --precision auto
-      python cli.py train --full --minutes 30 --small-first 0.5
+      python cli.py train --full --minutes 60
       python cli.py train --train-size all --val-size 2500 --minutes 60
-      python cli.py train --full --minutes 60 --average 0.999
+      python cli.py train --full --minutes 60 --small-first 0 --average 0
       python cli.py train --full --minutes 60 --label-smoothing 0.1
       python cli.py train --resume --checkpoint-every 30m
       python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
