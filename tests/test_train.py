@@ -38,6 +38,8 @@ def test_each_model_trains_an_epoch_and_saves_a_loadable_model(shards_dir, tmp_p
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["model"] == model and config["image_size"] == list(SIZE) and config["params"] > 0
     assert config["manifest_sha256"] == load_manifest(shards_dir).checksum
+    # The recipe's smaller images first and moving average: the default model's alone.
+    assert (config["small_first"], config["average"]) == ((0.5, 0.999) if model == "kibble" else (0.0, 0.0))
     [row] = RunDir(run).history()
     assert row["epoch"] == 1 and set(row) >= {"loss", "val_loss", "accuracy", "val_accuracy", "seconds"}
     assert os.path.isdir(os.path.join(run, "logs"))
