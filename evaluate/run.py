@@ -92,7 +92,7 @@ def evaluate_run(run_dir, data=None, splits=("val", "test"), out=None, batch_siz
     _check_shards(manifest, scored, verify and not storage.is_cached(data, access))
     model_path = run.checkpoint(checkpoint)
     model = _load_model(model_path)
-    _check_input_size(model, model_path, manifest)
+    _check_input_size(model, model_path, manifest, config.get("image_size"))
     _check_outputs(model, model_path, manifest)
 
     accumulators, candidates = _score_splits(model, manifest, scored, int(batch_size), progress, tta)
@@ -315,7 +315,13 @@ def takes_size(found, expected):
     return len(found) == len(expected) and all(f is None or f == e for f, e in zip(found, expected))
 
 
-def _check_input_size(model, path, manifest):
+def _check_input_size(model, path, manifest, trained_size=None):
+    """A UserError unless the model takes the shards' images at the size it was trained for.
+
+    A model that takes any size (smaller images first) is held to the size
+    of the shards it was trained on (`trained_size`, config.json's
+    "image_size"): scored at another, its figures would not be its own.
+    """
     expected = tuple(manifest.image_shape)
     if len(model.inputs) != 1:
         raise UserError(f"the model {path} has {len(model.inputs)} inputs; evaluate needs one image input")
@@ -326,6 +332,11 @@ def _check_input_size(model, path, manifest):
             f"the model {path} takes images of {'x'.join(str(d) for d in found)}, but the shards in "
             f"{manifest.folder} hold {'x'.join(str(d) for d in expected)}; pass --data with shards "
             f"ingested at --size {size}")
+    if trained_size and None in found[:2] and list(expected[:2]) != list(trained_size):
+        size = "x".join(str(d) for d in trained_size)
+        raise UserError(
+            f"the model {path} was trained on images of {size}, but the shards in {manifest.folder} hold "
+            f"{'x'.join(str(d) for d in expected[:2])}; pass --data with shards ingested at --size {size}")
 
 
 

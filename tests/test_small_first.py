@@ -66,6 +66,11 @@ def test_half_the_epochs_train_small_and_the_model_takes_the_shards_size_after(s
     # evaluate and predict read it as a model of the shards' size
     metrics = evaluate_run(run_dir, splits=("val",), progress=False)
     assert metrics["splits"]["val"]["count"] == load_manifest(shards_dir).split_count("val")
+    # It takes any size, but evaluate holds it to the size it was trained for.
+    other = make_kaggle_shards(tmp_path / "other", cats=4, dogs=4, size=(20, 28), shard_size=8, val=0.25, test=0.25)
+    with pytest.raises(UserError, match=r"was trained on images of 24x32, but the shards in .* hold 20x28; "
+                                        r"pass --data with shards ingested at --size 24x32"):
+        evaluate_run(run_dir, data=other, splits=("val",), progress=False)
     Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(tmp_path / "photo.jpg")
     [found] = list(predict([str(tmp_path / "photo.jpg")], run_dir))
     assert found["error"] is None and 0.0 <= found["p_cat"] <= 1.0

@@ -245,6 +245,9 @@ FIXED_ON_RESUME = tuple(f.name for f in fields(TrainSettings) if not f.metadata.
 def _compile(model, settings, steps_per_epoch, num_classes=2):
     import keras
 
+    if settings.average is None or settings.small_first is None:
+        raise ValueError("the settings still name the recipe's values: call TrainSettings.resolved() first")
+
     lr = settings.lr
     if settings.model == DEFAULT_MODEL and settings.minutes:
         # Over the time budget; an epoch cap given with it also ends the curve if it comes first.
