@@ -126,6 +126,12 @@ class TrainSettings:
                        batch_size=self.batch_size or recipe.batch_size, precision=self.precision or recipe.precision,
                        **kept)
 
+    def check_resolved(self, *names):
+        """A ValueError if one of these settings, read as "off" when None, is still None (resolved() fills it in)."""
+        unresolved = [name for name in names if getattr(self, name) is None]
+        if unresolved:
+            raise ValueError(f"{', '.join(unresolved)} still the recipe's: call TrainSettings.resolved() first")
+
     @property
     def epoch_cap(self):
         """Epochs the run may train: `epochs`, or NO_EPOCH_CAP when only the time budget bounds it."""
@@ -245,9 +251,7 @@ FIXED_ON_RESUME = tuple(f.name for f in fields(TrainSettings) if not f.metadata.
 def _compile(model, settings, steps_per_epoch, num_classes=2):
     import keras
 
-    if settings.average is None or settings.small_first is None:
-        raise ValueError("the settings still name the recipe's values: call TrainSettings.resolved() first")
-
+    settings.check_resolved("average", "small_first")
     lr = settings.lr
     if settings.model == DEFAULT_MODEL and settings.minutes:
         # Over the time budget; an epoch cap given with it also ends the curve if it comes first.
@@ -298,8 +302,7 @@ def small_epoch(settings, state):
     epoch has trained at the shards' size: a budget or epoch count extended
     later (--resume) never goes back to small images.
     """
-    if settings.small_first is None:
-        raise ValueError("small_first is the recipe's until TrainSettings.resolved() fills it in")
+    settings.check_resolved("small_first")
     if not settings.small_first or any(row.get("scale", 1.0) == 1.0 for row in state.get("history", [])):
         return False
     epoch, seconds = state.get("epoch", 0), state.get("seconds", 0.0)
