@@ -39,7 +39,8 @@ def test_each_model_trains_an_epoch_and_saves_a_loadable_model(shards_dir, tmp_p
     assert config["model"] == model and config["image_size"] == list(SIZE) and config["params"] > 0
     assert config["manifest_sha256"] == load_manifest(shards_dir).checksum
     # The recipe's smaller images first and moving average: the default model's alone.
-    assert (config["small_first"], config["average"]) == ((0.5, 0.999) if model == "kibble" else (0.0, 0.0))
+    assert (config["small_first"], config["average"], config["bn_images"]) == \
+        ((0.5, 0.999, 1000) if model == "kibble" else (0.0, 0.0, 0))
     [row] = RunDir(run).history()
     assert row["epoch"] == 1 and set(row) >= {"loss", "val_loss", "accuracy", "val_accuracy", "seconds"}
     assert os.path.isdir(os.path.join(run, "logs"))
@@ -131,10 +132,10 @@ def test_the_batch_size_and_rate_come_from_the_models_recipe():
 
 def test_the_default_models_recipe_trains_smaller_images_first_and_averages_its_weights():
     kibble, conv2 = TrainSettings().resolved(), TrainSettings(model="conv2").resolved()
-    assert (kibble.small_first, kibble.average) == (0.5, 0.999)
-    assert (conv2.small_first, conv2.average) == (0.0, 0.0)
-    plain = TrainSettings(small_first=0.0, average=0.0).resolved()  # given, even when 0, is kept
-    assert (plain.small_first, plain.average) == (0.0, 0.0)
+    assert (kibble.small_first, kibble.average, kibble.bn_images) == (0.5, 0.999, 1000)
+    assert (conv2.small_first, conv2.average, conv2.bn_images) == (0.0, 0.0, 0)
+    plain = TrainSettings(small_first=0.0, average=0.0, bn_images=0).resolved()  # given, even when 0, is kept
+    assert (plain.small_first, plain.average, plain.bn_images) == (0.0, 0.0, 0)
     assert TrainSettings(average=0.99).resolved().average == 0.99
     TrainSettings(model="conv2").validate()
     with pytest.raises(UserError, match="small_first must be"):

@@ -35,14 +35,16 @@ MODELS = TUTORIAL_MODELS + (DEFAULT_MODEL,)
 # plain Adam (0). Precision (train.precision): "auto" trains the default model in bfloat16 where the CPU computes it
 # natively (its accuracy was checked there, docs/results.md), float32 elsewhere; the tutorial's models keep float32,
 # as they were measured. `small_first` and `average` (the default model's smaller images first and moving average
-# of the weights, since 2026-11-27): the tutorial's models take neither.
-Recipe = namedtuple("Recipe", "lr loss epochs batch_size weight_decay precision small_first average")
+# of the weights, since 2026-11-27): the tutorial's models take neither. `bn_images` (train.statistics, since
+# 2026-11-27): training images the default model's batch normalisation statistics are recomputed on before each
+# validation; the tutorial's models have no batch normalisation.
+Recipe = namedtuple("Recipe", "lr loss epochs batch_size weight_decay precision small_first average bn_images")
 RECIPES = {
-    "mlp": Recipe(1e-5, "mse", 10, 32, 0.0, "float32", 0.0, 0.0),
-    "conv1": Recipe(1e-4, "mse", 5, 32, 0.0, "float32", 0.0, 0.0),
-    "conv2": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0),
-    "conv2-wide": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0),
-    "kibble": Recipe(1.4e-3, "bce", 24, 16, 1e-4, "auto", 0.5, 0.999),
+    "mlp": Recipe(1e-5, "mse", 10, 32, 0.0, "float32", 0.0, 0.0, 0),
+    "conv1": Recipe(1e-4, "mse", 5, 32, 0.0, "float32", 0.0, 0.0, 0),
+    "conv2": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0),
+    "conv2-wide": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0),
+    "kibble": Recipe(1.4e-3, "bce", 24, 16, 1e-4, "auto", 0.5, 0.999, 1000),
 }
 # Models whose training step is taken in two halves of the batch (train.split_step): conv2-wide's activations
 # (128 channels at full resolution) are most of its memory. Not those whose weights are (mlp, conv1: the first

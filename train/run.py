@@ -107,6 +107,10 @@ class TrainSettings:
     # The default model's label smoothing (Keras's cross-entropy): each target moves this share of the way to
     # the uniform one (0/1 -> share/2 and 1 - share/2 for two classes). 0: none.
     label_smoothing: float = _setting(0.0, absent=0.0)
+    # The default model's batch normalisation statistics, recomputed before each validation on this many training
+    # images as inference sees them (train.statistics: no augmentation, the shards' size); 0: the moving averages
+    # kept in training. None: the model's recipe (1000 for the default model since 2026-11-27; runs before had 0).
+    bn_images: int = _setting(None, absent=0)
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -121,7 +125,7 @@ class TrainSettings:
         epochs = self.epochs or (None if self.minutes else recipe.epochs)
         # Given values are kept, 0 included; None takes the recipe's.
         kept = {name: getattr(recipe, name) if getattr(self, name) is None else getattr(self, name)
-                for name in ("weight_decay", "small_first", "average")}
+                for name in ("weight_decay", "small_first", "average", "bn_images")}
         return replace(self, lr=self.lr or recipe.lr, loss=self.loss or loss, epochs=epochs,
                        batch_size=self.batch_size or recipe.batch_size, precision=self.precision or recipe.precision,
                        **kept)
@@ -175,6 +179,11 @@ class TrainSettings:
         self._check_share("cutmix", below_one=False, why="they keep the tutorial's training")
         self._check_share("average", below_one=True, why="they keep the tutorial's training")
         self._check_share("label_smoothing", below_one=True, why="they keep the tutorial's training")
+        images = self.bn_images
+        if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images < 0
+                                   or (images and self.model != DEFAULT_MODEL)):
+            raise UserError(f"bn_images must be a whole number from 0, and 0 for the tutorial's models (they have no "
+                            f"batch normalisation). Received: bn_images={images!r} with model={self.model!r}")
         if self.label_smoothing and self.loss == "mse":
             raise UserError(f"label_smoothing needs the cross-entropy loss (bce). Received: label_smoothing="
                             f"{self.label_smoothing!r} with loss='mse'")
@@ -767,6 +776,7 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
     scale = _small_first(settings, state, size, manifest.image_shape) if size is not None else None
     callbacks = [*([scale] if scale is not None else []), _recorder(run, state, steps, every, clock, scale),
                  *([averaging.validation_callback()] if settings.average else []),
+                 *([_statistics_callback(model, manifest, settings)] if settings.bn_images else []),
                  keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
     verbose = 0 if not progress else (1 if sys.stderr.isatty() else 2)
@@ -793,6 +803,18 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
                             f"`train --resume --run-dir {run.path}` {where}") from None
         raise
     return _summary(run, settings, state)
+
+
+def _statistics_callback(model, manifest, settings):
+    """train.statistics' callback: the batch normalisation statistics from the first `bn_images` training images
+    (of the run's train_size), read in order at the shards' size and unmixed, at each validation's start."""
+    from train.pipeline import make_dataset
+    from train.statistics import BATCH, refresh_callback
+
+    settings.check_resolved("bn_images")
+    images = make_dataset(manifest, "train", BATCH, min(settings.bn_images, settings.train_size), settings.seed,
+                          shuffle=False, window=settings.window)
+    return refresh_callback(model, images)
 
 
 def _model(run, settings, manifest, state, steps):

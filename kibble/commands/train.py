@@ -75,6 +75,11 @@ _TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name !
               callback=finite, metavar="SHARE",
               help="The default model's cross-entropy against targets moved SHARE of the way to uniform (0.1: "
                    "0.05 and 0.95 for two classes). 0: none. Kept by --resume.")
+@click.option("--bn-images", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Before each validation, recompute the default model's batch normalisation statistics on N "
+                   "training images as inference sees them (unaugmented, at the shards' size). 0: keep the "
+                   "averages training kept. Default: the recipe's (1000 for kibble; the tutorial's models take "
+                   "only 0). Kept by --resume.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option(url=True)
@@ -88,7 +93,7 @@ _TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name !
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr,
           weight_decay, loss, class_weight, precision, augment, small_first, cutmix, average,
-          label_smoothing, seed,
+          label_smoothing, bn_images, seed,
           run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
@@ -97,16 +102,18 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     the end of an epoch, or a mid-epoch one (every 10 minutes by default);
     `train --resume --epochs N` extends a run to N epochs. `train --minutes
     60` trains for a time budget instead of an epoch count. The default
-    model's recipe trains the first half of the run on smaller images and
-    validates and saves a moving average of its weights (`--small-first 0
-    --average 0`: neither, as before 2026-11-27).
+    model's recipe trains the first half of the run on smaller images,
+    validates and saves a moving average of its weights, and takes batch
+    normalisation's statistics from unaugmented training images
+    (`--small-first 0 --average 0 --bn-images 0`: none, as before
+    2026-11-27).
 
     \b
     Example:
       python cli.py train --full --model conv2 --precision auto
       python cli.py train --full --minutes 60
       python cli.py train --train-size all --val-size 2500 --minutes 60
-      python cli.py train --full --minutes 60 --small-first 0 --average 0
+      python cli.py train --full --minutes 60 --small-first 0 --average 0 --bn-images 0
       python cli.py train --full --minutes 60 --label-smoothing 0.1
       python cli.py train --resume --checkpoint-every 30m
       python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
@@ -124,7 +131,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
                              batch_size=batch_size, weight_decay=weight_decay, seed=seed, class_weight=class_weight,
                              precision=precision,
                              augment=augment, minutes=minutes, small_first=small_first, cutmix=cutmix,
-                             average=average, label_smoothing=label_smoothing)
+                             average=average, label_smoothing=label_smoothing, bn_images=bn_images)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
