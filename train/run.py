@@ -339,14 +339,16 @@ def _small_first(settings, state, size, image_shape):
     return SmallFirst()
 
 
-def _recorder(run, state, steps, every=CheckpointEvery(), clock=None, scale=None):
+def _recorder(run, state, steps, every=CheckpointEvery(), clock=None, scale=None, statistics=None):
     """A Keras callback that commits each finished epoch to `run` (RunDir.commit_epoch),
     and every `every` (CheckpointEvery) a mid-epoch checkpoint of the batches done so far,
     and keeps `state` equal to the committed state. `steps`: batches per epoch.
     `clock` (train.budget.BudgetClock, for a time budget) is told the seconds used after
     every batch and stops the training when the budget is used; the partial epoch is then
     validated and committed like a whole one, its row's `batches` saying how many it trained.
-    `scale` (a `_small_first` callback) gives the epoch's row its image scale."""
+    `scale` (a `_small_first` callback) gives the epoch's row its image scale. `statistics`
+    (a `_statistics_callback`) refreshes batch normalisation's statistics before a mid-epoch
+    checkpoint (validation refreshes them before the epoch's own)."""
     import keras
 
     class EpochRecorder(keras.callbacks.Callback):
@@ -375,6 +377,8 @@ def _recorder(run, state, steps, every=CheckpointEvery(), clock=None, scale=None
                 return
             new = {**state, "batches": done, "epoch_seconds": self.before + now - self.started}
             with averaging.in_model(self.model):  # a checkpoint holds the average as its weights (if any)
+                if statistics is not None:
+                    statistics.refresh()
                 run.commit_epoch(self.model, new)
             state.update(new)
             self.committed, self.committed_batches = time.monotonic(), done
@@ -774,9 +778,10 @@ def _fit(run, settings, manifest, state, progress, every=CheckpointEvery()):
                         epoch_elapsed=state.get("epoch_seconds", 0.0),
                         validation_seconds=state.get("validation_seconds", 0.0)) if settings.minutes else None
     scale = _small_first(settings, state, size, manifest.image_shape) if size is not None else None
-    callbacks = [*([scale] if scale is not None else []), _recorder(run, state, steps, every, clock, scale),
+    statistics = _statistics_callback(model, manifest, settings) if settings.bn_images else None
+    callbacks = [*([scale] if scale is not None else []), _recorder(run, state, steps, every, clock, scale, statistics),
                  *([averaging.validation_callback()] if settings.average else []),
-                 *([_statistics_callback(model, manifest, settings)] if settings.bn_images else []),
+                 *([statistics] if statistics is not None else []),
                  keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch",
                                              write_graph=False, profile_batch=0)]
     verbose = 0 if not progress else (1 if sys.stderr.isatty() else 2)
@@ -809,11 +814,12 @@ def _statistics_callback(model, manifest, settings):
     """train.statistics' callback: the batch normalisation statistics from the first `bn_images` training images
     (of the run's train_size), read in order at the shards' size and unmixed, at each validation's start."""
     from train.pipeline import make_dataset
-    from train.statistics import BATCH, refresh_callback
+    from train.statistics import batch_size, refresh_callback
 
     settings.check_resolved("bn_images")
-    images = make_dataset(manifest, "train", BATCH, min(settings.bn_images, settings.train_size), settings.seed,
-                          shuffle=False, window=settings.window)
+    count = min(settings.bn_images, settings.train_size)
+    images = make_dataset(manifest, "train", batch_size(count), count, settings.seed, shuffle=False,
+                          window=settings.window)
     return refresh_callback(model, images)
 
 

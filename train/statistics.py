@@ -11,20 +11,17 @@ the outputs: the default model's p(cat) ran low (thresholds chosen on
 validation at 0.20-0.33 instead of 0.5).
 
 Before each validation, `refresh` runs the model on N training images at
-the shards' size without its augmentation layers, each batch normalised
+the shards' size without its augmentation (in inference mode, where Keras's
+random layers pass images through), each batch normalised
 by its own statistics as in training, and sets every layer's moving mean
 and variance to the mean and (biased) variance of that layer's input over
-all N images. Validation, checkpoints, `evaluate` and `predict` then use
+all N images; a mid-epoch checkpoint is refreshed the same way before it is
+written. Validation, checkpoints, `evaluate` and `predict` then use
 statistics of the images they see. The trained weights are untouched.
 """
 
 # Images per forward pass of `refresh`: larger batches than training's, each normalised by its own moments.
 BATCH = 50
-
-
-def _is_augmentation(layer):
-    """Whether a layer is one of Keras's random image layers (RandomFlip, RandomZoom, ...): identity at inference."""
-    return type(layer).__name__.startswith("Random") and type(layer).__module__.startswith("keras.")
 
 
 def _moments_layer(layer):
@@ -50,28 +47,28 @@ def _moments_layer(layer):
 
 def moments_model(model):
     """(probe, layers): a Keras model sharing `model`'s weights that returns, for a batch of images, the mean and
-    mean square of each batch normalisation layer's input (in `layers`' order, two outputs per layer), with the
-    augmentation layers skipped and every batch normalisation using the batch's moments. None when the model
-    has no batch normalisation or is not a functional model."""
+    mean square of each batch normalisation layer's input (in `layers`' order, two outputs per layer), every
+    batch normalisation using the batch's moments. Called in inference mode, so the augmentation layers pass
+    the images through. None when the model has no batch normalisation or is not a functional model."""
     import keras
 
     from train.fused import batch_norm_layers
 
     layers = batch_norm_layers(model)
-    if not layers or not isinstance(model, keras.Model) or not hasattr(model, "inputs") or not model.inputs:
+    if not layers or isinstance(model, keras.Sequential) or not getattr(model, "inputs", None):
         return None, []
     wanted, found = set(map(id, layers)), {}
 
     def call(layer, *args, **kwargs):
-        if _is_augmentation(layer):
-            return args[0]
         if id(layer) in wanted:
             outputs, mean, square = _moments_layer(layer)(args[0])
             found[id(layer)] = (mean, square)
             return outputs
         return layer(*args, **kwargs)
 
-    clone = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+    # An uncompiled view: cloning a compiled model would compile the clone, with an optimizer of its own.
+    view = keras.Model(model.inputs, model.outputs)
+    clone = keras.models.clone_model(view, clone_function=lambda layer: layer, call_function=call)
     layers = [layer for layer in layers if id(layer) in found]  # nested models' layers are not reached
     outputs = [tensor for layer in layers for tensor in found[id(layer)]]
     return keras.Model(clone.inputs, outputs, name=f"{model.name}_moments"), layers
@@ -84,6 +81,7 @@ class Refresher:
         import tensorflow as tf
 
         self.probe, self.layers = moments_model(model)
+        # Inference mode: Keras's random augmentation layers pass their input through, dropout drops nothing.
         self._moments = tf.function(lambda images: self.probe(images, training=False), reduce_retracing=True) \
             if self.probe else None
 
@@ -111,16 +109,27 @@ class Refresher:
         return count
 
 
+def batch_size(images):
+    """The batch size that cuts `images` into batches of at most BATCH as even as can be (1001: 21 of 47-48), so
+    that no small last batch normalises the deeper layers by the moments of a few images."""
+    batches = -(-images // BATCH)
+    return -(-images // batches)
+
+
 def refresh_callback(model, images):
     """A Keras callback refreshing `model`'s statistics from `images` (a dataset of training batches, iterated
-    anew each time) at each validation's start. Put it after train.averaging's callback, which puts the averaged
-    weights in the model at the same moment: the statistics are then the average's."""
+    anew each time) at each validation's start; its `refresh()` does the same at any other moment (a mid-epoch
+    checkpoint). Put it after train.averaging's callback, which puts the averaged weights in the model at the
+    same moment: the statistics are then the average's."""
     import keras
 
     refresher = Refresher(model)
 
     class RefreshStatistics(keras.callbacks.Callback):
-        def on_test_begin(self, logs=None):
+        def refresh(self):
             refresher.refresh(images)
+
+        def on_test_begin(self, logs=None):
+            self.refresh()
 
     return RefreshStatistics()
