@@ -64,6 +64,17 @@ def train_tiny_conv2(root, size):
     return images, shards, train(settings, runs_root=os.path.join(str(root), "runs"), progress=False)["run_dir"]
 
 
+def assert_train_refuses(shards_dir, runs, args, message):
+    """`train` on these shards with `args` stops with exit code 2 and one line naming `message`, no traceback."""
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--data", shards_dir, "--runs", str(runs), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
 def read_split(shard_dir, split):
     """(images, labels, names) of a whole split of a shard folder, read back from its shards."""
     from shards import ShardReader, load_manifest
