@@ -8,7 +8,7 @@ reflected borders), smaller in the first epochs of a `--small-first`
 run, and produced by older weights (over a thousand steps with
 `--average`'s decay). Inference sees none of that, and the mismatch moves
 the outputs: the default model's p(cat) ran low (thresholds chosen on
-validation at 0.20-0.33 instead of 0.5).
+validation at 0.23-0.44 instead of 0.5).
 
 Before each validation, `refresh` runs the model on N training images at
 the shards' size without its augmentation (in inference mode, where Keras's
