@@ -97,65 +97,68 @@ def _statistics(model):
     return [v.numpy() for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
 
 
+def _first_images(shards_dir):
+    """The first 8 training images at the shards' size, in train's batches for 8 (the deeper layers' statistics
+    depend on the batches: each is normalised by its own moments)."""
+    from train.pipeline import make_dataset
+    from train.statistics import batch_size
+
+    return make_dataset(load_manifest(shards_dir), "train", batch_size(8), 8, 0, shuffle=False)
+
+
+def _refreshed_equal(model, first):
+    """Whether `model`'s statistics are those a refresh of its weights on `first` gives (the model is refreshed)."""
+    from train.statistics import Refresher
+
+    saved = _statistics(model)
+    Refresher(model).refresh(first)
+    return all(np.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(saved, _statistics(model)))
+
+
 @pytest.mark.parametrize("average, small_first", [(0.0, 0.0), (0.9, 0.5)])
-def test_the_checkpoint_holds_the_statistics_of_the_first_training_images_and_validation_used_them(
-        shards_dir, tmp_path, average, small_first):
+def test_every_checkpoint_holds_the_statistics_of_the_first_training_images_and_validation_used_them(
+        shards_dir, tmp_path, monkeypatch, average, small_first):
     import keras
 
     from train.averaging import register
     from train.pipeline import make_dataset
-    from train.statistics import Refresher, batch_size
+    from train.run import CheckpointEvery
 
     register()
-    runs = {}
-    for images in (8, 0):
-        run_dir = str(tmp_path / f"run{images}")
-        # two epochs (with small_first, the first on smaller images): the second refresh is of new weights
-        train(TrainSettings(data=shards_dir, train_size=24, val_size=12, epochs=2, batch_size=4, lr=0.02,
-                            average=average, small_first=small_first, bn_images=images), run_dir=run_dir,
-              progress=False)
-        assert json.load(open(os.path.join(run_dir, "config.json")))["bn_images"] == images
-        runs[images] = run_dir
-    model = keras.models.load_model(os.path.join(runs[8], "last.keras"))
-    saved = _statistics(model)
-    # the statistics of the file's weights (the average, with --average) over the first 8 training images at the
-    # shards' size, in train's batches (the deeper layers' depend on them: each is normalised by its own moments)
-    first = make_dataset(load_manifest(shards_dir), "train", batch_size(8), 8, 0, shuffle=False)
-    Refresher(model).refresh(first)
-    for value, expected in zip(saved, _statistics(model)):
-        np.testing.assert_allclose(value, expected, rtol=1e-3, atol=1e-5)
-    # history's val_loss is that of the file's model, statistics included
-    val = make_dataset(load_manifest(shards_dir), "val", 4, 12, 0, shuffle=False)
-    model.compile(loss="binary_crossentropy")
-    row = RunDir(runs[8]).history()[-1]
-    assert model.evaluate(val, verbose=0, return_dict=True)["loss"] == pytest.approx(row["val_loss"], rel=1e-3)
-    # without it, the file holds the averages training kept, not these
-    kept = _statistics(keras.models.load_model(os.path.join(runs[0], "last.keras")))
-    model = keras.models.load_model(os.path.join(runs[0], "last.keras"))
-    Refresher(model).refresh(first)
-    assert any(not np.allclose(a, b, rtol=1e-2, atol=1e-3) for a, b in zip(kept, _statistics(model)))
-
-
-def test_a_mid_epoch_checkpoint_is_refreshed_before_it_is_written(shards_dir, tmp_path, monkeypatch):
-    from train.pipeline import make_dataset
-    from train.run import CheckpointEvery
-    from train.statistics import Refresher, batch_size
-
-    first = make_dataset(load_manifest(shards_dir), "train", batch_size(8), 8, 0, shuffle=False)
-    commit, seen = RunDir.commit_epoch, []
+    first = _first_images(shards_dir)
+    commit, mid_epoch = RunDir.commit_epoch, []
 
     def spying(self, model, state):
-        if "batches" in state:  # a mid-epoch checkpoint: its statistics against a refresh of the same weights
-            saved = _statistics(model)
-            Refresher(model).refresh(first)
-            seen.append(all(np.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(saved, _statistics(model))))
+        if "batches" in state:  # a mid-epoch checkpoint, about to be written
+            mid_epoch.append(_refreshed_equal(model, first))
         return commit(self, model, state)
 
     monkeypatch.setattr(RunDir, "commit_epoch", spying)
-    train(TrainSettings(data=shards_dir, train_size=24, val_size=12, epochs=1, batch_size=4, lr=0.02,
-                        average=0.9, small_first=0.0, bn_images=8), run_dir=str(tmp_path / "run"), progress=False,
+    run_dir = str(tmp_path / "run")
+    # two epochs (with small_first, the first on smaller images): the second refresh is of new weights
+    train(TrainSettings(data=shards_dir, train_size=24, val_size=12, epochs=2, batch_size=4, lr=0.02,
+                        average=average, small_first=small_first, bn_images=8), run_dir=run_dir, progress=False,
           checkpoint_every=CheckpointEvery(batches=2))
-    assert seen == [True, True]  # after batches 2 and 4 of 6
+    assert json.load(open(os.path.join(run_dir, "config.json")))["bn_images"] == 8
+    assert mid_epoch == [True] * 4  # after batches 2 and 4 of each epoch's 6
+    # the file's weights (the average, with --average) with the statistics of the first 8 training images
+    model = keras.models.load_model(os.path.join(run_dir, "last.keras"))
+    assert _refreshed_equal(model, first)
+    # history's val_loss is that of the file's model, statistics included
+    val = make_dataset(load_manifest(shards_dir), "val", 4, 12, 0, shuffle=False)
+    model.compile(loss="binary_crossentropy")
+    row = RunDir(run_dir).history()[-1]
+    assert model.evaluate(val, verbose=0, return_dict=True)["loss"] == pytest.approx(row["val_loss"], rel=1e-3)
+
+
+def test_without_it_the_checkpoint_holds_the_averages_training_kept(shards_dir, tmp_path):
+    import keras
+
+    run_dir = str(tmp_path / "run")
+    train(TrainSettings(data=shards_dir, train_size=24, val_size=12, epochs=1, batch_size=4, lr=0.02,
+                        average=0.0, small_first=0.0, bn_images=0), run_dir=run_dir, progress=False)
+    assert not _refreshed_equal(keras.models.load_model(os.path.join(run_dir, "last.keras")),
+                                _first_images(shards_dir))
 
 
 def test_batches_are_cut_evenly():
