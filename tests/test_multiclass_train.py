@@ -248,7 +248,7 @@ def test_a_run_from_before_class_weight_is_still_the_same_run(three, tmp_path):
 
 
 def test_the_default_models_architecture_knobs_change_only_what_they_name():
-    """bench_model.py --variants times these; the plain stem keeps its stride-2 conv and max-pools."""
+    """bench_model.py --variants times these; the default model keeps its stride-2 stem and max-pools."""
     import keras
 
     from train.models import _kibble
@@ -262,11 +262,6 @@ def test_the_default_models_architecture_knobs_change_only_what_they_name():
     pools, last, params = shapes(build_model("kibble", shape))
     assert (pools, last) == (4, (3, 4))
     assert shapes(_kibble(keras, shape, 2)) == (pools, last, params)
-    # The fine stem: the first conv on the image upsampled 2x, 5x5 at stride 3 (63x84 maps, not 47x63).
-    fine = build_model("kibble", shape, stem="fine")
-    first = [layer for layer in fine.layers if isinstance(layer, keras.layers.Conv2D)][0]
-    assert tuple(first.output.shape[1:3]) == (63, 84)
-    assert shapes(fine) == (4, (4, 6), params + 32 * 3 * (25 - 9))
     assert shapes(_kibble(keras, shape, 2, stem_stride=4)) == (4, (2, 2), params)
     no_pool = shapes(_kibble(keras, shape, 2, pool=False))
     assert no_pool[:2] == (0, (3, 4)) and no_pool[2] == params  # a strided conv has the same weights

@@ -11,7 +11,7 @@ import pytest
 
 from shards import load_manifest
 from shards.errors import UserError
-from tests.conftest import ROOT, assert_train_refuses, make_kaggle_shards
+from tests.conftest import ROOT, make_kaggle_shards
 from train.run import TrainSettings, train
 from train.rundir import RunDir, Runs
 
@@ -39,8 +39,8 @@ def test_each_model_trains_an_epoch_and_saves_a_loadable_model(shards_dir, tmp_p
     assert config["model"] == model and config["image_size"] == list(SIZE) and config["params"] > 0
     assert config["manifest_sha256"] == load_manifest(shards_dir).checksum
     # The recipe's smaller images first and moving average: the default model's alone.
-    assert (config["small_first"], config["average"], config["bn_images"], config["stem"]) == \
-        ((0.5, 0.999, 1000, "plain") if model == "kibble" else (0.0, 0.0, 0, "plain"))
+    assert (config["small_first"], config["average"], config["bn_images"]) == \
+        ((0.5, 0.999, 1000) if model == "kibble" else (0.0, 0.0, 0))
     [row] = RunDir(run).history()
     assert row["epoch"] == 1 and set(row) >= {"loss", "val_loss", "accuracy", "val_accuracy", "seconds"}
     assert os.path.isdir(os.path.join(run, "logs"))
@@ -132,23 +132,14 @@ def test_the_batch_size_and_rate_come_from_the_models_recipe():
 
 def test_the_default_models_recipe_trains_smaller_images_first_and_averages_its_weights():
     kibble, conv2 = TrainSettings().resolved(), TrainSettings(model="conv2").resolved()
-    assert (kibble.small_first, kibble.average, kibble.bn_images, kibble.stem) == (0.5, 0.999, 1000, "plain")
-    assert (conv2.small_first, conv2.average, conv2.bn_images, conv2.stem) == (0.0, 0.0, 0, "plain")
-    plain = TrainSettings(small_first=0.0, average=0.0, bn_images=0, stem="fine").resolved()  # given, even 0, is kept
-    assert (plain.small_first, plain.average, plain.bn_images, plain.stem) == (0.0, 0.0, 0, "fine")
+    assert (kibble.small_first, kibble.average, kibble.bn_images) == (0.5, 0.999, 1000)
+    assert (conv2.small_first, conv2.average, conv2.bn_images) == (0.0, 0.0, 0)
+    plain = TrainSettings(small_first=0.0, average=0.0, bn_images=0).resolved()  # given, even when 0, is kept
+    assert (plain.small_first, plain.average, plain.bn_images) == (0.0, 0.0, 0)
     assert TrainSettings(average=0.99).resolved().average == 0.99
     TrainSettings(model="conv2").validate()
     with pytest.raises(UserError, match="small_first must be"):
         TrainSettings(model="conv2", small_first=0.5).validate()
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--stem", "wide"], "--stem"),
-    (["--stem", "fine", "--model", "conv2"], "stem must be"),
-])
-def test_an_unknown_stem_or_a_fine_one_for_a_tutorial_model_is_refused_in_one_line(shards_dir, tmp_path, args,
-                                                                                   message):
-    assert_train_refuses(shards_dir, tmp_path, args, message)
 
 
 def test_the_weight_decay_comes_from_the_recipe_and_only_the_default_model_takes_it():

@@ -37,15 +37,14 @@ MODELS = TUTORIAL_MODELS + (DEFAULT_MODEL,)
 # as they were measured. `small_first` and `average` (the default model's smaller images first and moving average
 # of the weights, since 2026-11-27): the tutorial's models take neither. `bn_images` (train.statistics, since
 # 2026-11-27): training images the default model's batch normalisation statistics are recomputed on before each
-# validation; the tutorial's models have no batch normalisation. `stem` (one of STEMS): the default model's
-# first layers (_kibble); the tutorial's models have their own, "plain".
-Recipe = namedtuple("Recipe", "lr loss epochs batch_size weight_decay precision small_first average bn_images stem")
+# validation; the tutorial's models have no batch normalisation.
+Recipe = namedtuple("Recipe", "lr loss epochs batch_size weight_decay precision small_first average bn_images")
 RECIPES = {
-    "mlp": Recipe(1e-5, "mse", 10, 32, 0.0, "float32", 0.0, 0.0, 0, "plain"),
-    "conv1": Recipe(1e-4, "mse", 5, 32, 0.0, "float32", 0.0, 0.0, 0, "plain"),
-    "conv2": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0, "plain"),
-    "conv2-wide": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0, "plain"),
-    "kibble": Recipe(1.4e-3, "bce", 24, 16, 1e-4, "auto", 0.5, 0.999, 1000, "plain"),
+    "mlp": Recipe(1e-5, "mse", 10, 32, 0.0, "float32", 0.0, 0.0, 0),
+    "conv1": Recipe(1e-4, "mse", 5, 32, 0.0, "float32", 0.0, 0.0, 0),
+    "conv2": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0),
+    "conv2-wide": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0),
+    "kibble": Recipe(1.4e-3, "bce", 24, 16, 1e-4, "auto", 0.5, 0.999, 1000),
 }
 # Models whose training step is taken in two halves of the batch (train.split_step): conv2-wide's activations
 # (128 channels at full resolution) are most of its memory. Not those whose weights are (mlp, conv1: the first
@@ -98,9 +97,6 @@ def _plain_conv(keras, shape, filters, name, num_classes):
 # aspect) and slightly rotates; "photo" adds what photos from elsewhere vary in (see _photo_augment).
 AUGMENTS = ("standard", "photo")
 DEFAULT_AUGMENT = "standard"
-# The default model's stem (`train --stem`): "plain" a stride-2 3x3 conv on the image, "fine" a stride-3 5x5 conv
-# on the image upsampled 2x, whose maps have a third more rows and columns (see _kibble).
-STEMS = ("plain", "fine")
 
 
 def _augment(keras, x, seed, augment=DEFAULT_AUGMENT):
@@ -135,7 +131,7 @@ def _photo_augment(keras, x, seed):
 
 
 def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augment=DEFAULT_AUGMENT,
-            stem_stride=2, pool=True, fine_stem=False):
+            stem_stride=2, pool=True):
     """Residual separable-conv net for a laptop CPU.
 
     Stem: two plain 3x3 convs (stride 2 first). Then per width a residual
@@ -150,22 +146,11 @@ def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augme
     too, so the first stage runs at a quarter of the positions; `pool` False
     downsamples each stage by its second separable conv's stride instead of a
     3x3 max-pool (whose backward pass is 13% of the default step).
-
-    `fine_stem`: the first conv (5x5, stride 3) reads the image upsampled 2x (linear interpolation), so the maps after it
-    have a third more rows and columns than with the plain stem (63x84 from 94x125 instead of 47x63), as if the
-    images were stored 1.34x larger, with no more pixels stored or read.
     """
     L = keras.layers
     inputs, x = _inputs(keras, shape)
     x = _augment(keras, x, seed, augment)
-    if fine_stem:
-        # Linear interpolation from built-in layers: each pixel repeated 2x2, then each 2x2 window averaged.
-        # (UpSampling2D's bilinear mode needs a fixed size, and the recipe's model takes any size.)
-        x = L.UpSampling2D(2)(x)
-        x = L.AveragePooling2D(2, strides=1, padding="same")(x)
-        x = L.Conv2D(32, 5, strides=3, padding="same", use_bias=False)(x)
-    else:
-        x = L.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
+    x = L.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
     x = L.BatchNormalization(momentum=0.9)(x)
     x = L.Activation("relu")(x)
     x = L.Conv2D(48, 3, strides=stem_stride // 2, padding="same", use_bias=False)(x)
@@ -190,14 +175,13 @@ def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augme
     return keras.Model(inputs, _head(keras, x, num_classes), name="kibble")
 
 
-def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMENT, any_size=False, stem=None):
+def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMENT, any_size=False):
     """An uncompiled Keras model by name, for images of `image_shape` (H, W, 3) and `num_classes` classes.
 
     `augment` (one of AUGMENTS) chooses the default model's training augmentation; the tutorial's
     models have none, so they take only "standard". `any_size`: the default model's input takes
     images of any height and width (`train --small-first` trains it on smaller ones first); the
-    tutorial's models flatten a fixed-size map and cannot. `stem` (one of STEMS; None: the model's recipe's):
-    the default model's first layers; the tutorial's models take only "plain".
+    tutorial's models flatten a fixed-size map and cannot.
     """
     import keras
 
@@ -210,10 +194,6 @@ def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMEN
                          f"which have no augmentation). Received: augment={augment!r} with model={name!r}")
     if any_size and name != DEFAULT_MODEL:
         raise ValueError(f"only {DEFAULT_MODEL} takes images of any size. Received: model={name!r}")
-    stem = RECIPES[name].stem if stem is None else stem
-    if stem not in STEMS or (stem != "plain" and name != DEFAULT_MODEL):
-        raise ValueError(f"stem must be one of {STEMS} (plain only for the tutorial's models). "
-                         f"Received: stem={stem!r} with model={name!r}")
     if name == "mlp":
         return _mlp(keras, image_shape, num_classes)
     if name == "conv1":
@@ -223,4 +203,4 @@ def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMEN
     if name == "conv2-wide":
         return _plain_conv(keras, image_shape, (128, 128), name, num_classes)
     return _kibble(keras, (None, None, image_shape[-1]) if any_size else image_shape, num_classes, seed,
-                   augment=augment, fine_stem=stem == "fine")
+                   augment=augment)

@@ -16,7 +16,7 @@ from train.budget import (BudgetClock, budget_fraction, budget_progress, duratio
 from train.budget import register as register_budget_schedule
 from train.mixing import register as register_mixing_metric
 from train.mixing import rounded_binary_accuracy
-from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES, STEMS, Recipe
+from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES, Recipe
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import PRECISIONS, dtype_policy, load_model_in_float32, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs, whole_epochs  # noqa: F401 - HISTORY_FIELDS re-exported
@@ -111,9 +111,6 @@ class TrainSettings:
     # images as inference sees them (train.statistics: no augmentation, the shards' size); 0: the moving averages
     # kept in training. None: the model's recipe (1000 for the default model since 2026-11-27; runs before had 0).
     bn_images: int = _setting(None, absent=0)
-    # The default model's stem, one of train.models.STEMS ("fine": its first conv reads the image upsampled 2x, for
-    # maps a third larger per side). None: the model's recipe ("plain", the only stem of the tutorial's models).
-    stem: str = _setting(None, absent="plain")
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -128,7 +125,7 @@ class TrainSettings:
         epochs = self.epochs or (None if self.minutes else recipe.epochs)
         # Given values are kept, 0 included; None takes the recipe's.
         kept = {name: getattr(recipe, name) if getattr(self, name) is None else getattr(self, name)
-                for name in ("weight_decay", "small_first", "average", "bn_images", "stem")}
+                for name in ("weight_decay", "small_first", "average", "bn_images")}
         return replace(self, lr=self.lr or recipe.lr, loss=self.loss or loss, epochs=epochs,
                        batch_size=self.batch_size or recipe.batch_size, precision=self.precision or recipe.precision,
                        **kept)
@@ -187,9 +184,6 @@ class TrainSettings:
                                    or (images and self.model != DEFAULT_MODEL)):
             raise UserError(f"bn_images must be a whole number from 0, and 0 for the tutorial's models (they have no "
                             f"batch normalisation). Received: bn_images={images!r} with model={self.model!r}")
-        if self.stem is not None and (self.stem not in STEMS or (self.stem != "plain" and self.model != DEFAULT_MODEL)):
-            raise UserError(f"stem must be one of {', '.join(STEMS)}, and plain for the tutorial's models (they have "
-                            f"their own layers). Received: stem={self.stem!r} with model={self.model!r}")
         if self.label_smoothing and self.loss == "mse":
             raise UserError(f"label_smoothing needs the cross-entropy loss (bce). Received: label_smoothing="
                             f"{self.label_smoothing!r} with loss='mse'")
@@ -847,9 +841,8 @@ def _model(run, settings, manifest, state, steps):
         state.setdefault("history", run.history())  # a run from before history was part of the state
         averaging.resumed(model)  # the trained weights back in the model, the average in its slot
         return model, state
-    settings.check_resolved("stem")
     model = build_model(settings.model, manifest.image_shape, seed=settings.seed, num_classes=manifest.num_classes,
-                        augment=settings.augment, any_size=bool(settings.small_first), stem=settings.stem)
+                        augment=settings.augment, any_size=bool(settings.small_first))
     _compile(model, settings, steps, manifest.num_classes)
     run.start(_config(settings, manifest, model.count_params()))
     return model, {"epoch": 0, "best_epoch": None, "best_val_loss": float("inf"), "seconds": 0.0, "history": []}

@@ -8,7 +8,7 @@ from click.core import ParameterSource
 from kibble.group import TrainingCommand, say
 from kibble.options import (NumberOrWord, access_from, access_options, batch_size_option, checkpoint_interval,
                             data_option, finite, run_dir_option, runs_option, seed_option, training_minutes)
-from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, STEMS
+from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
 from train.precision import PRECISIONS
 from train.run import (ALL_IMAGES, CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE,
                        TrainSettings)
@@ -80,11 +80,6 @@ _TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name !
                    "training images as inference sees them (unaugmented, at the shards' size). 0: keep the "
                    "averages training kept. Default: the recipe's (1000 for kibble; the tutorial's models take "
                    "only 0). Kept by --resume.")
-@click.option("--stem", type=click.Choice(STEMS), default=None,
-              help="The default model's first layers: plain (a stride-2 3x3 conv on the image) or fine (a "
-                   "stride-3 5x5 conv on the image upsampled 2x: maps a third larger per side, about 1.8x the "
-                   "time per image). Default: plain, the only stem of the tutorial's "
-                   "models. Kept by --resume.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option(url=True)
@@ -98,7 +93,7 @@ _TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name !
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr,
           weight_decay, loss, class_weight, precision, augment, small_first, cutmix, average,
-          label_smoothing, bn_images, stem, seed,
+          label_smoothing, bn_images, seed,
           run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
@@ -136,8 +131,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
                              batch_size=batch_size, weight_decay=weight_decay, seed=seed, class_weight=class_weight,
                              precision=precision,
                              augment=augment, minutes=minutes, small_first=small_first, cutmix=cutmix,
-                             average=average, label_smoothing=label_smoothing, bn_images=bn_images,
-                             stem=stem)
+                             average=average, label_smoothing=label_smoothing, bn_images=bn_images)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
