@@ -37,6 +37,7 @@ from shards.format import sha256_file
 from shards import storage
 from shards.manifest import verify_shards, write_json_atomic
 from shards.progress import Progress
+from train.models import register as register_layers
 from train.precision import load_model_in_float32, resolve_precision
 from train.rundir import BEST, CONFIG, LAST, RunDir
 from train.tf_env import quiet_logs
@@ -295,6 +296,7 @@ def _load_model(path):
     quiet_logs()
     import keras
 
+    register_layers()  # a model trained with --upscale holds kibble's own layer
     # A model trained in bfloat16 is computed in float32 on a CPU without bfloat16 (train.precision).
     load = keras.saving.load_model if resolve_precision("auto") == "bfloat16" else load_model_in_float32
     try:

@@ -25,6 +25,7 @@ Learning rates (Adam), chosen as follows:
 
 A batch size given without a learning rate keeps the recipe's rate.
 """
+import functools
 from collections import namedtuple
 
 TUTORIAL_MODELS = ("mlp", "conv1", "conv2", "conv2-wide")
@@ -60,6 +61,57 @@ TENSOR_POOL = ("mlp", "conv2", "kibble")
 def _inputs(keras, shape):
     inputs = keras.Input(shape=shape, dtype="uint8", name="image")
     return inputs, keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+
+
+# `train --upscale`: the largest factor the default model's input may be enlarged by (its cost grows as its square).
+MAX_UPSCALE = 4.0
+
+
+def upscaled_size(size, factor):
+    """(height, width) of `size` enlarged by `factor` per side, rounded half to even (as tf.round), at least 1."""
+    return tuple(max(1, round(side * factor)) for side in size)
+
+
+@functools.cache  # defined on first use: importing train.models does not import Keras
+def upscale_layer():
+    """The Keras layer class kibble>Upscale (registered for loading): images enlarged by `factor` per side, bilinear.
+
+    `train --upscale` puts it first in the default model, after the rescale
+    and before the augmentation, so every layer after it works on maps
+    `factor` times larger per side than the images it is given, whatever
+    their size: training's (smaller ones with --small-first), the
+    statistics refresh's, validation's, and those of evaluate, predict and
+    check-outside, which need to know nothing of it. A model file holding
+    it loads once this has run (`register`).
+    """
+    import keras
+    import tensorflow as tf
+
+    @keras.saving.register_keras_serializable(package="kibble", name="Upscale")
+    class Upscale(keras.layers.Layer):
+        def __init__(self, factor, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = float(factor)
+
+        def call(self, images):
+            size = tf.cast(tf.round(tf.cast(tf.shape(images)[1:3], tf.float32) * self.factor), tf.int32)
+            enlarged = tf.image.resize(tf.cast(images, tf.float32), tf.maximum(size, 1), method="bilinear")
+            return tf.cast(enlarged, self.compute_dtype)
+
+        def compute_output_shape(self, input_shape):
+            height, width = (None if side is None else upscaled_size((side,), self.factor)[0]
+                             for side in input_shape[1:3])
+            return (input_shape[0], height, width, *input_shape[3:])
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    return Upscale
+
+
+def register():
+    """Make kibble's own layers known to Keras's loader: call before loading a model file that may hold them."""
+    upscale_layer()
 
 
 def _head(keras, x, num_classes):
@@ -131,7 +183,7 @@ def _photo_augment(keras, x, seed):
 
 
 def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augment=DEFAULT_AUGMENT,
-            stem_stride=2, pool=True):
+            stem_stride=2, pool=True, upscale=1.0):
     """Residual separable-conv net for a laptop CPU.
 
     Stem: two plain 3x3 convs (stride 2 first). Then per width a residual
@@ -146,9 +198,13 @@ def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augme
     too, so the first stage runs at a quarter of the positions; `pool` False
     downsamples each stage by its second separable conv's stride instead of a
     3x3 max-pool (whose backward pass is 13% of the default step).
+    `upscale` above 1 enlarges the images by that factor per side first
+    (upscale_layer): larger maps at every stage for the same input.
     """
     L = keras.layers
     inputs, x = _inputs(keras, shape)
+    if upscale != 1:
+        x = upscale_layer()(upscale, name="upscale")(x)
     x = _augment(keras, x, seed, augment)
     x = L.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
     x = L.BatchNormalization(momentum=0.9)(x)
@@ -175,13 +231,14 @@ def _kibble(keras, shape, num_classes, seed=0, widths=(64, 128, 256, 384), augme
     return keras.Model(inputs, _head(keras, x, num_classes), name="kibble")
 
 
-def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMENT, any_size=False):
+def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMENT, any_size=False, upscale=1.0):
     """An uncompiled Keras model by name, for images of `image_shape` (H, W, 3) and `num_classes` classes.
 
     `augment` (one of AUGMENTS) chooses the default model's training augmentation; the tutorial's
     models have none, so they take only "standard". `any_size`: the default model's input takes
     images of any height and width (`train --small-first` trains it on smaller ones first); the
-    tutorial's models flatten a fixed-size map and cannot.
+    tutorial's models flatten a fixed-size map and cannot. `upscale`: the default model enlarges its
+    input by this factor per side (1 to MAX_UPSCALE) before anything else; the tutorial's take only 1.
     """
     import keras
 
@@ -194,6 +251,9 @@ def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMEN
                          f"which have no augmentation). Received: augment={augment!r} with model={name!r}")
     if any_size and name != DEFAULT_MODEL:
         raise ValueError(f"only {DEFAULT_MODEL} takes images of any size. Received: model={name!r}")
+    if not 1 <= upscale <= MAX_UPSCALE or (upscale != 1 and name != DEFAULT_MODEL):
+        raise ValueError(f"upscale must be from 1 to {MAX_UPSCALE:g}, and 1 for the tutorial's models. "
+                         f"Received: upscale={upscale!r} with model={name!r}")
     if name == "mlp":
         return _mlp(keras, image_shape, num_classes)
     if name == "conv1":
@@ -203,4 +263,4 @@ def build_model(name, image_shape, seed=0, num_classes=2, augment=DEFAULT_AUGMEN
     if name == "conv2-wide":
         return _plain_conv(keras, image_shape, (128, 128), name, num_classes)
     return _kibble(keras, (None, None, image_shape[-1]) if any_size else image_shape, num_classes, seed,
-                   augment=augment)
+                   augment=augment, upscale=upscale)

@@ -16,7 +16,8 @@ from train.budget import (BudgetClock, budget_fraction, budget_progress, duratio
 from train.budget import register as register_budget_schedule
 from train.mixing import register as register_mixing_metric
 from train.mixing import rounded_binary_accuracy
-from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS, RECIPES, Recipe
+from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MAX_UPSCALE, MODELS, RECIPES, Recipe
+from train.models import register as register_layers
 from train.pipeline import WINDOW, plan_blocks, worker_batches
 from train.precision import PRECISIONS, dtype_policy, load_model_in_float32, resolve_precision
 from train.rundir import HISTORY_FIELDS, RunDir, Runs, whole_epochs  # noqa: F401 - HISTORY_FIELDS re-exported
@@ -111,6 +112,9 @@ class TrainSettings:
     # images as inference sees them (train.statistics: no augmentation, the shards' size); 0: the moving averages
     # kept in training. None: the model's recipe (1000 for the default model since 2026-11-27; runs before had 0).
     bn_images: int = _setting(None, absent=0)
+    # The default model enlarges its input by this factor per side before anything else (train.models.upscale_layer):
+    # larger maps at every stage for the same images, about its square in time per step. 1: as given.
+    upscale: float = _setting(1.0, absent=1.0)
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -184,6 +188,13 @@ class TrainSettings:
                                    or (images and self.model != DEFAULT_MODEL)):
             raise UserError(f"bn_images must be a whole number from 0, and 0 for the tutorial's models (they have no "
                             f"batch normalisation). Received: bn_images={images!r} with model={self.model!r}")
+        upscale = self.upscale
+        if isinstance(upscale, bool) or not isinstance(upscale, (int, float)) \
+                or not (math.isfinite(upscale) and 1 <= upscale <= MAX_UPSCALE) \
+                or (upscale != 1 and self.model != DEFAULT_MODEL):
+            raise UserError(f"upscale must be from 1 to {MAX_UPSCALE:g}, and 1 for the tutorial's models (their "
+                            f"dense layers take one map size). Received: upscale={upscale!r} with "
+                            f"model={self.model!r}")
         if self.label_smoothing and self.loss == "mse":
             raise UserError(f"label_smoothing needs the cross-entropy loss (bce). Received: label_smoothing="
                             f"{self.label_smoothing!r} with loss='mse'")
@@ -833,6 +844,7 @@ def _model(run, settings, manifest, state, steps):
         register_budget_schedule()  # the optimizer of a --minutes run holds one
         register_mixing_metric()  # a --cutmix run's two-class accuracy
         averaging.register()  # an --average run's optimizer
+        register_layers()  # an --upscale run's first layer
         try:
             model = (load_model_in_float32(run.checkpoint("last")) if settings.precision == "float32"
                      else keras.models.load_model(run.checkpoint("last")))
@@ -842,7 +854,7 @@ def _model(run, settings, manifest, state, steps):
         averaging.resumed(model)  # the trained weights back in the model, the average in its slot
         return model, state
     model = build_model(settings.model, manifest.image_shape, seed=settings.seed, num_classes=manifest.num_classes,
-                        augment=settings.augment, any_size=bool(settings.small_first))
+                        augment=settings.augment, any_size=bool(settings.small_first), upscale=settings.upscale)
     _compile(model, settings, steps, manifest.num_classes)
     run.start(_config(settings, manifest, model.count_params()))
     return model, {"epoch": 0, "best_epoch": None, "best_val_loss": float("inf"), "seconds": 0.0, "history": []}

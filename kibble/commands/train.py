@@ -8,7 +8,7 @@ from click.core import ParameterSource
 from kibble.group import TrainingCommand, say
 from kibble.options import (NumberOrWord, access_from, access_options, batch_size_option, checkpoint_interval,
                             data_option, finite, run_dir_option, runs_option, seed_option, training_minutes)
-from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MODELS
+from train.models import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_MODEL, MAX_UPSCALE, MODELS
 from train.precision import PRECISIONS
 from train.run import (ALL_IMAGES, CLASS_WEIGHTS, DEFAULT_CHECKPOINT_EVERY, FULL, LAPTOP_SAMPLE, MAX_SEED, SMALL_SCALE,
                        TrainSettings)
@@ -80,6 +80,12 @@ _TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name !
                    "training images as inference sees them (unaugmented, at the shards' size). 0: keep the "
                    "averages training kept. Default: the recipe's (1000 for kibble; the tutorial's models take "
                    "only 0). Kept by --resume.")
+@click.option("--upscale", type=click.FloatRange(min=1, max=MAX_UPSCALE), default=1.0, show_default=True,
+              callback=finite, metavar="FACTOR",
+              help="Enlarge the images by FACTOR per side (bilinear) as the default model's first layer, so "
+                   "every layer works on larger maps: 1.36 makes 94x125 shards 128x170 inside the model, at about "
+                   "1.85 times the time per step. Part of the saved model (evaluate and predict need nothing "
+                   "more). Kept by --resume; the tutorial's models take only 1.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option(url=True)
@@ -93,7 +99,7 @@ _TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name !
 @click.pass_context
 def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epochs, minutes, batch_size, lr,
           weight_decay, loss, class_weight, precision, augment, small_first, cutmix, average,
-          label_smoothing, bn_images, seed,
+          label_smoothing, bn_images, upscale, seed,
           run_dir, runs_root, resume, checkpoint_every, no_verify):
     """Train a model on the shards, streaming them through tf.data.
 
@@ -115,6 +121,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
       python cli.py train --train-size all --val-size 2500 --minutes 60
       python cli.py train --full --minutes 60 --small-first 0 --average 0 --bn-images 0
       python cli.py train --full --minutes 60 --label-smoothing 0.1
+      python cli.py train --full --minutes 60 --upscale 1.36
       python cli.py train --resume --checkpoint-every 30m
       python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
     """
@@ -131,7 +138,8 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
                              batch_size=batch_size, weight_decay=weight_decay, seed=seed, class_weight=class_weight,
                              precision=precision,
                              augment=augment, minutes=minutes, small_first=small_first, cutmix=cutmix,
-                             average=average, label_smoothing=label_smoothing, bn_images=bn_images)
+                             average=average, label_smoothing=label_smoothing, bn_images=bn_images,
+                             upscale=upscale)
     # Only sizes typed as numbers must exist; the defaults and --full take what smaller splits hold.
     exact = {name for name, value in (("train_size", train_size), ("val_size", val_size)) if value}
     cache_root = None if cache is not None and cache.strip().lower() == "none" else cache
