@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from kibble.predict import predict
+from shards.errors import UserError
 from tests.conftest import assert_train_refuses, make_kaggle_shards
 from train.run import TrainSettings, train
 from train.rundir import RunDir
@@ -43,10 +44,21 @@ def test_the_layer_enlarges_images_of_any_size_bilinearly(factor):
         wanted = upscaled_size(size, factor)
         expected = tf.image.resize(images.astype(np.float32) / 255, wanted, method="bilinear").numpy()
         np.testing.assert_allclose(_upscaled(model, images), expected, atol=1e-6)
-    # 22 x 1.25 = 27.5: rounded half to even, in the graph (tf.round) as in upscaled_size
-    assert upscaled_size((22,), 1.25) == (28,) and upscaled_size((26,), 1.25) == (32,)
     fixed = build_model("kibble", (*SIZE, 3), upscale=factor)
     assert tuple(fixed.get_layer("upscale").output.shape[1:]) == (*upscaled_size(SIZE, factor), 3)
+
+
+@pytest.mark.parametrize("factor, side, wanted", [(1.25, 22, 28), (1.25, 26, 32), (1.3, 95, 124), (1.36, 94, 128),
+                                                  (1.36, 125, 170)])
+def test_the_graph_rounds_the_size_as_the_declared_shape_does(factor, side, wanted):
+    """Halves round to even (22 x 1.25 = 27.5 -> 28, 26 x 1.25 = 32.5 -> 32); 95 x 1.3 is 123.50000000000001 in
+    float64 (124), 123.49999 in float32 (123)."""
+    from train.models import build_model, upscaled_size
+
+    model = build_model("kibble", (side, side, 3), upscale=factor)
+    declared = tuple(model.get_layer("upscale").output.shape[1:3])
+    made = _upscaled(model, np.zeros((1, side, side, 3), np.uint8)).shape[1:3]
+    assert declared == made == upscaled_size((side, side), factor) == (wanted, wanted)
 
 
 def test_without_the_option_the_model_has_no_such_layer_and_the_tutorial_models_refuse_it():
@@ -74,10 +86,12 @@ def test_a_run_records_it_resumes_with_it_and_evaluate_and_predict_load_it_in_a_
     probe = keras.Model(model.inputs, first_conv.output)
     assert probe(np.zeros((1, *SIZE, 3), np.uint8)).shape[1:3] == (18, 24)
 
-    # Resumed to 3 epochs: the checkpoint loads, the factor stays.
+    # Resumed to 3 epochs: the checkpoint loads with its layer; another factor is refused.
+    with pytest.raises(UserError, match=r"--upscale 2.0 \(the run has 1.5\)"):
+        train(TrainSettings(epochs=3, upscale=2.0), run_dir=run_dir, resume=True, progress=False,
+              given={"epochs", "upscale"})
     train(TrainSettings(epochs=3), run_dir=run_dir, resume=True, progress=False, given={"epochs"})
     assert len(RunDir(run_dir).history()) == 3
-    assert json.load(open(os.path.join(run_dir, "config.json")))["upscale"] == 1.5
 
     # A new process, where nothing has defined the layer yet: evaluate's loader must register it.
     out = tmp_path / "eval"

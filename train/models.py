@@ -94,7 +94,8 @@ def upscale_layer():
             self.factor = float(factor)
 
         def call(self, images):
-            size = tf.cast(tf.round(tf.cast(tf.shape(images)[1:3], tf.float32) * self.factor), tf.int32)
+            # In float64, as Python's floats in upscaled_size: float32 would round 95 x 1.3 to 123, not 124.
+            size = tf.cast(tf.round(tf.cast(tf.shape(images)[1:3], tf.float64) * self.factor), tf.int32)
             enlarged = tf.image.resize(tf.cast(images, tf.float32), tf.maximum(size, 1), method="bilinear")
             return tf.cast(enlarged, self.compute_dtype)
 

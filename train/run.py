@@ -192,8 +192,8 @@ class TrainSettings:
         if isinstance(upscale, bool) or not isinstance(upscale, (int, float)) \
                 or not (math.isfinite(upscale) and 1 <= upscale <= MAX_UPSCALE) \
                 or (upscale != 1 and self.model != DEFAULT_MODEL):
-            raise UserError(f"upscale must be from 1 to {MAX_UPSCALE:g}, and 1 for the tutorial's models (their "
-                            f"dense layers take one map size). Received: upscale={upscale!r} with "
+            raise UserError(f"upscale must be from 1 to {MAX_UPSCALE:g}, and 1 for the tutorial's models (they stay "
+                            f"as the tutorial built them). Received: upscale={upscale!r} with "
                             f"model={self.model!r}")
         if self.label_smoothing and self.loss == "mse":
             raise UserError(f"label_smoothing needs the cross-entropy loss (bce). Received: label_smoothing="

@@ -83,8 +83,8 @@ _TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name !
 @click.option("--upscale", type=click.FloatRange(min=1, max=MAX_UPSCALE), default=1.0, show_default=True,
               callback=finite, metavar="FACTOR",
               help="Enlarge the images by FACTOR per side (bilinear) as the default model's first layer, so "
-                   "every layer works on larger maps: 1.36 makes 94x125 shards 128x170 inside the model, at about "
-                   "1.85 times the time per step. Part of the saved model (evaluate and predict need nothing "
+                   "every layer works on larger maps: 1.36 makes 94x125 shards 128x170 inside the model, with 1.85 "
+                   "times the positions to compute. Part of the saved model (evaluate and predict need nothing "
                    "more). Kept by --resume; the tutorial's models take only 1.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
