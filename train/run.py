@@ -113,7 +113,8 @@ class TrainSettings:
     # kept in training. None: the model's recipe (1000 for the default model since 2026-11-27; runs before had 0).
     bn_images: int = _setting(None, absent=0)
     # The default model enlarges its input by this factor per side before anything else (train.models.upscale_layer):
-    # larger maps at every stage for the same images, about its square in time per step. 1: as given.
+    # larger maps at every stage for the same images, up to its square in time per step (1.36: 1.3-1.7 times
+    # measured, docs/results.md). 1: as given.
     upscale: float = _setting(1.0, absent=1.0)
 
     def resolved(self, num_classes=2):
