@@ -35,17 +35,17 @@ def _upscaled(model, images):
 def test_the_layer_enlarges_images_of_any_size_bilinearly(factor):
     import tensorflow as tf
 
-    from train.models import build_model, upscaled_size
+    from train.models import build_model, scaled_size
 
     model = build_model("kibble", (*SIZE, 3), any_size=True, upscale=factor)
     rng = np.random.default_rng(0)
     for size in (SIZE, (16, 22), (10, 10)):
         images = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
-        wanted = upscaled_size(size, factor)
+        wanted = scaled_size(size, factor)
         expected = tf.image.resize(images.astype(np.float32) / 255, wanted, method="bilinear").numpy()
         np.testing.assert_allclose(_upscaled(model, images), expected, atol=1e-6)
     fixed = build_model("kibble", (*SIZE, 3), upscale=factor)
-    assert tuple(fixed.get_layer("upscale").output.shape[1:]) == (*upscaled_size(SIZE, factor), 3)
+    assert tuple(fixed.get_layer("upscale").output.shape[1:]) == (*scaled_size(SIZE, factor), 3)
 
 
 @pytest.mark.parametrize("factor, side, wanted", [(1.25, 22, 28), (1.25, 26, 32), (1.3, 95, 124), (1.36, 94, 128),
@@ -53,12 +53,12 @@ def test_the_layer_enlarges_images_of_any_size_bilinearly(factor):
 def test_the_graph_rounds_the_size_as_the_declared_shape_does(factor, side, wanted):
     """Halves round to even (22 x 1.25 = 27.5 -> 28, 26 x 1.25 = 32.5 -> 32); 95 x 1.3 is 123.50000000000001 in
     float64 (124), 123.49999 in float32 (123)."""
-    from train.models import build_model, upscaled_size
+    from train.models import build_model, scaled_size
 
     model = build_model("kibble", (side, side, 3), upscale=factor)
     declared = tuple(model.get_layer("upscale").output.shape[1:3])
     made = _upscaled(model, np.zeros((1, side, side, 3), np.uint8)).shape[1:3]
-    assert declared == made == upscaled_size((side, side), factor) == (wanted, wanted)
+    assert declared == made == scaled_size((side, side), factor) == (wanted, wanted)
 
 
 def test_without_the_option_the_model_has_no_such_layer_and_the_tutorial_models_refuse_it():

@@ -67,9 +67,10 @@ def _inputs(keras, shape):
 MAX_UPSCALE = 4.0
 
 
-def upscaled_size(size, factor):
-    """(height, width) of `size` enlarged by `factor` per side, rounded half to even (as tf.round), at least 1."""
-    return tuple(max(1, round(side * factor)) for side in size)
+def scaled_size(size, factor, least=1):
+    """The sides of `size` scaled by `factor`, each rounded half to even (as tf.round) and at least `least`: the
+    upscale layer's output, and (train.pipeline.smaller_size) the smaller images of --small-first."""
+    return tuple(max(least, round(side * factor)) for side in size)
 
 
 @functools.cache  # defined on first use: importing train.models does not import Keras
@@ -94,13 +95,13 @@ def upscale_layer():
             self.factor = float(factor)
 
         def call(self, images):
-            # In float64, as Python's floats in upscaled_size: float32 would round 95 x 1.3 to 123, not 124.
+            # In float64, as Python's floats in scaled_size: float32 would round 95 x 1.3 to 123, not 124.
             size = tf.cast(tf.round(tf.cast(tf.shape(images)[1:3], tf.float64) * self.factor), tf.int32)
             enlarged = tf.image.resize(tf.cast(images, tf.float32), tf.maximum(size, 1), method="bilinear")
             return tf.cast(enlarged, self.compute_dtype)
 
         def compute_output_shape(self, input_shape):
-            height, width = (None if side is None else upscaled_size((side,), self.factor)[0]
+            height, width = (None if side is None else scaled_size((side,), self.factor)[0]
                              for side in input_shape[1:3])
             return (input_shape[0], height, width, *input_shape[3:])
 

@@ -19,6 +19,7 @@ from shards.errors import UserError
 from shards.iterate import WINDOW, worker_batches  # noqa: F401 - re-exported for train.run
 from shards.stream import plan_blocks  # noqa: F401 - train.run checks sizes with it
 from train import mixing
+from train.models import scaled_size
 
 
 def label_spec(num_classes, one_hot=False):
@@ -54,7 +55,7 @@ def epoch_windows(blocks, batch_size, seed=0, epoch=0, shuffle=True, window=WIND
 
 def smaller_size(image_shape, scale):
     """(height, width) of images of `image_shape` scaled by `scale` per side, rounded, at least 8 pixels."""
-    return tuple(max(8, round(side * scale)) for side in image_shape[:2])
+    return scaled_size(image_shape[:2], scale, least=8)
 
 
 def image_size_variable(image_shape):
