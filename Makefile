@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRA ?= test
+# make test runs the suite in this many processes (pytest-xdist), each test file whole in one of them
+# (module fixtures are built once); 0 runs it in this process alone.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv clean check-outside outside-given
 
@@ -21,7 +24,7 @@ $(VENV)/.installed-$(EXTRA): setup.py | $(BIN)/python
 venv: $(VENV)/.installed-$(EXTRA)
 
 test: venv
-	@$(BIN)/python -m pytest -q; rc=$$?; \
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 demo: venv

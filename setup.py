@@ -39,8 +39,10 @@ setup(
         # Shards in object storage: s3:// and gs:// URLs for --data and ingest --out (fsspec comes with Dask).
         "s3": ["s3fs>=2024.2"],
         "gcs": ["gcsfs>=2024.2"],
-        # moto's S3 server (started on loopback by the tests) and s3fs to reach it.
-        "test": ["tensorflow-cpu>=2.16,<2.22", "pytest>=7", "scikit-learn>=1.3", "moto[server]>=5", "s3fs>=2024.2"],
+        # moto's S3 server (started on loopback by the tests) and s3fs to reach it; pytest-xdist runs `make test`
+        # in two processes.
+        "test": ["tensorflow-cpu>=2.16,<2.22", "pytest>=7", "pytest-xdist>=3", "scikit-learn>=1.3", "moto[server]>=5",
+                 "s3fs>=2024.2"],
     },
     entry_points={"console_scripts": ["kibble=kibble.__main__:main"]},
 )
