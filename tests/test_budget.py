@@ -140,7 +140,7 @@ def shards_dir(tmp_path_factory):
 @pytest.fixture
 def small_default_model(monkeypatch):
     """The default model's recipe (AdamW, the budget schedule) on the mlp's few layers, to keep the test fast;
-    its runs give small_first and average 0 (the mlp takes one image size)."""
+    its runs give small_first and average 0 and upscale 1 (the mlp takes one image size, as it is)."""
     import train.models
 
     build = train.models.build_model
@@ -150,7 +150,7 @@ def small_default_model(monkeypatch):
 def test_a_budget_stops_the_run_anneals_the_rate_and_extends_on_resume(shards_dir, tmp_path, small_default_model):
     budget, peak, cap, steps = 4.0, TrainSettings().resolved().lr, 1000, 12  # peak: the recipe's rate
     settings = TrainSettings(data=shards_dir, model="kibble", train_size=48, val_size=16, batch_size=4,
-                             minutes=budget / 60, epochs=cap, small_first=0.0, average=0.0)
+                             minutes=budget / 60, epochs=cap, small_first=0.0, average=0.0, upscale=1.0)
     result = train(settings, runs_root=str(tmp_path / "runs"), progress=False)
     run = RunDir(result["run_dir"])
     state, rows = run.state(), run.history()

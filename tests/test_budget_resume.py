@@ -23,7 +23,7 @@ from train.run import TrainSettings, train
 build = models.build_model
 models.build_model = lambda name, *args, **kw: build("mlp", *args, **kw)
 train(TrainSettings(data=sys.argv[2], model="kibble", train_size=48, val_size=16, batch_size=4, minutes=1.0,
-                    small_first=0.0, average=0.0),
+                    small_first=0.0, average=0.0, upscale=1.0),
       run_dir=sys.argv[3], progress=False, checkpoint_every="4batches")
 """
 

@@ -23,7 +23,7 @@ def test_train_help_examples_parse_and_help_is_fast(tmp_path, monkeypatch):
     assert (parsed[2][1]["train_size"], parsed[2][1]["val_size"]) == (ALL_IMAGES, 2500)
     assert (parsed[3][1]["minutes"], parsed[3][1]["small_first"], parsed[3][1]["average"]) == (60.0, 0.0, 0.0)
     assert parsed[4][1]["label_smoothing"] == 0.1
-    assert (parsed[5][1]["upscale"], parsed[0][1]["upscale"]) == (1.36, 1.0)
+    assert (parsed[5][1]["upscale"], parsed[0][1]["upscale"]) == (1.0, None)
     # Fast: --help must not pay for TensorFlow, Keras or Dask (seconds of imports) in a fresh interpreter.
     probe = ("import sys, cli\ntry:\n    cli.cli(['train', '--help'], prog_name='python cli.py')\n"
              "except SystemExit:\n    pass\nprint(sorted({'tensorflow', 'keras', 'dask'} & set(sys.modules)))")

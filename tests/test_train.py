@@ -38,9 +38,9 @@ def test_each_model_trains_an_epoch_and_saves_a_loadable_model(shards_dir, tmp_p
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["model"] == model and config["image_size"] == list(SIZE) and config["params"] > 0
     assert config["manifest_sha256"] == load_manifest(shards_dir).checksum
-    # The recipe's smaller images first and moving average: the default model's alone.
-    assert (config["small_first"], config["average"], config["bn_images"]) == \
-        ((0.5, 0.999, 1000) if model == "kibble" else (0.0, 0.0, 0))
+    # The recipe's smaller images first, moving average and enlarged input: the default model's alone.
+    assert (config["small_first"], config["average"], config["bn_images"], config["upscale"]) == \
+        ((0.5, 0.999, 1000, 1.36) if model == "kibble" else (0.0, 0.0, 0, 1.0))
     [row] = RunDir(run).history()
     assert row["epoch"] == 1 and set(row) >= {"loss", "val_loss", "accuracy", "val_accuracy", "seconds"}
     assert os.path.isdir(os.path.join(run, "logs"))
@@ -132,10 +132,10 @@ def test_the_batch_size_and_rate_come_from_the_models_recipe():
 
 def test_the_default_models_recipe_trains_smaller_images_first_and_averages_its_weights():
     kibble, conv2 = TrainSettings().resolved(), TrainSettings(model="conv2").resolved()
-    assert (kibble.small_first, kibble.average, kibble.bn_images) == (0.5, 0.999, 1000)
-    assert (conv2.small_first, conv2.average, conv2.bn_images) == (0.0, 0.0, 0)
-    plain = TrainSettings(small_first=0.0, average=0.0, bn_images=0).resolved()  # given, even when 0, is kept
-    assert (plain.small_first, plain.average, plain.bn_images) == (0.0, 0.0, 0)
+    assert (kibble.small_first, kibble.average, kibble.bn_images, kibble.upscale) == (0.5, 0.999, 1000, 1.36)
+    assert (conv2.small_first, conv2.average, conv2.bn_images, conv2.upscale) == (0.0, 0.0, 0, 1.0)
+    plain = TrainSettings(small_first=0.0, average=0.0, bn_images=0, upscale=1.0).resolved()  # given is kept
+    assert (plain.small_first, plain.average, plain.bn_images, plain.upscale) == (0.0, 0.0, 0, 1.0)
     assert TrainSettings(average=0.99).resolved().average == 0.99
     TrainSettings(model="conv2").validate()
     with pytest.raises(UserError, match="small_first must be"):
@@ -213,6 +213,7 @@ def test_every_later_setting_says_what_an_older_config_without_it_meant():
     config = _with_old_defaults(first)
     assert set(config) == names, f"no meaning for a config.json without {sorted(names - set(config))}"
     assert config["weight_decay"] == 1e-4 and config["precision"] == "float32" and config["small_first"] == 0.0
+    assert config["upscale"] == 1.0  # runs before the recipe enlarged its images rebuild without the layer
     assert _with_old_defaults({**first, "model": "conv2"})["weight_decay"] == 0.0
     assert _with_old_defaults({**first, "average": 0.99})["average"] == 0.99  # what the file holds wins
     assert set(FIXED_ON_RESUME) == names - {"epochs", "minutes"}

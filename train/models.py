@@ -38,14 +38,16 @@ MODELS = TUTORIAL_MODELS + (DEFAULT_MODEL,)
 # as they were measured. `small_first` and `average` (the default model's smaller images first and moving average
 # of the weights, since 2026-11-27): the tutorial's models take neither. `bn_images` (train.statistics, since
 # 2026-11-27): training images the default model's batch normalisation statistics are recomputed on before each
-# validation; the tutorial's models have no batch normalisation.
-Recipe = namedtuple("Recipe", "lr loss epochs batch_size weight_decay precision small_first average bn_images")
+# validation; the tutorial's models have no batch normalisation. `upscale` (upscale_layer, since 2026-11-28): the
+# factor per side the default model enlarges its input by first (94x125 shards become 128x170 inside it); the
+# tutorial's models keep the tutorial's layers.
+Recipe = namedtuple("Recipe", "lr loss epochs batch_size weight_decay precision small_first average bn_images upscale")
 RECIPES = {
-    "mlp": Recipe(1e-5, "mse", 10, 32, 0.0, "float32", 0.0, 0.0, 0),
-    "conv1": Recipe(1e-4, "mse", 5, 32, 0.0, "float32", 0.0, 0.0, 0),
-    "conv2": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0),
-    "conv2-wide": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0),
-    "kibble": Recipe(1.4e-3, "bce", 24, 16, 1e-4, "auto", 0.5, 0.999, 1000),
+    "mlp": Recipe(1e-5, "mse", 10, 32, 0.0, "float32", 0.0, 0.0, 0, 1.0),
+    "conv1": Recipe(1e-4, "mse", 5, 32, 0.0, "float32", 0.0, 0.0, 0, 1.0),
+    "conv2": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0, 1.0),
+    "conv2-wide": Recipe(1e-4, "mse", 15, 32, 0.0, "float32", 0.0, 0.0, 0, 1.0),
+    "kibble": Recipe(1.4e-3, "bce", 24, 16, 1e-4, "auto", 0.5, 0.999, 1000, 1.36),
 }
 # Models whose training step is taken in two halves of the batch (train.split_step): conv2-wide's activations
 # (128 channels at full resolution) are most of its memory. Not those whose weights are (mlp, conv1: the first

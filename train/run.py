@@ -114,8 +114,9 @@ class TrainSettings:
     bn_images: int = _setting(None, absent=0)
     # The default model enlarges its input by this factor per side before anything else (train.models.upscale_layer):
     # larger maps at every stage for the same images, up to its square in time per step (1.36: 1.3-1.7 times
-    # measured, docs/results.md). 1: as given.
-    upscale: float = _setting(1.0, absent=1.0)
+    # measured, docs/results.md). 1: as given. None: the model's recipe (1.36 for the default model since
+    # 2026-11-28; runs before it had 1).
+    upscale: float = _setting(None, absent=1.0)
 
     def resolved(self, num_classes=2):
         """A copy with the model's recipe filled in where a value is None.
@@ -130,7 +131,7 @@ class TrainSettings:
         epochs = self.epochs or (None if self.minutes else recipe.epochs)
         # Given values are kept, 0 included; None takes the recipe's.
         kept = {name: getattr(recipe, name) if getattr(self, name) is None else getattr(self, name)
-                for name in ("weight_decay", "small_first", "average", "bn_images")}
+                for name in ("weight_decay", "small_first", "average", "bn_images", "upscale")}
         return replace(self, lr=self.lr or recipe.lr, loss=self.loss or loss, epochs=epochs,
                        batch_size=self.batch_size or recipe.batch_size, precision=self.precision or recipe.precision,
                        **kept)
@@ -190,9 +191,9 @@ class TrainSettings:
             raise UserError(f"bn_images must be a whole number from 0, and 0 for the tutorial's models (they have no "
                             f"batch normalisation). Received: bn_images={images!r} with model={self.model!r}")
         upscale = self.upscale
-        if isinstance(upscale, bool) or not isinstance(upscale, (int, float)) \
-                or not (math.isfinite(upscale) and 1 <= upscale <= MAX_UPSCALE) \
-                or (upscale != 1 and self.model != DEFAULT_MODEL):
+        if upscale is not None and (isinstance(upscale, bool) or not isinstance(upscale, (int, float))
+                                    or not (math.isfinite(upscale) and 1 <= upscale <= MAX_UPSCALE)
+                                    or (upscale != 1 and self.model != DEFAULT_MODEL)):
             raise UserError(f"upscale must be from 1 to {MAX_UPSCALE:g}, and 1 for the tutorial's models (they stay "
                             f"as the tutorial built them). Received: upscale={upscale!r} with "
                             f"model={self.model!r}")

@@ -80,12 +80,13 @@ _TRAIN_FIELDS = {**{f.name: (f.name,) for f in fields(TrainSettings) if f.name !
                    "training images as inference sees them (unaugmented, at the shards' size). 0: keep the "
                    "averages training kept. Default: the recipe's (1000 for kibble; the tutorial's models take "
                    "only 0). Kept by --resume.")
-@click.option("--upscale", type=click.FloatRange(min=1, max=MAX_UPSCALE), default=1.0, show_default=True,
+@click.option("--upscale", type=click.FloatRange(min=1, max=MAX_UPSCALE), default=None,
               callback=finite, metavar="FACTOR",
               help="Enlarge the images by FACTOR per side (bilinear) as the default model's first layer, so "
                    "every layer works on larger maps: 1.36 makes 94x125 shards 128x170 inside the model, with 1.85 "
                    "times the positions to compute. Part of the saved model (evaluate and predict need nothing "
-                   "more). Kept by --resume; the tutorial's models take only 1.")
+                   "more). 1: the images as they are. Default: the recipe's (1.36 for kibble; the tutorial's "
+                   "models take only 1). Kept by --resume.")
 @seed_option(MAX_SEED, "Seed of the weights, the shuffle and the augmentation.")
 @run_dir_option
 @runs_option(url=True)
@@ -108,11 +109,12 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
     the end of an epoch, or a mid-epoch one (every 10 minutes by default);
     `train --resume --epochs N` extends a run to N epochs. `train --minutes
     60` trains for a time budget instead of an epoch count. The default
-    model's recipe trains the first half of the run on smaller images,
-    validates and saves a moving average of its weights, and takes batch
-    normalisation's statistics from unaugmented training images
-    (`--small-first 0 --average 0 --bn-images 0`: none, as before
-    2026-11-27).
+    model's recipe enlarges its images by 1.36 per side as its first layer
+    (`--upscale 1`: not, as before 2026-11-28), trains the first half of
+    the run on smaller images, validates and saves a moving average of its
+    weights, and takes batch normalisation's statistics from unaugmented
+    training images (`--small-first 0 --average 0 --bn-images 0`: none, as
+    before 2026-11-27).
 
     \b
     Example:
@@ -121,7 +123,7 @@ def train(ctx, data, cache, stream, full, train_size, val_size, model_name, epoc
       python cli.py train --train-size all --val-size 2500 --minutes 60
       python cli.py train --full --minutes 60 --small-first 0 --average 0 --bn-images 0
       python cli.py train --full --minutes 60 --label-smoothing 0.1
-      python cli.py train --full --minutes 60 --upscale 1.36
+      python cli.py train --full --minutes 60 --upscale 1
       python cli.py train --resume --checkpoint-every 30m
       python cli.py train --runs s3://my-bucket/runs --data s3://my-bucket/shards
     """
