@@ -30,7 +30,9 @@ jit_compile, batch 64, dense 3x3 convolutions instead of separable ones
 the architecture knobs of train.models._kibble: a stride-4 stem
 (`stem-s4`), strided separable convs instead of the 3x3 max-pools
 (`no-pool`), both, and the stride-4 stem with dense 3x3 convs at the
-default widths (`stem-s4-dense3x3`).
+default widths (`stem-s4-dense3x3`). The default model is the recipe's,
+its input enlarged by the recipe's `upscale` (1.36 since 2026-11-28; the
+variants keep it), and `upscale-1` times it without the enlarging.
 --layers times every layer of the default model alone (forward and
 backward at its input shape) and the optimizer's update, grouped by kind:
 "where the step goes". --memory SHARDS measures the RSS of a fresh process
@@ -96,7 +98,7 @@ LEVERS = {
     "threads-1-1": "intra_op_threads=1,inter_op_threads=1",
 }
 VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch16", "batch64", "dense3x3", "dense3x3-narrow",
-            "threads-2-1", "stem-s4", "no-pool", "stem-s4-no-pool", "stem-s4-dense3x3")
+            "threads-2-1", "stem-s4", "no-pool", "stem-s4-no-pool", "stem-s4-dense3x3", "upscale-1")
 # Variants that train the default model on other batch sizes, with the learning rate scaled linearly.
 BATCH_VARIANTS = {"batch16": 16, "batch64": 64}
 # Variants that build the default model otherwise: train.models._kibble's arguments, and whether its
@@ -212,25 +214,28 @@ def probe_ref(precision, steps):
     return {"ms": round(ms, 1), "gflops": round(flops / ms / 1e6, 1)}
 
 
-def _kibble_variant(keras, variant, seed=0):
-    """The default model built otherwise (ARCH_VARIANTS: other arguments, separable convs made dense), or
-    without its augmentation layers (`no-augment`)."""
+def _kibble_variant(keras, variant, upscale, seed=0):
+    """The default model built otherwise (ARCH_VARIANTS: other arguments, separable convs made dense), without
+    its augmentation layers (`no-augment`), or without enlarging its input (`upscale-1`); `upscale`: the
+    recipe's factor, which every other variant keeps."""
     from train import models
 
+    if variant == "upscale-1":
+        return models.build_model("kibble", SHAPE, seed=seed)
     if variant in ("no-augment", "augment-in-data"):
         original = models._augment
         models._augment = lambda keras_, x, *rest: x
         try:
-            return models.build_model("kibble", SHAPE, seed=seed)
+            return models.build_model("kibble", SHAPE, seed=seed, upscale=upscale)
         finally:
             models._augment = original
     knobs, dense = ARCH_VARIANTS[variant]
     if not dense:
-        return models._kibble(keras, SHAPE, 2, seed, **knobs)
+        return models._kibble(keras, SHAPE, 2, seed, upscale=upscale, **knobs)
     separable = keras.layers.SeparableConv2D
     keras.layers.SeparableConv2D = lambda filters, size, **kw: keras.layers.Conv2D(filters, size, **kw)
     try:
-        return models._kibble(keras, SHAPE, 2, seed, **knobs)
+        return models._kibble(keras, SHAPE, 2, seed, upscale=upscale, **knobs)
     finally:
         keras.layers.SeparableConv2D = separable
 
@@ -242,12 +247,12 @@ def _build(name, variant, augment="standard"):
     from train.models import build_model
     from train.run import TrainSettings, _compile
 
-    if variant in ("base", "jit", "threads-2-1", *BATCH_VARIANTS) or name != "kibble":
-        model = build_model(name, SHAPE, augment=augment)
-    else:
-        model = _kibble_variant(keras, variant)
-    batch = BATCH_VARIANTS.get(variant, BATCH)
     settings = TrainSettings(model=name, batch_size=BATCH).resolved()
+    if variant in ("base", "jit", "threads-2-1", *BATCH_VARIANTS) or name != "kibble":
+        model = build_model(name, SHAPE, augment=augment, upscale=settings.upscale)
+    else:
+        model = _kibble_variant(keras, variant, settings.upscale)
+    batch = BATCH_VARIANTS.get(variant, BATCH)
     if batch != BATCH:  # the linear scaling rule: the rate in proportion to the batch
         settings = TrainSettings(model=name, batch_size=batch, lr=settings.lr * batch / BATCH).resolved()
     _compile(model, settings, steps_per_epoch=10000 // batch)
@@ -315,8 +320,9 @@ def probe_layers(steps):
     from train.fused import as_train_runs_it
     from train.run import TrainSettings, _compile
 
-    model = build_model("kibble", SHAPE)
-    _compile(model, TrainSettings().resolved(), steps_per_epoch=312)
+    settings = TrainSettings().resolved()  # the default model's recipe, its upscale included
+    model = build_model("kibble", SHAPE, upscale=settings.upscale)
+    _compile(model, settings, steps_per_epoch=312)
     as_train_runs_it(model, "kibble")  # the update and batch norms timed below are the ones train runs
     rows = []
     for layer in model.layers[1:]:
@@ -359,8 +365,9 @@ def probe_memory(shards, prefetch, steps):
     from train.run import TrainSettings, _compile
 
     manifest = load_manifest(shards)
-    model = build_model("kibble", manifest.image_shape)
-    _compile(model, TrainSettings().resolved(), steps_per_epoch=312)
+    settings = TrainSettings().resolved()  # the default model's recipe, its upscale included
+    model = build_model("kibble", manifest.image_shape, upscale=settings.upscale)
+    _compile(model, settings, steps_per_epoch=312)
     row["rss_build_mb"] = _rss_mb()
     data = iter(make_dataset(manifest, "train", BATCH, None, 0, shuffle=True, prefetch=prefetch).repeat())
     row["rss_dataset_mb"] = _rss_mb()
