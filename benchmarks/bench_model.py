@@ -91,6 +91,7 @@ LEVERS = {
     "keras-adam": "fused_adam=0",
     "keras-batch-norm": "fused_batch_norm=0",
     "whole-steps": "split_steps=0",
+    "dense-chunks": "dense_chunks=1",
     "before": "release_library_pages=0,save_through_disk=0",
     "arena-2": "malloc_arena_max=2",
     "mmap-4MB": "malloc_mmap_threshold=4194304",

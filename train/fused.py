@@ -129,12 +129,15 @@ def fuse_batch_norm(model):
 def as_train_runs_it(model, model_name):
     """Swap in what this process's settings turn on (train.tf_env.ProcessSettings) on a compiled model about to fit.
 
-    Adam's fused update, fused batch norm, and the step in halves for the
-    models in train.models.SPLIT_STEP (train.split_step). `train` calls it
+    Adam's fused update, fused batch norm, the step in halves for the
+    models in train.models.SPLIT_STEP (train.split_step), and (when
+    turned on) the dense kernel updated in blocks for those in
+    train.models.DENSE_CHUNKS (train.dense_chunks). `train` calls it
     on a new or resumed model; the benchmarks on the model they time, so
     both run the same step.
     """
-    from train.models import SPLIT_STEP
+    from train.dense_chunks import dense_chunks
+    from train.models import DENSE_CHUNKS, SPLIT_STEP
     from train.split_step import split_steps
     from train.tf_env import process_settings
 
@@ -145,3 +148,5 @@ def as_train_runs_it(model, model_name):
         fuse_batch_norm(model)
     if settings.split_steps and model_name in SPLIT_STEP:
         split_steps(model)
+    if settings.dense_chunks and model_name in DENSE_CHUNKS:
+        dense_chunks(model)

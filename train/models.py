@@ -53,6 +53,10 @@ RECIPES = {
 # (128 channels at full resolution) are most of its memory. Not those whose weights are (mlp, conv1: the first
 # half's weight gradients would wait beside the second's), nor the default model (batch normalisation).
 SPLIT_STEP = ("conv2-wide",)
+# Models whose largest dense kernel Adam steps in blocks of rows when train.tf_env.ProcessSettings.dense_chunks is
+# on (train.dense_chunks; off by default): conv1's 52 M weights, whose gradient alone is 207 MB beside the weights
+# and Adam's slots. The mlp's 9 M weights (36 MB) do not need it.
+DENSE_CHUNKS = ("conv1",)
 # Models `train` runs with TensorFlow's oneDNN kernels and takes the CPU tensors of from TensorFlow's pool
 # (train.tf_env: import_tensorflow, choose_tensor_pool): 20-50% less time per step, but both pools grow in regions
 # that double (oneDNN's allocator pools large tensors too), and conv1's and conv2-wide's 100-200 MB tensors took

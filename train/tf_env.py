@@ -72,6 +72,11 @@ class ProcessSettings:
     # `train` takes the step of the models in train.models.SPLIT_STEP in two halves of the batch
     # (train.split_step): the same update with about half the activations held at once.
     split_steps: bool = True
+    # `train` updates the largest dense kernel of the models in train.models.DENSE_CHUNKS in blocks of rows
+    # (train.dense_chunks): the same step without its whole gradient. Off: conv1's step then peaked ~300 MB
+    # lower, but its checkpoints became the peak (Keras copies each weight twice to save it) and its step took
+    # twice as long through malloc's fresh pages (docs/benchmarks.md).
+    dense_chunks: bool = False
 
 
 # What set-up did in this process: filled by import_tensorflow, once.
