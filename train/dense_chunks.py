@@ -38,7 +38,8 @@ TensorFlow's tensor pool makes it as fast as before, and holds ~1,250 MB.
 import functools
 import types
 
-# Rows per block: 6.5 MB blocks of conv1's 768-wide kernel, few enough blocks that their overhead stays small.
+# Bytes per block at most: conv1's 67,344 x 768 kernel goes in 25 blocks of 2,693-2,694 rows (8.3 MB), few enough
+# that their overhead stays small.
 BLOCK_BYTES = 8 * 2 ** 20
 
 
