@@ -38,13 +38,11 @@ TensorFlow's tensor pool makes it as fast as before, and holds ~1,250 MB.
 import functools
 import types
 
+from train.fused import _handle
+
 # Bytes per block at most: conv1's 67,344 x 768 kernel goes in 25 blocks of 2,693-2,694 rows (8.3 MB), few enough
 # that their overhead stays small.
 BLOCK_BYTES = 8 * 2 ** 20
-
-
-def _handle(variable):
-    return variable.handle if hasattr(variable, "handle") else variable.value.handle
 
 
 def _largest_dense(model):
