@@ -25,7 +25,8 @@ lost utilisation). A training step is counted as 3x the forward pass
 --variants times cheap changes of the default model (step time only; in
 each precision the CPU computes natively, as the base rows):
 augmentation in the tf.data pipeline instead of in the model, none at all,
-jit_compile, batch 64, dense 3x3 convolutions instead of separable ones
+Keras's own four augmentation layers (`keras-augment`: the model before
+kibble>Augment made their work one resampling, 2026-11-28), jit_compile, batch 64, dense 3x3 convolutions instead of separable ones
 (same widths, and narrower at about the same FLOPs), one thread pool, and
 the architecture knobs of train.models._kibble: a stride-4 stem
 (`stem-s4`), strided separable convs instead of the 3x3 max-pools
@@ -98,8 +99,8 @@ LEVERS = {
     "inter-op-1": "inter_op_threads=1",
     "threads-1-1": "intra_op_threads=1,inter_op_threads=1",
 }
-VARIANTS = ("base", "augment-in-data", "no-augment", "jit", "batch16", "batch64", "dense3x3", "dense3x3-narrow",
-            "threads-2-1", "stem-s4", "no-pool", "stem-s4-no-pool", "stem-s4-dense3x3", "upscale-1")
+VARIANTS = ("base", "augment-in-data", "no-augment", "keras-augment", "jit", "batch16", "batch64", "dense3x3",
+            "dense3x3-narrow", "threads-2-1", "stem-s4", "no-pool", "stem-s4-no-pool", "stem-s4-dense3x3", "upscale-1")
 # Variants that train the default model on other batch sizes, with the learning rate scaled linearly.
 BATCH_VARIANTS = {"batch16": 16, "batch64": 64}
 # Variants that build the default model otherwise: train.models._kibble's arguments, and whether its
@@ -215,6 +216,15 @@ def probe_ref(precision, steps):
     return {"ms": round(ms, 1), "gflops": round(flops / ms / 1e6, 1)}
 
 
+def _keras_augment(keras, x, seed, augment="standard"):
+    """The default model's augmentation before 2026-11-28: Keras's own four layers, three resamplings."""
+    L = keras.layers
+    x = L.RandomFlip("horizontal", seed=seed)(x)
+    x = L.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed)(x)
+    x = L.RandomZoom((-0.15, 0.15), fill_mode="reflect", seed=seed)(x)
+    return L.RandomRotation(0.04, fill_mode="reflect", seed=seed)(x)
+
+
 def _kibble_variant(keras, variant, upscale, seed=0):
     """The default model built otherwise (ARCH_VARIANTS: other arguments, separable convs made dense), without
     its augmentation layers (`no-augment`), or without enlarging its input (`upscale-1`); `upscale`: the
@@ -223,9 +233,9 @@ def _kibble_variant(keras, variant, upscale, seed=0):
 
     if variant == "upscale-1":
         return models.build_model("kibble", SHAPE, seed=seed)
-    if variant in ("no-augment", "augment-in-data"):
+    if variant in ("no-augment", "augment-in-data", "keras-augment"):
         original = models._augment
-        models._augment = lambda keras_, x, *rest: x
+        models._augment = _keras_augment if variant == "keras-augment" else (lambda keras_, x, *rest: x)
         try:
             return models.build_model("kibble", SHAPE, seed=seed, upscale=upscale)
         finally:
@@ -259,8 +269,8 @@ def _build(name, variant, augment="standard"):
     _compile(model, settings, steps_per_epoch=10000 // batch)
     as_train_runs_it(model, name)  # the step train takes (KIBBLE_PROCESS turns each swap off)
     if variant == "jit":
-        # Keras turns XLA off again (with a warning) when a layer does not support it: the default model's
-        # RandomTranslation and RandomZoom do not, so this variant is the base model unless model.jit_compile.
+        # Keras turns XLA off again (with a warning) when a layer does not support it, so this variant is the
+        # base model unless model.jit_compile.
         model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True)
     return model, batch
 
@@ -578,7 +588,7 @@ def print_models(ref, rows):
 def print_layers(result):
     groups = {}
     for row in result["layers"]:
-        kind = "augmentation" if "Random" in row["kind"] else row["kind"]
+        kind = "augmentation" if "Random" in row["kind"] or row["kind"] == "Augment" else row["kind"]
         groups[kind] = groups.get(kind, 0) + row["ms"]
     total = sum(groups.values())
     print(f"\nwhere the default model's step goes (each layer alone, forward + backward, batch {BATCH}; "

@@ -296,7 +296,7 @@ def _load_model(path):
     quiet_logs()
     import keras
 
-    register_layers()  # a model trained with --upscale holds kibble's own layer
+    register_layers()  # the default model holds kibble's own layers (its augmentation, --upscale's)
     # A model trained in bfloat16 is computed in float32 on a CPU without bfloat16 (train.precision).
     load = keras.saving.load_model if resolve_precision("auto") == "bfloat16" else load_model_in_float32
     try:

@@ -846,7 +846,7 @@ def _model(run, settings, manifest, state, steps):
         register_budget_schedule()  # the optimizer of a --minutes run holds one
         register_mixing_metric()  # a --cutmix run's two-class accuracy
         averaging.register()  # an --average run's optimizer
-        register_layers()  # an --upscale run's first layer
+        register_layers()  # the default model's augmentation and --upscale layers
         try:
             model = (load_model_in_float32(run.checkpoint("last")) if settings.precision == "float32"
                      else keras.models.load_model(run.checkpoint("last")))
