@@ -26,8 +26,9 @@ lost utilisation). A training step is counted as 3x the forward pass
 each precision the CPU computes natively, as the base rows):
 augmentation in the tf.data pipeline instead of in the model, none at all,
 Keras's own four augmentation layers (`keras-augment`: the model before
-kibble>Augment made their work one resampling, 2026-11-28), jit_compile, batch 64, dense 3x3 convolutions instead of separable ones
-(same widths, and narrower at about the same FLOPs), one thread pool, and
+kibble>Augment made their work one resampling, 2026-11-28), jit_compile,
+batch 64, dense 3x3 convolutions instead of separable ones (same widths,
+and narrower at about the same FLOPs), one thread pool, and
 the architecture knobs of train.models._kibble: a stride-4 stem
 (`stem-s4`), strided separable convs instead of the 3x3 max-pools
 (`no-pool`), both, and the stride-4 stem with dense 3x3 convs at the

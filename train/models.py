@@ -229,18 +229,19 @@ DEFAULT_AUGMENT = "standard"
 
 
 def _augment(keras, x, seed, augment=DEFAULT_AUGMENT):
-    """The augmentation layers on the rescaled images; Keras runs them in training only (identity in predict)."""
+    """The augmentation layers on the rescaled images; they run in training only (identity in predict)."""
     if augment == "photo":
         return _photo_augment(keras, x, seed)
     return augment_layer()(shift=0.1, zoom=(-0.15, 0.15), rotation=0.04, seed=seed, name="augment")(x)
 
 
 def _photo_augment(keras, x, seed):
-    """Geometry and colour as photos from other cameras and framings vary; built-in layers only (no custom objects).
+    """Geometry and colour as photos from other cameras and framings vary.
 
     Keras 3.15 has no RandomResizedCrop: a zoom drawn separately for height
     and width (each side 70% to 110% of the image) is the crop's scale and
-    aspect, the shift places it. Then brightness (+-0.2 of the range),
+    aspect, the shift places it, with the mirror and the turn in the same
+    resampling (augment_layer). Then Keras's layers for brightness (+-0.2 of the range),
     contrast (x0.75 to x1.25), saturation (x0.67 to x1.5) and hue (+-0.02 of
     the circle). Each layer gets its own seed: one seed for all would draw
     the same numbers in each (brightness up always with contrast up).
